@@ -1,0 +1,8 @@
+"""`import refine.models` registers every model of the project with the HF Auto classes.
+
+Usable as verl's `actor_rollout_ref.model.external_lib=refine.models`. It registers fla's DeltaNet /
+GatedDeltaNet (and, when CUDA is absent, switches fla's Triton ops to the pure-PyTorch CPU kernels) and LaCT.
+"""
+
+from refine.models import fla_models  # noqa: F401
+from refine.models import lact  # noqa: F401

@@ -1,0 +1,1 @@
+"""LaCT model (filled in by the LaCT work)."""
