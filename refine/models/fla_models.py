@@ -1,1 +1,141 @@
-"""fla model registration and the CPU-kernel switch (filled in by the Foundation work)."""
+"""fla model registration and the switch to the pure-PyTorch CPU kernels.
+
+Importing this module
+1. makes sure `triton` imports (fla needs it even on CPU) and fails with one line naming the fix otherwise;
+2. registers fla's DeltaNet and GatedDeltaNet with the HF Auto classes (idempotent: `exist_ok=True`);
+3. when CUDA is absent (or `REFINE_CPU_KERNELS=1`; `=0` forces them off) replaces the fla names listed in
+   `CPU_KERNEL_PATCHES` with `refine.models.cpu_kernels`. Those names were read from fla `FLA_VERSION`; on any other
+   fla version the switch refuses with a one-line error instead of patching blindly.
+The CPU kernels print a one-line banner the first time one of them runs (not at import).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from importlib import metadata
+
+FLA_VERSION = "0.6.0"
+ENV_SWITCH = "REFINE_CPU_KERNELS"
+
+# (fla module, attribute path in it, replacement in refine.models.cpu_kernels). Written for fla 0.6.0:
+# the layers bind the ops by name at import time, so the names inside the layer modules are what must change.
+CPU_KERNEL_PATCHES: tuple[tuple[str, str, str], ...] = (
+    ("fla.layers.delta_net", "chunk_delta_rule", "chunk_delta_rule"),
+    ("fla.layers.delta_net", "fused_recurrent_delta_rule", "fused_recurrent_delta_rule"),
+    ("fla.layers.gated_deltanet", "chunk_gated_delta_rule", "chunk_gated_delta_rule"),
+    ("fla.layers.gated_deltanet", "fused_recurrent_gated_delta_rule", "fused_recurrent_gated_delta_rule"),
+    ("fla.layers.gated_deltanet", "causal_conv1d", "causal_conv1d"),
+    ("fla.ops.delta_rule", "chunk_delta_rule", "chunk_delta_rule"),
+    ("fla.ops.delta_rule", "fused_recurrent_delta_rule", "fused_recurrent_delta_rule"),
+    ("fla.ops.gated_delta_rule", "chunk_gated_delta_rule", "chunk_gated_delta_rule"),
+    ("fla.ops.gated_delta_rule", "fused_recurrent_gated_delta_rule", "fused_recurrent_gated_delta_rule"),
+    ("fla.modules.causal_conv1d.ops", "ShortConvolution.forward", "short_conv_forward"),
+    ("fla.modules.causal_conv1d.ops", "ShortConvolution.step", "short_conv_step"),
+    ("fla.modules.norm.layernorm", "RMSNorm.forward", "rms_norm_forward"),
+    ("fla.modules.norm.fused_norm_gate", "FusedRMSNormGated.forward", "rms_norm_gated_forward"),
+    ("fla.modules.norm.l2norm", "L2Norm.forward", "l2norm_forward"),
+    ("fla.modules.mlp", "swiglu", "swiglu"),
+    ("fla.modules.mlp", "swiglu_linear", "swiglu_linear"),
+)
+
+_originals: dict[tuple[str, str], object] = {}
+
+
+def _require_triton() -> None:
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            f"refine.models: fla needs the `triton` package importable, even on CPU ({exc}); fix: pip install triton"
+        ) from None
+
+
+def installed_fla_version() -> str:
+    """The installed flash-linear-attention version."""
+    try:
+        return metadata.version("flash-linear-attention")
+    except metadata.PackageNotFoundError:
+        import fla
+
+        return fla.__version__
+
+
+def cpu_kernels_wanted() -> bool:
+    """`REFINE_CPU_KERNELS` = 1 / 0 decides; unset or empty means "when CUDA is absent"."""
+    value = os.environ.get(ENV_SWITCH, "").strip()
+    if value == "1":
+        return True
+    if value == "0":
+        return False
+    if value:
+        raise ValueError(f"{ENV_SWITCH} must be 1, 0 or unset, got {value!r}")
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def _owner_and_name(module_name: str, attribute_path: str):
+    owner = importlib.import_module(module_name)
+    *parents, name = attribute_path.split(".")
+    for parent in parents:
+        owner = getattr(owner, parent)
+    return owner, name
+
+
+def install_cpu_kernels() -> None:
+    """Replace every name in `CPU_KERNEL_PATCHES` by its CPU kernel (idempotent)."""
+    version = installed_fla_version()
+    if version != FLA_VERSION:
+        raise RuntimeError(
+            f"refine CPU kernels were written for flash-linear-attention=={FLA_VERSION}, found {version}; "
+            f"install flash-linear-attention=={FLA_VERSION} or set {ENV_SWITCH}=0 on a CUDA machine"
+        )
+    from refine.models import cpu_kernels
+
+    for module_name, attribute_path, replacement in CPU_KERNEL_PATCHES:
+        owner, name = _owner_and_name(module_name, attribute_path)
+        key = (module_name, attribute_path)
+        if key not in _originals:
+            _originals[key] = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+        setattr(owner, name, getattr(cpu_kernels, replacement))
+
+
+def uninstall_cpu_kernels() -> None:
+    """Put fla's own ops back (for tests and for `REFINE_CPU_KERNELS=0` after an install)."""
+    for (module_name, attribute_path), original in list(_originals.items()):
+        owner, name = _owner_and_name(module_name, attribute_path)
+        setattr(owner, name, original)
+        del _originals[(module_name, attribute_path)]
+
+
+def cpu_kernels_installed() -> bool:
+    """Whether the CPU kernels are currently patched into fla."""
+    return bool(_originals)
+
+
+def register_fla_models() -> None:
+    """Register fla's DeltaNet and GatedDeltaNet with AutoConfig / AutoModel / AutoModelForCausalLM (idempotent)."""
+    from fla.models import (
+        DeltaNetConfig,
+        DeltaNetForCausalLM,
+        DeltaNetModel,
+        GatedDeltaNetConfig,
+        GatedDeltaNetForCausalLM,
+        GatedDeltaNetModel,
+    )
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    for config, model, causal_lm in (
+        (DeltaNetConfig, DeltaNetModel, DeltaNetForCausalLM),
+        (GatedDeltaNetConfig, GatedDeltaNetModel, GatedDeltaNetForCausalLM),
+    ):
+        AutoConfig.register(config.model_type, config, exist_ok=True)
+        AutoModel.register(config, model, exist_ok=True)
+        AutoModelForCausalLM.register(config, causal_lm, exist_ok=True)
+
+
+_require_triton()
+register_fla_models()
+if cpu_kernels_wanted():
+    install_cpu_kernels()

@@ -1,0 +1,96 @@
+"""CPU stand-ins for `fla.ops.delta_rule.chunk_delta_rule` and `fused_recurrent_delta_rule` (fla 0.6.0 signatures).
+
+Same layout (`[B, T, H, D]`), same arguments, same return values as fla's Triton ops, but they also accept fp32
+(fla's chunk op asserts bf16/fp16) and fp64.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from refine.models.cpu_kernels.delta_core import chunk_delta_core, recurrent_delta_core, run_delta_rule
+
+CHUNK_SIZES = (16, 32, 64)
+# DeltaNet routes every call with q_len <= 64 (training included) to the recurrent op; above this many tokens the
+# recurrent stand-in computes the same function with the chunk form, which needs T/64 Python steps instead of T.
+RECURRENT_TO_CHUNK_MIN_TOKENS = 16
+
+
+def _chunk_size(kwargs: dict) -> int:
+    if "head_first" in kwargs:
+        raise DeprecationWarning("head_first has been removed. Inputs must be in `[B, T, H, ...]` format.")
+    chunk_size = kwargs.pop("chunk_size", 64)
+    if chunk_size not in CHUNK_SIZES:
+        raise ValueError(f"`chunk_size` must be 16, 32, or 64, got {chunk_size}.")
+    return chunk_size
+
+
+def chunk_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    beta: torch.Tensor,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    use_qk_l2norm_in_kernel: bool = False,
+    cu_seqlens: torch.LongTensor | None = None,
+    cu_seqlens_cpu: torch.LongTensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Delta rule, chunkwise form. q,k `[B,T,H,K]`, v `[B,T,H,V]`, beta `[B,T,H]`, state `[N,H,K,V]`."""
+    chunk_size = _chunk_size(kwargs)
+    if beta.ndim != 3:
+        raise ValueError(f"beta must be of shape [B, T, H], got {tuple(beta.shape)}")
+    return run_delta_rule(
+        chunk_delta_core,
+        q=q, k=k, v=v, beta=beta, g=None, scale=scale,
+        initial_state=initial_state, output_final_state=output_final_state,
+        use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, cu_seqlens=cu_seqlens, chunk_size=chunk_size,
+    )
+
+
+def fused_recurrent_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    beta: torch.Tensor | None = None,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    use_qk_l2norm_in_kernel: bool = False,
+    cu_seqlens: torch.LongTensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Delta rule, recurrent form (decoding). beta `[B,T,H]` or per channel `[B,T,H,V]`; default all ones."""
+    if beta is None:
+        beta = torch.ones_like(q[..., 0])
+    long_enough = q.shape[1] >= RECURRENT_TO_CHUNK_MIN_TOKENS and beta.ndim == 3
+    core = chunk_delta_core if long_enough else recurrent_delta_core
+    return run_delta_rule(
+        core,
+        q=q, k=k, v=v, beta=beta, g=None, scale=scale,
+        initial_state=initial_state, output_final_state=output_final_state,
+        use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, cu_seqlens=cu_seqlens,
+    )
+
+
+def recurrent_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    beta: torch.Tensor | None = None,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    use_qk_l2norm_in_kernel: bool = False,
+    cu_seqlens: torch.LongTensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Like `fused_recurrent_delta_rule`, but always token by token (the plain recurrence, whatever T)."""
+    if beta is None:
+        beta = torch.ones_like(q[..., 0])
+    return run_delta_rule(
+        recurrent_delta_core,
+        q=q, k=k, v=v, beta=beta, g=None, scale=scale,
+        initial_state=initial_state, output_final_state=output_final_state,
+        use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, cu_seqlens=cu_seqlens,
+    )
