@@ -128,21 +128,23 @@ def select_positions(
         raise ValueError(f"n_chunks={n_chunks} exceeds the {int(lengths[row])} real tokens of row {row}")
 
     scores = position_scores(entropy, response_length, mode)
-    positions = torch.empty(batch, n_chunks, dtype=torch.long, device=entropy.device)
-    chunk_ids = torch.arange(n_chunks, device=entropy.device)
-    for i in range(batch):
-        start, size = int(starts[i]), int(chunk_sizes[i])
-        chunk_starts = start + chunk_ids * size  # [C]
-        index = chunk_starts.unsqueeze(1) + torch.arange(size, device=entropy.device)  # [C, c]
-        chunk_scores = scores[i][index]
+    device = entropy.device
+    # One [B, C, c_max] window per chunk; rows with a smaller c get their extra slots masked out.
+    c_max = int(chunk_sizes.max())
+    offsets = torch.arange(c_max, device=device)
+    chunk_starts = starts.unsqueeze(1) + torch.arange(n_chunks, device=device) * chunk_sizes.unsqueeze(1)  # [B, C]
+    index = (chunk_starts.unsqueeze(2) + offsets).clamp(max=seq_len - 1)  # [B, C, c_max]
+    in_chunk = offsets < chunk_sizes.view(batch, 1, 1)
+    chunk_scores = torch.gather(scores, 1, index.flatten(1)).view(batch, n_chunks, c_max)
+    if mode == "argmin":
+        offset = chunk_scores.masked_fill(~in_chunk, float("inf")).argmin(dim=2)
+    else:
+        chunk_scores = chunk_scores.masked_fill(~in_chunk, float("-inf"))
         if mode == "argmax":
-            offset = chunk_scores.argmax(dim=1)
-        elif mode == "argmin":
-            offset = chunk_scores.argmin(dim=1)
+            offset = chunk_scores.argmax(dim=2)
         else:
-            probs = torch.softmax(chunk_scores, dim=1)
-            offset = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        r = chunk_starts + offset + 1
-        # Lower bound applied last: it wins when the bounds cross (short rows), see docstring.
-        positions[i] = r.clamp(max=seq_len - CLAMP_MARGIN).clamp(min=start + CLAMP_MARGIN)
-    return positions
+            probs = torch.softmax(chunk_scores, dim=2).flatten(0, 1)
+            offset = torch.multinomial(probs, 1, generator=generator).view(batch, n_chunks)
+    r = chunk_starts + offset + 1
+    # Lower bound applied last: it wins when the bounds cross (short rows), see docstring.
+    return r.clamp(max=seq_len - CLAMP_MARGIN).clamp(min=starts.unsqueeze(1) + CLAMP_MARGIN)
