@@ -1,0 +1,410 @@
+"""The `refine:` config group, the official key aliases, and up-front validation (before Ray starts).
+
+Every ReFINE knob lives in one documented group, `refine:` (the dataclass `RefineConfig` below). The official
+ReFINE command lines add their keys to verl's groups with `+key=value` (spec §3); `apply_official_aliases`
+moves each of them onto its `refine.*` name, so those command lines work unchanged. `validate_config` checks the
+whole config and the data files and raises one `ValueError` naming the key/column, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+PHASE_FLAGS = (
+    "ttt_sft_update",
+    "ttt_ppo_update",
+    "task_sft_update",
+    "task_ppo_update",
+    "val_ttt_sft_update",
+    "val_ttt_ppo_update",
+    "val_get_loss",
+)
+SAMPLING_MODES = ("entropy", "uniform", "argmax", "argmin")
+REWARD_TYPES = ("cosine_similarity", "binary", "hybrid")
+NSP_MODES = ("faithful",)
+MAX_RESPONSE_LENGTH = 20  # the hard-coded clamp margin of the official selection (spec Q16)
+
+
+@dataclass
+class RefineConfig:
+    """All ReFINE knobs (the `refine:` group). Defaults are the official ones (spec §3, §2.E).
+
+    Phase flags (spec §1): which updates run where.
+      ttt_sft_update / ttt_ppo_update: inner-loop NTP / NSP-GRPO on each training batch (mid- and post-training).
+      task_sft_update / task_ppo_update: outer task update on each training batch (post-training).
+      val_ttt_sft_update / val_ttt_ppo_update: inner loop on each validation batch before generating (TTT).
+      val_get_loss: mid-training validation (val_loss / val_em_score) instead of generation.
+    NSP (spec §2.A):
+      sampling: position selection, entropy | uniform | argmax | argmin.
+      n_chunks (C): prefixes per sequence.  n_per_prefix (ttt_n): rollouts per prefix.
+      response_length (k): rollout length, ≤ 20.  temperature / top_p / top_k: rollout sampling (top_k 0 = off).
+      reward: cosine_similarity | binary | hybrid.
+    Update (spec §2.C):
+      sft_coef / ppo_coef: weights of the NTP and PG terms in the combined update.
+      mini_batch_size: global mini-batch in sequences (×C×ttt_n/W rows per rank).
+      micro_batch_size_per_gpu: micro-batch of both parts of the update.
+      log_prob_micro_batch_size_per_gpu: micro-batch of the analysis forward, rollouts, old log-probs, val loss.
+      ntp_pad_mask: `model` = the model's own NTP loss (official: DeltaNet counts pads, LaCT masks them, Q6);
+        `mask` = always mask pad positions (deviation flag).
+    Data: answer_key / data_source_key (post-training and TTT; spec §4.1).
+    Reproducibility: seed drives position selection and rollout sampling (the official code is unseeded, Q27).
+    nsp_mode: the NSP implementation behind `refine.trainer.nsp_step` (only `faithful` exists).
+    Issue-8 knobs (post-training / TTT): ttt_reset (cumulative | batch), on_overlong (truncate | error),
+      use_row_max_gen_tokens.
+    plot: write a PNG of rewards and losses per step into the run directory.
+    """
+
+    ttt_sft_update: bool = False
+    ttt_ppo_update: bool = False
+    task_sft_update: bool = False
+    task_ppo_update: bool = False
+    val_ttt_sft_update: bool = False
+    val_ttt_ppo_update: bool = False
+    val_get_loss: bool = False
+
+    sampling: str = "entropy"
+    n_chunks: int | None = None
+    n_per_prefix: int | None = None
+    response_length: int | None = None
+    temperature: float | None = None
+    top_p: float = 1.0
+    top_k: int = 0
+    reward: str | None = None
+
+    sft_coef: float | None = None
+    ppo_coef: float | None = None
+    mini_batch_size: int | None = None
+    micro_batch_size_per_gpu: int | None = None
+    log_prob_micro_batch_size_per_gpu: int | None = None
+    ntp_pad_mask: str = "model"
+
+    answer_key: str | None = None
+    data_source_key: str | None = None
+
+    seed: int = 1
+    nsp_mode: str = "faithful"
+
+    ttt_reset: str = "cumulative"
+    on_overlong: str = "truncate"
+    use_row_max_gen_tokens: bool = False
+
+    plot: bool = True
+
+    @property
+    def inner_enabled(self) -> bool:
+        return self.ttt_sft_update or self.ttt_ppo_update
+
+    @property
+    def outer_enabled(self) -> bool:
+        return self.task_sft_update or self.task_ppo_update
+
+
+REFINE_KEYS = tuple(f.name for f in dataclasses.fields(RefineConfig))
+
+# official key (spec §3) -> refine.* name; None = accepted and dropped (officially unused)
+OFFICIAL_ALIASES: dict[str, str | None] = {
+    "algorithm.ttt_sft_update": "ttt_sft_update",
+    "algorithm.ttt_ppo_update": "ttt_ppo_update",
+    "algorithm.task_sft_update": "task_sft_update",
+    "algorithm.task_ppo_update": "task_ppo_update",
+    "algorithm.val_ttt_sft_update": "val_ttt_sft_update",
+    "algorithm.val_ttt_ppo_update": "val_ttt_ppo_update",
+    "algorithm.val_get_loss": "val_get_loss",
+    "algorithm.ttt_sampling": "sampling",
+    "actor_rollout_ref.actor.ttt_n_chunks": "n_chunks",
+    "actor_rollout_ref.actor.ttt_n": "n_per_prefix",
+    "actor_rollout_ref.actor.ttt_reward": "reward",
+    "actor_rollout_ref.actor.ttt_sft_loss_coef": "sft_coef",
+    "actor_rollout_ref.actor.ttt_ppo_loss_coef": "ppo_coef",
+    "actor_rollout_ref.actor.ttt_ppo_mini_batch_size": "mini_batch_size",
+    "actor_rollout_ref.actor.ttt_ppo_micro_batch_size_per_gpu": "micro_batch_size_per_gpu",
+    "actor_rollout_ref.rollout.ttt_log_prob_micro_batch_size_per_gpu": "log_prob_micro_batch_size_per_gpu",
+    "actor_rollout_ref.rollout.ttt_temperature": "temperature",
+    "actor_rollout_ref.rollout.ttt_response_length": "response_length",
+    "actor_rollout_ref.rollout.ttt_top_p": "top_p",
+    "actor_rollout_ref.rollout.ttt_top_k": "top_k",
+    "actor_rollout_ref.ref.ttt_log_prob_micro_batch_size_per_gpu": None,
+    "data.answer_key": "answer_key",
+    "data.data_source_key": "data_source_key",
+}
+
+
+def apply_official_aliases(config: DictConfig) -> DictConfig:
+    """Move every official key (spec §3) present in `config` onto `refine.*`, in place; returns `config`.
+
+    The official keys are removed from verl's groups (verl builds dataclasses from those groups and would reject
+    an unknown field). An official key given together with a different explicit `refine.*` value is an error.
+    """
+    with open_dict(config):
+        if config.get("refine") is None:
+            config.refine = {}
+        for official, name in OFFICIAL_ALIASES.items():
+            parent_path, _, leaf = official.rpartition(".")
+            parent = OmegaConf.select(config, parent_path)
+            if parent is None or leaf not in parent:
+                continue
+            value = parent[leaf]
+            with open_dict(parent):
+                parent.pop(leaf)
+            if name is not None:
+                config.refine[name] = value
+    return config
+
+
+def refine_config_from(config: DictConfig) -> RefineConfig:
+    """The typed `RefineConfig` of a composed config; an unknown `refine.*` key is a ValueError."""
+    group = config.get("refine") or {}
+    raw = OmegaConf.to_container(group, resolve=True) if isinstance(group, DictConfig) else dict(group)
+    unknown = sorted(set(raw) - set(REFINE_KEYS))
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) refine.{', refine.'.join(unknown)}; the refine group accepts: {', '.join(REFINE_KEYS)} "
+            "(see refine/trainer/config.py RefineConfig)"
+        )
+    return RefineConfig(**raw)
+
+
+def _fail(key: str, value: Any, problem: str, fix: str) -> None:
+    raise ValueError(f"{key}={value!r}: {problem}. Fix: {fix}")
+
+
+def _required(rc: RefineConfig, names: list[str], why: str) -> None:
+    for name in names:
+        if getattr(rc, name) is None:
+            official = next((k for k, v in OFFICIAL_ALIASES.items() if v == name), None)
+            alt = f" (or the official +{official}=...)" if official else ""
+            _fail(f"refine.{name}", None, f"missing, required when {why}", f"set refine.{name}=...{alt}")
+
+
+def n_workers(config: DictConfig) -> int:
+    """Data-parallel world size of the actor worker group."""
+    return int(config.trainer.n_gpus_per_node) * int(config.trainer.nnodes)
+
+
+def validate_refine(rc: RefineConfig, config: DictConfig) -> None:
+    """Check the refine group against the rest of the config (spec §3 assertions, Q16, Q21, Q30)."""
+    if not any(getattr(rc, flag) for flag in PHASE_FLAGS):
+        _fail(
+            "refine.<phase flags>",
+            {f: False for f in PHASE_FLAGS},
+            "no phase is switched on, so there is nothing to run",
+            "set e.g. refine.ttt_sft_update=True refine.ttt_ppo_update=True refine.val_get_loss=True (mid-training)",
+        )
+    if rc.task_sft_update and rc.task_ppo_update:
+        _fail("refine.task_sft_update/task_ppo_update", (True, True), "exactly one outer update may be on",
+              "switch one of them off")
+    if rc.sampling not in SAMPLING_MODES:
+        _fail("refine.sampling", rc.sampling, f"must be one of {SAMPLING_MODES}", "pick one of those")
+    if rc.nsp_mode not in NSP_MODES:
+        _fail("refine.nsp_mode", rc.nsp_mode, f"must be one of {NSP_MODES}", "use refine.nsp_mode=faithful")
+    if rc.ntp_pad_mask not in ("model", "mask"):
+        _fail("refine.ntp_pad_mask", rc.ntp_pad_mask, "must be 'model' or 'mask'", "pick one of those")
+    if rc.ttt_reset not in ("cumulative", "batch"):
+        _fail("refine.ttt_reset", rc.ttt_reset, "must be 'cumulative' or 'batch'", "pick one of those")
+    if rc.on_overlong not in ("truncate", "error"):
+        _fail("refine.on_overlong", rc.on_overlong, "must be 'truncate' or 'error'", "pick one of those")
+
+    w = n_workers(config)
+    inner_train = rc.ttt_sft_update or rc.ttt_ppo_update
+    inner_val = rc.val_ttt_sft_update or rc.val_ttt_ppo_update
+    ppo = rc.ttt_ppo_update or rc.val_ttt_ppo_update
+    if inner_train or inner_val:
+        _required(rc, ["micro_batch_size_per_gpu", "log_prob_micro_batch_size_per_gpu"], "an inner loop is on")
+    if rc.val_get_loss:
+        _required(rc, ["log_prob_micro_batch_size_per_gpu"], "refine.val_get_loss is on")
+    if ppo:
+        _required(
+            rc,
+            ["n_chunks", "n_per_prefix", "response_length", "temperature", "reward", "sft_coef", "ppo_coef",
+             "mini_batch_size"],
+            "NSP-GRPO (ttt_ppo_update / val_ttt_ppo_update) is on",
+        )
+        if rc.reward not in REWARD_TYPES:
+            _fail("refine.reward", rc.reward, f"must be one of {REWARD_TYPES}", "pick one of those")
+        if not 1 <= rc.response_length <= MAX_RESPONSE_LENGTH:
+            _fail("refine.response_length", rc.response_length,
+                  f"k must be in [1, {MAX_RESPONSE_LENGTH}] (the selection clamps prefixes to S-20, spec Q16)",
+                  f"use refine.response_length<={MAX_RESPONSE_LENGTH}")
+        for name in ("n_chunks", "n_per_prefix", "mini_batch_size"):
+            if getattr(rc, name) < 1:
+                _fail(f"refine.{name}", getattr(rc, name), "must be >= 1", "use a positive value")
+        if not rc.temperature > 0:
+            _fail("refine.temperature", rc.temperature, "must be > 0", "use e.g. 1.0 (official)")
+    for name in ("micro_batch_size_per_gpu", "log_prob_micro_batch_size_per_gpu"):
+        value = getattr(rc, name)
+        if value is not None and value < 1:
+            _fail(f"refine.{name}", value, "must be >= 1", "use a positive value")
+
+    def check_batch(key: str, batch: int, inner_ppo: bool) -> None:
+        if batch % w:
+            _fail(key, batch, f"not divisible by the number of workers ({w}, spec Q30)",
+                  f"use a multiple of {w} (trainer.n_gpus_per_node x trainer.nnodes)")
+        per_rank = batch // w
+        lp = rc.log_prob_micro_batch_size_per_gpu
+        if lp is not None and per_rank % min(lp, per_rank):
+            _fail(key, batch, f"{per_rank} rows per worker are not divisible by the micro-batch "
+                  f"refine.log_prob_micro_batch_size_per_gpu={lp} (spec Q30)",
+                  "make the per-worker rows a multiple of the micro-batch")
+        if inner_ppo:
+            rows = per_rank * rc.n_chunks * rc.n_per_prefix
+            if lp is not None and rows % min(lp, rows):
+                _fail(key, batch, f"{rows} rollout rows per worker are not divisible by "
+                      f"refine.log_prob_micro_batch_size_per_gpu={lp} (spec Q30)", "change the batch or micro-batch")
+            if batch < rc.mini_batch_size:
+                _fail(key, batch, f"smaller than refine.mini_batch_size={rc.mini_batch_size} (spec §3)",
+                      f"use a batch >= {rc.mini_batch_size} or lower refine.mini_batch_size")
+            m_rows = rc.mini_batch_size * rc.n_chunks * rc.n_per_prefix
+            if m_rows % w:
+                _fail("refine.mini_batch_size", rc.mini_batch_size,
+                      f"mini-batch rows m*C*ttt_n={m_rows} not divisible by the {w} workers (spec §2.C)",
+                      f"use a mini-batch with m*C*ttt_n a multiple of {w}")
+            m_rank = m_rows // w
+            mu = min(m_rank, rc.micro_batch_size_per_gpu)
+            if m_rank % mu or rows % m_rank:
+                _fail("refine.mini_batch_size", rc.mini_batch_size,
+                      f"per-worker mini-batch of {m_rank} rows must divide the {rows} rollout rows per worker and be "
+                      f"a multiple of refine.micro_batch_size_per_gpu={rc.micro_batch_size_per_gpu} (spec Q21)",
+                      "choose sizes that divide evenly")
+            sft_mini = m_rank // rc.n_chunks // rc.n_per_prefix
+            if sft_mini < 1:
+                _fail("refine.mini_batch_size", rc.mini_batch_size,
+                      f"gives {sft_mini} sequences per worker in the NTP mini-batch (needs >= 1)",
+                      f"use refine.mini_batch_size >= {w}")
+
+    batch = int(config.data.train_batch_size)
+    if inner_train or rc.outer_enabled:
+        check_batch("data.train_batch_size", batch, rc.ttt_ppo_update)
+    val_batch = config.data.get("val_batch_size")
+    if val_batch is not None and (inner_val or rc.val_get_loss):
+        check_batch("data.val_batch_size", int(val_batch), rc.val_ttt_ppo_update)
+
+    max_prompt = int(config.data.max_prompt_length)
+    if ppo and max_prompt < 2 * MAX_RESPONSE_LENGTH + 1:
+        _fail("data.max_prompt_length", max_prompt, "too short for NSP: prefixes are clamped to [start+20, S-20]",
+              f"use data.max_prompt_length >= {2 * MAX_RESPONSE_LENGTH + 1}")
+
+
+def _check_parquet(key: str, path: str, column: str) -> int:
+    """Rows of a readable, non-empty parquet file with `column`; ValueError naming key, path and fix otherwise."""
+    import pyarrow.parquet as pq
+
+    if not os.path.isfile(path):
+        _fail(key, path, "file not found", "point it at an existing .parquet file")
+    try:
+        schema = pq.read_schema(path)
+        rows = pq.ParquetFile(path).metadata.num_rows
+    except Exception as exc:  # noqa: BLE001 - any read failure is the same user error
+        _fail(key, path, f"unreadable as parquet ({type(exc).__name__}: {exc})", "give a valid parquet file")
+    if column not in schema.names:
+        _fail("data.prompt_key", column, f"column missing in {path} (columns: {schema.names})",
+              "set data.prompt_key to one of those columns")
+    if rows == 0:
+        _fail(key, path, "the file has no rows", "give a non-empty data file")
+    return rows
+
+
+def _files(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]
+
+
+def validate_data(rc: RefineConfig, config: DictConfig) -> None:
+    """Check the data files: readable, non-empty, with the prompt (and answer / data_source) columns."""
+    prompt_key = config.data.prompt_key
+    need_train = not config.trainer.get("val_only", False)
+    groups = [("data.val_files", config.data.val_files)]
+    if need_train:
+        groups.insert(0, ("data.train_files", config.data.train_files))
+    for key, value in groups:
+        files = _files(value)
+        if not files:
+            _fail(key, value, "no data file given", f"set {key}=path/to/file.parquet")
+        for path in files:
+            _check_parquet(key, path, prompt_key)
+            import pyarrow.parquet as pq
+
+            names = pq.read_schema(path).names
+            for opt_key in ("answer_key", "data_source_key"):
+                col = getattr(rc, opt_key)
+                if col is not None and col not in names:
+                    _fail(f"refine.{opt_key}", col, f"column missing in {path} (columns: {names})",
+                          "name an existing column")
+
+
+def absolutize_paths(config: DictConfig, base: Path | None = None) -> None:
+    """Make relative model/data/checkpoint paths absolute (Ray workers do not share the driver's cwd).
+
+    A relative path is taken against the current directory if it exists there, else against the repo root
+    (so the embedded default also works when started from elsewhere).
+    """
+    cwd = Path.cwd()
+    roots = [cwd, REPO_ROOT] if base is None else [base]
+
+    def fix(p):
+        if p is None or str(p).startswith(("hdfs://", "pkg://", "file://")):
+            return p
+        p = os.path.expanduser(str(p))
+        if os.path.isabs(p):
+            return p
+        for root in roots:
+            if (root / p).exists():
+                return str(root / p)
+        return str(roots[0] / p)
+
+    with open_dict(config):
+        model = config.actor_rollout_ref.model
+        model.path = fix(model.path)
+        if model.get("tokenizer_path"):
+            model.tokenizer_path = fix(model.tokenizer_path)
+        for key in ("train_files", "val_files"):
+            value = config.data.get(key)
+            if value is None:
+                continue
+            config.data[key] = fix(value) if isinstance(value, str) else [fix(v) for v in value]
+        config.trainer.default_local_dir = str(Path(fix(config.trainer.default_local_dir)))
+
+
+def prepare_config(config: DictConfig) -> RefineConfig:
+    """Aliases, unknown-key check, path resolution and the whole validation; runs before Ray starts.
+
+    Mutates `config` (aliases moved, paths absolute, `refine` group completed with defaults) and returns the
+    typed `RefineConfig`.
+    """
+    apply_official_aliases(config)
+    rc = refine_config_from(config)
+    with open_dict(config):
+        config.refine = OmegaConf.structured(rc)
+    absolutize_paths(config)
+    validate_refine(rc, config)
+    validate_data(rc, config)
+    model_path = config.actor_rollout_ref.model.path
+    if not os.path.isdir(model_path) and not os.path.isfile(os.path.join(str(model_path), "config.json")):
+        if os.path.isabs(str(model_path)):
+            _fail("actor_rollout_ref.model.path", model_path, "no model directory there",
+                  "point it at a local HF model directory (or run scripts/build_demo_model.py for the demo)")
+    return rc
+
+
+__all__ = [
+    "RefineConfig",
+    "OFFICIAL_ALIASES",
+    "PHASE_FLAGS",
+    "REFINE_KEYS",
+    "apply_official_aliases",
+    "refine_config_from",
+    "validate_refine",
+    "validate_data",
+    "prepare_config",
+    "n_workers",
+]

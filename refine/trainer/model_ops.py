@@ -1,0 +1,283 @@
+"""What the actor worker computes on its model, as plain functions of an HF causal LM (no Ray, no verl worker).
+
+The worker RPCs in `refine.trainer.worker` call these on `self.actor.engine.module` (the FSDP module verl built);
+tests call them on a plain HF model. Each function is one worker-side step of the inner loop (spec 2.A, 2.C, 1.1).
+Micro-batching follows the official per-GPU micro-batch sizes; all ranks run the same number of forward and
+`generate` calls (fixed k, no EOS stop), so FSDP all-gathers stay in lockstep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from refine.nsp.losses import ntp_labels, ppo_clip_loss
+from refine.nsp.positions import select_positions
+from refine.nsp.prefixes import gather_target_hidden
+
+
+def micro_slices(n: int, micro: int) -> Iterator[slice]:
+    """Consecutive slices of at most `micro` rows covering range(n)."""
+    micro = max(1, min(micro, n))
+    for start in range(0, n, micro):
+        yield slice(start, min(start + micro, n))
+
+
+def _forward(module, input_ids, attention_mask, **kwargs):
+    return module(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) (temperature 1) per position, via verl's own function (float32)."""
+    from verl.utils.torch_functional import entropy_from_logits as verl_entropy
+
+    return verl_entropy(logits.float())
+
+
+@dataclass
+class Analysis:
+    """Output of the analysis forward on one worker's rows (spec 2.A steps 1-2, Q20)."""
+
+    positions: torch.Tensor  # [B, C] rollout starts r
+    target_hidden: torch.Tensor  # [B, C, k, H] final-norm hidden states at [r, r + k)
+    entropies: torch.Tensor | None = None  # [B, S], only when asked for (tests)
+
+
+@torch.no_grad()
+def analyse(
+    module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    n_chunks: int,
+    response_length: int,
+    sampling: str,
+    micro_batch_size: int,
+    generator: torch.Generator | None,
+    return_entropies: bool = False,
+) -> Analysis:
+    """Full-row forward per micro-batch: entropies -> positions (`select_positions`) -> target hidden states.
+
+    Selection runs per micro-batch with the same generator, which draws exactly what one call on all rows would
+    draw (rows are visited in order). Only [B, C, k, H] leaves this function, never [B, S, H].
+    """
+    positions, targets, entropies = [], [], []
+    for sl in micro_slices(input_ids.shape[0], micro_batch_size):
+        out = _forward(module, input_ids[sl], attention_mask[sl], output_hidden_states=True)
+        entropy = entropy_from_logits(out.logits)
+        r = select_positions(
+            entropy,
+            attention_mask[sl],
+            n_chunks=n_chunks,
+            response_length=response_length,
+            mode=sampling,
+            generator=generator,
+        )
+        positions.append(r)
+        targets.append(gather_target_hidden(out.hidden_states[-1], r, response_length))
+        if return_entropies:
+            entropies.append(entropy)
+    return Analysis(
+        positions=torch.cat(positions),
+        target_hidden=torch.cat(targets),
+        entropies=torch.cat(entropies) if return_entropies else None,
+    )
+
+
+@torch.no_grad()
+def generate_responses(
+    module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    response_length: int,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    micro_batch_size: int,
+    eos_token_id: int | None,
+    pad_token_id: int,
+) -> torch.Tensor:
+    """Sample exactly k tokens per prompt with HF `generate` (min = max new tokens, so EOS can never be emitted).
+
+    Returns responses [N, k]. Sampling uses torch's global RNG, which the caller seeds.
+    """
+    responses = []
+    for sl in micro_slices(input_ids.shape[0], micro_batch_size):
+        out = module.generate(
+            input_ids=input_ids[sl],
+            attention_mask=attention_mask[sl],
+            max_new_tokens=response_length,
+            min_new_tokens=response_length,
+            do_sample=True,
+            num_beams=1,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            use_cache=True,
+        )
+        responses.append(out[:, input_ids.shape[1]:])
+    result = torch.cat(responses)
+    if result.shape[1] != response_length:
+        raise RuntimeError(f"generate returned {result.shape[1]} new tokens, expected exactly {response_length}")
+    return result
+
+
+def response_log_probs(logits: torch.Tensor, responses: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Log-probs [N, k] of the k response tokens from logits [N, S + k, V] of the (prompt, response) row."""
+    from verl.utils.torch_functional import logprobs_from_logits
+
+    k = responses.shape[1]
+    logits = logits[:, -k - 1 : -1].float() / temperature
+    return logprobs_from_logits(logits, responses)
+
+
+@torch.no_grad()
+def old_log_probs_and_hidden(
+    module,
+    prompts: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    responses: torch.Tensor,
+    *,
+    temperature: float,
+    micro_batch_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(old_log_probs [N, k], response_hidden [N, k, H]) from a full forward of each (prompt, response) row."""
+    log_probs, hidden = [], []
+    k = responses.shape[1]
+    for sl in micro_slices(prompts.shape[0], micro_batch_size):
+        ids = torch.cat([prompts[sl], responses[sl]], dim=1)
+        mask = torch.cat([prompt_mask[sl], torch.ones_like(responses[sl])], dim=1)
+        out = _forward(module, ids, mask, output_hidden_states=True)
+        log_probs.append(response_log_probs(out.logits, responses[sl], temperature))
+        hidden.append(out.hidden_states[-1][:, -k:])
+    return torch.cat(log_probs), torch.cat(hidden)
+
+
+def ntp_forward_loss(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, mask_pads: bool) -> torch.Tensor:
+    """The model's own NTP loss with `labels` (official); `mask_pads=True` sets pad labels to -100 first (Q6 flag)."""
+    labels = ntp_labels(input_ids, attention_mask, mask_pad_in_ntp=True) if mask_pads else input_ids
+    return _forward(module, input_ids, attention_mask, labels=labels).loss
+
+
+@dataclass
+class UpdatePlan:
+    """Per-rank sizes of one combined NTP + PPO update call (spec 2.C, Q21)."""
+
+    ppo_mini: int  # M rows per PPO mini-batch
+    sft_mini: int  # sequences per NTP mini-batch
+    micro: int  # mu, micro-batch of both parts
+    sft_micro: int
+    ga_sft: int
+    ga_ppo: int
+    n_minibatches: int
+
+
+def plan_update(n_ppo_rows: int, *, mini_batch_size: int, n_chunks: int, n_per_prefix: int, world_size: int,
+                micro_batch_size: int) -> UpdatePlan:
+    """The official update arithmetic: M = min(rows, m*C*n/W); SFT mini = M//C//n; mu = min(M, micro);
+    GA_sft = max(1, SFT mini // mu); GA_ppo = M // mu."""
+    m_ppo = mini_batch_size * n_chunks * n_per_prefix // world_size
+    ppo_mini = min(n_ppo_rows, m_ppo)
+    sft_mini = ppo_mini // n_chunks // n_per_prefix
+    micro = min(ppo_mini, micro_batch_size)
+    return UpdatePlan(
+        ppo_mini=ppo_mini,
+        sft_mini=sft_mini,
+        micro=micro,
+        sft_micro=min(sft_mini, micro),
+        ga_sft=max(1, sft_mini // micro),
+        ga_ppo=ppo_mini // micro,
+        n_minibatches=-(-n_ppo_rows // ppo_mini),
+    )
+
+
+def combined_backward(
+    module,
+    sft: dict[str, torch.Tensor],
+    ppo: dict[str, torch.Tensor],
+    plan: UpdatePlan,
+    *,
+    sft_coef: float,
+    ppo_coef: float,
+    temperature: float,
+    mask_pads: bool,
+) -> dict[str, list[float]]:
+    """Backward of one (NTP mini-batch, PPO mini-batch) pair with the official scaling (spec 2.C step 2-3).
+
+    NTP: loss x sft_coef / GA_sft per micro-batch; PPO: dual-clip pg x ppo_coef / GA_ppo per micro-batch. The
+    PPO forward runs the full S + k row with gradients (Q25). Gradients accumulate in `module`; the caller zeroes
+    them before and steps the optimiser after. Returns the per-micro-batch metrics (scaled values as logged
+    officially, Q5, plus the raw losses).
+    """
+    metrics: dict[str, list[float]] = {}
+
+    def log(key, value):
+        metrics.setdefault(key, []).append(float(value))
+
+    n_sft = sft["input_ids"].shape[0]
+    for sl in micro_slices(n_sft, plan.sft_micro):
+        loss = ntp_forward_loss(module, sft["input_ids"][sl], sft["attention_mask"][sl], mask_pads=mask_pads)
+        scaled = loss * sft_coef / plan.ga_sft
+        scaled.backward()
+        log("actor/sft_loss_ttt", scaled.detach())
+        log("actor/ntp_loss_raw_ttt", loss.detach())
+
+    n_ppo = ppo["prompts"].shape[0]
+    for sl in micro_slices(n_ppo, plan.micro):
+        responses = ppo["responses"][sl]
+        ids = torch.cat([ppo["prompts"][sl], responses], dim=1)
+        mask = torch.cat([ppo["prompt_mask"][sl], torch.ones_like(responses)], dim=1)
+        logits = _forward(module, ids, mask).logits
+        log_prob = response_log_probs(logits, responses, temperature)
+        response_mask = torch.ones_like(log_prob)
+        pg_loss, pg_metrics = ppo_clip_loss(ppo["old_log_probs"][sl], log_prob, ppo["advantages"][sl], response_mask)
+        scaled = pg_loss * ppo_coef / plan.ga_ppo
+        scaled.backward()
+        log("actor/pg_loss_ttt", scaled.detach())
+        log("actor/pg_loss_raw_ttt", pg_loss.detach())
+        for key, value in pg_metrics.items():
+            log(key, value)
+    return metrics
+
+
+def sft_only_backward(module, sft: dict[str, torch.Tensor], *, micro_batch_size: int, mask_pads: bool):
+    """NTP-only inner update (`update_policy_sft_ttt`): loss / GA per micro-batch, no coefficient (Q22)."""
+    n = sft["input_ids"].shape[0]
+    slices = list(micro_slices(n, micro_batch_size))
+    metrics: dict[str, list[float]] = {}
+    for sl in slices:
+        loss = ntp_forward_loss(module, sft["input_ids"][sl], sft["attention_mask"][sl], mask_pads=mask_pads)
+        scaled = loss / len(slices)
+        scaled.backward()
+        metrics.setdefault("actor/sft_loss_ttt", []).append(float(scaled.detach()))
+        metrics.setdefault("actor/ntp_loss_raw_ttt", []).append(float(loss.detach()))
+    return metrics
+
+
+@torch.no_grad()
+def validation_loss_em(
+    module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, micro_batch_size: int,
+    generator: torch.Generator | None,
+) -> tuple[float, int, int]:
+    """Mid-training validation on one worker's rows (spec 1.1, Q13).
+
+    Returns (mean over micro-batches of the model's own NTP loss, matches, counted positions), where a match is a
+    token sampled from softmax(logits) at temperature 1 equal to the true next token, counted over positions with
+    attention_mask = 1 except the last column.
+    """
+    losses, matches, counted = [], 0, 0
+    for sl in micro_slices(input_ids.shape[0], micro_batch_size):
+        ids, mask = input_ids[sl], attention_mask[sl]
+        out = _forward(module, ids, mask, labels=ids)
+        losses.append(float(out.loss))
+        probs = torch.softmax(out.logits[:, :-1].float(), dim=-1)
+        sampled = torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(ids.shape[0], -1)
+        valid = mask[:, :-1].bool()
+        matches += int(((sampled == ids[:, 1:]) & valid).sum())
+        counted += int(valid.sum())
+    return sum(losses) / len(losses), matches, counted

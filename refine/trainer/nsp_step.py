@@ -1,0 +1,206 @@
+"""One NSP inner step (spec 2.A) as a sequence of worker calls and `refine.nsp` functions: the `nsp_mode` seam.
+
+`inner_step(mode)` returns the implementation for `refine.nsp_mode`; only "faithful" (the official algorithm,
+one RPC per worker-side step) exists. A faster implementation replaces the whole of `faithful_inner_step` behind
+the same signature: (worker group, batch, RefineConfig, settings) -> metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from time import perf_counter
+
+import torch
+from verl import DataProto
+
+from refine.trainer.config import RefineConfig
+
+
+@dataclass
+class StepSettings:
+    """What an inner step needs besides the refine group: sizes of the run and this step's seed."""
+
+    world_size: int
+    pad_token_id: int
+    seed: int
+    sft: bool  # NTP part on (ttt_sft_update / val_ttt_sft_update)
+    ppo: bool  # NSP-GRPO part on (ttt_ppo_update / val_ttt_ppo_update)
+
+
+@contextmanager
+def timed(timing: dict[str, float], name: str):
+    """Add the wall time of the block to `timing[name]` (seconds)."""
+    start = perf_counter()
+    try:
+        yield
+    finally:
+        timing[name] = timing.get(name, 0.0) + perf_counter() - start
+
+
+def rank0_metrics(output: DataProto) -> dict[str, float]:
+    """Rank-0 worker metrics reduced like the official `reduce_metrics` (mean; max/min for keys containing them).
+
+    Workers return `meta_info["metrics"]` as {key: [values]}; after verl's concat each key holds one entry per rank.
+    Only rank 0's entry is used, as officially (the first `meta_info` wins, Q29).
+    """
+    from verl.utils.metric import reduce_metrics
+
+    merged = output.meta_info.get("metrics", {})
+    rank0 = {key: values[0] for key, values in merged.items()}
+    return reduce_metrics(rank0)
+
+
+def data_metrics_ttt(prompts, prompt_mask, responses, token_rewards, advantages, returns) -> dict[str, float]:
+    """verl's `compute_data_metrics` on the rollout batch with `_ttt` appended to every key (spec 1.4)."""
+    from verl.trainer.ppo.metric_utils import compute_data_metrics
+
+    response_mask = torch.ones_like(responses)
+    batch = DataProto.from_dict(
+        tensors={
+            "prompts": prompts,
+            "responses": responses,
+            "attention_mask": torch.cat([prompt_mask, response_mask], dim=1),
+            "response_mask": response_mask,
+            "token_level_scores": token_rewards,
+            "token_level_rewards": token_rewards,
+            "advantages": advantages,
+            "returns": returns,
+        }
+    )
+    return {f"{key}_ttt": value for key, value in compute_data_metrics(batch, use_critic=False).items()}
+
+
+def faithful_inner_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSettings) -> tuple[dict, dict]:
+    """The official inner loop on `batch` (input_ids, attention_mask; non-tensor `uid`), one worker RPC per step.
+
+    Returns (metrics, extras): metrics with the official names and `timing_s/*`; extras holds the tensors a test
+    may compare against the pure functions (positions, rewards, advantages, uids).
+    """
+    from refine.nsp.advantages import grpo_advantages
+    from refine.nsp.prefixes import build_rollout_batch, expand_targets
+    from refine.nsp.rewards import all_sequence_rewards, reward_metrics, token_level_rewards
+
+    timing: dict[str, float] = {}
+    metrics: dict[str, float] = {}
+    extras: dict = {}
+    micro_lp = rc.log_prob_micro_batch_size_per_gpu
+    mask_pads = rc.ntp_pad_mask == "mask"
+    sft_batch = DataProto.from_dict(
+        tensors={"input_ids": batch.batch["input_ids"], "attention_mask": batch.batch["attention_mask"]}
+    )
+
+    if not settings.ppo:
+        sft_batch.meta_info = {"micro_batch_size": rc.micro_batch_size_per_gpu, "mask_pads": mask_pads}
+        with timed(timing, "update_actor_ttt"):
+            out = wg.nsp_update_sft(sft_batch)
+        metrics.update(rank0_metrics(out))
+        return metrics | {f"timing_s/{k}": v for k, v in timing.items()}, extras
+
+    k, n_chunks, ttt_n = rc.response_length, rc.n_chunks, rc.n_per_prefix
+    # 1-2. analysis forward and position selection on the workers: positions and target hidden states only
+    analyse_in = DataProto.from_dict(
+        tensors={"input_ids": batch.batch["input_ids"], "attention_mask": batch.batch["attention_mask"]},
+        meta_info={
+            "n_chunks": n_chunks,
+            "response_length": k,
+            "sampling": rc.sampling,
+            "micro_batch_size": micro_lp,
+            "seed": settings.seed,
+        },
+    )
+    with timed(timing, "forward_ttt"):
+        analysis = wg.nsp_analyse(analyse_in)
+    positions = analysis.batch["positions"]
+    uids = batch.non_tensor_batch.get("uid")
+    rollout = build_rollout_batch(
+        batch.batch["input_ids"],
+        batch.batch["attention_mask"],
+        positions,
+        response_length=k,
+        pad_token_id=settings.pad_token_id,
+        ttt_n=ttt_n,
+        source_uids=list(uids) if uids is not None else None,
+    )
+    target_hidden = expand_targets(analysis.batch["target_hidden"], ttt_n)
+
+    # 3. rollouts: exactly k sampled tokens per prefix
+    gen_in = DataProto.from_dict(
+        tensors={"input_ids": rollout.input_ids, "attention_mask": rollout.attention_mask},
+        meta_info={
+            "response_length": k,
+            "temperature": rc.temperature,
+            "top_p": rc.top_p,
+            "top_k": rc.top_k,
+            "micro_batch_size": micro_lp,
+            "seed": settings.seed,
+        },
+    )
+    with timed(timing, "gen_ttt"):
+        responses = wg.nsp_generate(gen_in).batch["responses"]
+
+    # 4. old log-probs and response hidden states
+    lp_in = DataProto.from_dict(
+        tensors={"input_ids": rollout.input_ids, "attention_mask": rollout.attention_mask, "responses": responses},
+        meta_info={"temperature": rc.temperature, "micro_batch_size": micro_lp},
+    )
+    with timed(timing, "old_log_prob_ttt"):
+        lp_out = wg.nsp_old_log_prob(lp_in)
+    old_log_probs, response_hidden = lp_out.batch["old_log_probs"], lp_out.batch["response_hidden"]
+
+    # 5-6. rewards (all three logged) and GRPO advantages over the uid groups
+    rewards = all_sequence_rewards(response_hidden, target_hidden, responses, rollout.ground_truth_ids)
+    response_mask = torch.ones_like(responses, dtype=torch.float32)
+    scores = token_level_rewards(rewards[rc.reward], response_mask)
+    advantages, returns = grpo_advantages(scores, response_mask, rollout.uid)
+    metrics.update(reward_metrics(rewards))
+    metrics.update(data_metrics_ttt(rollout.input_ids, rollout.attention_mask, responses, scores, advantages, returns))
+
+    # 7. combined NTP + PPO update
+    sft_batch.meta_info = {
+        "mini_batch_size": rc.mini_batch_size,
+        "n_chunks": n_chunks,
+        "n_per_prefix": ttt_n,
+        "micro_batch_size": rc.micro_batch_size_per_gpu,
+        # official: with PPO on, the NTP part always runs with its coefficient (update_policy_ppo_ttt)
+        "sft_coef": rc.sft_coef,
+        "ppo_coef": rc.ppo_coef,
+        "temperature": rc.temperature,
+        "mask_pads": mask_pads,
+        "world_size": settings.world_size,
+    }
+    ppo_batch = DataProto.from_dict(
+        tensors={
+            "input_ids": rollout.input_ids,
+            "attention_mask": rollout.attention_mask,
+            "responses": responses,
+            "old_log_probs": old_log_probs,
+            "advantages": advantages,
+        }
+    )
+    with timed(timing, "update_actor_ttt"):
+        update_out = wg.nsp_update(sft_batch, ppo_batch)
+    metrics.update(rank0_metrics(update_out))
+    extras.update(
+        positions=positions,
+        rollout=rollout,
+        responses=responses,
+        response_hidden=response_hidden,
+        target_hidden=target_hidden,
+        rewards=rewards,
+        advantages=advantages,
+        old_log_probs=old_log_probs,
+    )
+    return metrics | {f"timing_s/{k_}": v for k_, v in timing.items()}, extras
+
+
+NSP_STEPS: dict[str, Callable] = {"faithful": faithful_inner_step}
+
+
+def inner_step(mode: str) -> Callable:
+    """The inner-step implementation for `refine.nsp_mode`."""
+    if mode not in NSP_STEPS:
+        raise ValueError(f"refine.nsp_mode={mode!r}: unknown; available: {sorted(NSP_STEPS)}")
+    return NSP_STEPS[mode]
+

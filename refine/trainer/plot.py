@@ -1,0 +1,36 @@
+"""The run's PNG: rewards, losses and validation metrics per step (written at the end of `fit`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PANELS = (
+    ("NSP rewards", ("reward/cs_reward_mean", "reward/binary_reward_mean", "reward/hybrid_reward_mean")),
+    ("training losses", ("actor/ntp_loss_raw_ttt", "actor/pg_loss_raw_ttt", "actor/sft_loss_ttt", "actor/pg_loss_ttt")),
+    ("validation", ("val_loss", "val_em_score")),
+)
+
+
+def plot_history(history: list[dict], path: str | Path) -> Path:
+    """Plot each panel's metrics that appear in `history` (records with "step") against the step; returns path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 3.6))
+    for ax, (title, keys) in zip(axes, PANELS):
+        for key in keys:
+            points = [(r["step"], r[key]) for r in history if key in r]
+            if points:
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, marker="o", label=key)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,91 @@
+"""`RefineTaskRunner`: the Ray task runner `run_ppo(config, task_runner_class=RefineTaskRunner)` starts.
+
+It builds the tokenizer (pad = EOS when the tokenizer has none, as officially), the raw-text datasets
+(`refine.data`), the resource pool (one actor worker group) and `RefineTrainer`, then runs `fit`.
+"""
+
+from __future__ import annotations
+
+import ray
+from omegaconf import OmegaConf
+from verl.trainer.main_ppo_v0 import BaseTaskRunner
+
+from refine.trainer.config import refine_config_from
+
+
+def build_datasets(config, tokenizer, rc):
+    """(train, val) `RawTextDataset`s from `config.data` and the refine group (answer / data-source columns)."""
+    from refine.data.dataset import RawTextDataset
+
+    def make(files):
+        return RawTextDataset(
+            files,
+            tokenizer,
+            prompt_key=config.data.prompt_key,
+            answer_key=rc.answer_key,
+            data_source_key=rc.data_source_key,
+            max_prompt_length=int(config.data.max_prompt_length),
+            max_response_length=int(config.data.max_response_length),
+            filter_overlong=bool(config.data.get("filter_overlong_prompts", False)),
+        )
+
+    files = config.data.train_files
+    train = make(OmegaConf.to_container(files) if not isinstance(files, str) else files)
+    files = config.data.val_files
+    val = make(OmegaConf.to_container(files) if not isinstance(files, str) else files)
+    return train, val
+
+
+def load_tokenizer(config):
+    """The model's tokenizer (local path, no remote code); pad = EOS when it has no pad token (spec 1.0)."""
+    from verl.utils import hf_tokenizer
+
+    model = config.actor_rollout_ref.model
+    tokenizer = hf_tokenizer(model.get("tokenizer_path") or model.path, trust_remote_code=False)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+class RefineTaskRunnerBase(BaseTaskRunner):
+    """Plain (non-remote) task runner; `RefineTaskRunner` is its Ray actor."""
+
+    def run(self, config):
+        import refine.models  # noqa: F401 - registers the model classes with the HF Auto classes
+        from verl.single_controller.ray import RayWorkerGroup
+        from verl.trainer.ppo.ray_trainer import Role
+        from verl.trainer.ppo.utils import create_rl_sampler
+
+        from refine.data.collate import collate_fn
+        from refine.trainer.ray_trainer import RefineTrainer
+        from refine.trainer.worker import RefineActorWorker
+
+        OmegaConf.resolve(config)
+        rc = refine_config_from(config)
+        self.role_worker_mapping[Role.ActorRollout] = ray.remote(RefineActorWorker)
+        self.mapping[Role.ActorRollout] = "global_pool"
+        resource_pool_manager = self.init_resource_pool_mgr(config)
+
+        tokenizer = load_tokenizer(config)
+        train_dataset, val_dataset = build_datasets(config, tokenizer, rc)
+        trainer = RefineTrainer(
+            config=config,
+            tokenizer=tokenizer,
+            role_worker_mapping=self.role_worker_mapping,
+            resource_pool_manager=resource_pool_manager,
+            ray_worker_group_cls=RayWorkerGroup,
+            train_dataset=train_dataset,
+            val_dataset=val_dataset,
+            collate_fn=collate_fn,
+            train_sampler=create_rl_sampler(config.data, train_dataset),
+            refine_config=rc,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        trainer.init_workers()
+        trainer.fit()
+        return [dict(r) for r in trainer.history]
+
+
+@ray.remote(num_cpus=1)
+class RefineTaskRunner(RefineTaskRunnerBase):
+    """Ray actor running `RefineTaskRunnerBase.run` (what `run_ppo` starts)."""

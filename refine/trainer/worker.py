@@ -1,0 +1,248 @@
+"""`RefineActorWorker`: verl's `ActorRolloutRefWorker` plus one `@register` RPC per worker-side ReFINE step.
+
+Every RPC is dispatched with `make_nd_compute_dataproto_dispatch_fn("actor")` (rows split evenly over the
+data-parallel ranks, outputs concatenated in rank order; metrics in `meta_info["metrics"]` become one entry per
+rank) and runs on `self.actor.engine.module`, the FSDP module verl built. Knobs travel in `meta_info`. The
+computations themselves are the plain functions of `refine.trainer.model_ops`.
+"""
+
+from __future__ import annotations
+
+import torch
+from verl import DataProto
+from verl.single_controller.base.decorator import register
+from verl.single_controller.base.decorator import make_nd_compute_dataproto_dispatch_fn
+from verl.workers.engine_workers import ActorRolloutRefWorker
+
+from refine.trainer import model_ops
+
+ACTOR_DISPATCH = make_nd_compute_dataproto_dispatch_fn(mesh_name="actor")
+
+
+def _memory_metrics(suffix: str) -> dict[str, float]:
+    """Official perf/* memory metrics (0 on CPU for the device figures)."""
+    import psutil
+    from verl.utils.device import get_torch_device
+
+    device = get_torch_device()
+    gib = 1024**3
+    return {
+        f"perf/max_memory_allocated_gb{suffix}": device.max_memory_allocated() / gib,
+        f"perf/max_memory_reserved_gb{suffix}": device.max_memory_reserved() / gib,
+        f"perf/cpu_memory_used_gb{suffix}": psutil.virtual_memory().used / gib,
+    }
+
+
+def worker_seed(base_seed: int, dp_rank: int, stream: int) -> int:
+    """Seed of one random stream on one rank for one step (positions, sampling, validation draws)."""
+    return (int(base_seed) * 1_000_003 + dp_rank * 7_919 + stream) % (2**63 - 1)
+
+
+class RefineActorWorker(ActorRolloutRefWorker):
+    """Actor worker with the ReFINE inner-loop RPCs (run it with role "actor": no rollout engine is built)."""
+
+    # ---- helpers -------------------------------------------------------------------------------------------
+    @property
+    def _module(self):
+        return self.actor.engine.module
+
+    @property
+    def _dp_rank(self) -> int:
+        return self.actor.engine.get_data_parallel_rank()
+
+    def _device(self):
+        from verl.utils.device import get_device_id
+
+        return get_device_id()
+
+    def _tensors(self, data: DataProto, *keys: str) -> list[torch.Tensor]:
+        device = self._device()
+        return [data.batch[key].to(device) for key in keys]
+
+    def _special_ids(self):
+        gen = getattr(self._module, "generation_config", None)
+        cfg = getattr(self._module, "config", None)
+        eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+        if eos is None and cfg is not None:
+            eos = getattr(cfg, "eos_token_id", None)
+        pad = getattr(gen, "pad_token_id", None) if gen is not None else None
+        if pad is None:
+            pad = eos[0] if isinstance(eos, list) else eos
+        return eos, pad
+
+    # ---- NSP inner loop ------------------------------------------------------------------------------------
+    @register(dispatch_mode=ACTOR_DISPATCH)
+    def nsp_analyse(self, data: DataProto) -> DataProto:
+        """Analysis forward + position selection on this rank's rows (spec 2.A steps 1-2).
+
+        meta_info: n_chunks, response_length, sampling, micro_batch_size, seed, return_entropies (optional).
+        Returns positions [b, C] and target_hidden [b, C, k, H] (and entropies [b, S] if asked).
+        """
+        meta = data.meta_info
+        input_ids, attention_mask = self._tensors(data, "input_ids", "attention_mask")
+        generator = torch.Generator(device=input_ids.device).manual_seed(worker_seed(meta["seed"], self._dp_rank, 0))
+        with self.actor.engine.eval_mode():
+            result = model_ops.analyse(
+                self._module,
+                input_ids,
+                attention_mask,
+                n_chunks=meta["n_chunks"],
+                response_length=meta["response_length"],
+                sampling=meta["sampling"],
+                micro_batch_size=meta["micro_batch_size"],
+                generator=generator,
+                return_entropies=meta.get("return_entropies", False),
+            )
+        tensors = {"positions": result.positions.cpu(), "target_hidden": result.target_hidden.cpu()}
+        if result.entropies is not None:
+            tensors["entropies"] = result.entropies.cpu()
+        return DataProto.from_dict(tensors=tensors)
+
+    @register(dispatch_mode=ACTOR_DISPATCH)
+    def nsp_generate(self, data: DataProto) -> DataProto:
+        """Exactly k sampled tokens per prefix (spec 2.A step 3). meta_info: response_length, temperature, top_p,
+        top_k, micro_batch_size, seed. Returns responses [n, k]."""
+        meta = data.meta_info
+        prompts, prompt_mask = self._tensors(data, "input_ids", "attention_mask")
+        eos, pad = self._special_ids()
+        torch.manual_seed(worker_seed(meta["seed"], self._dp_rank, 1))
+        with self.actor.engine.eval_mode():
+            responses = model_ops.generate_responses(
+                self._module,
+                prompts,
+                prompt_mask,
+                response_length=meta["response_length"],
+                temperature=meta["temperature"],
+                top_p=meta["top_p"],
+                top_k=meta["top_k"],
+                micro_batch_size=meta["micro_batch_size"],
+                eos_token_id=eos,
+                pad_token_id=pad,
+            )
+        return DataProto.from_dict(tensors={"responses": responses.cpu()})
+
+    @register(dispatch_mode=ACTOR_DISPATCH)
+    def nsp_old_log_prob(self, data: DataProto) -> DataProto:
+        """Old log-probs and response hidden states from a full forward of (prefix, response) (spec 2.A step 4).
+        meta_info: temperature, micro_batch_size."""
+        meta = data.meta_info
+        prompts, prompt_mask, responses = self._tensors(data, "input_ids", "attention_mask", "responses")
+        with self.actor.engine.eval_mode():
+            old_log_probs, hidden = model_ops.old_log_probs_and_hidden(
+                self._module,
+                prompts,
+                prompt_mask,
+                responses,
+                temperature=meta["temperature"],
+                micro_batch_size=meta["micro_batch_size"],
+            )
+        return DataProto.from_dict(tensors={"old_log_probs": old_log_probs.cpu(), "response_hidden": hidden.cpu()})
+
+    @register(dispatch_mode=ACTOR_DISPATCH)
+    def nsp_update(self, sft_data: DataProto, ppo_data: DataProto) -> DataProto:
+        """Combined NTP + PPO-clip update, one optimiser step per (NTP, PPO) mini-batch pair (spec 2.C).
+
+        sft_data: input_ids, attention_mask [b, S]. ppo_data: input_ids/attention_mask (prefixes), responses,
+        old_log_probs, advantages. meta_info (on sft_data): mini_batch_size, n_chunks, n_per_prefix,
+        micro_batch_size, sft_coef, ppo_coef, temperature, mask_pads, world_size.
+        """
+        meta = sft_data.meta_info
+        engine = self.actor.engine
+        sft_ids, sft_mask = self._tensors(sft_data, "input_ids", "attention_mask")
+        prompts, prompt_mask, responses, old_lp, adv = self._tensors(
+            ppo_data, "input_ids", "attention_mask", "responses", "old_log_probs", "advantages"
+        )
+        n_rows = prompts.shape[0]
+        plan = model_ops.plan_update(
+            n_rows,
+            mini_batch_size=meta["mini_batch_size"],
+            n_chunks=meta["n_chunks"],
+            n_per_prefix=meta["n_per_prefix"],
+            world_size=meta["world_size"],
+            micro_batch_size=meta["micro_batch_size"],
+        )
+        metrics: dict[str, list[float]] = {}
+        with engine.train_mode():
+            for i in range(plan.n_minibatches):
+                p_sl = slice(i * plan.ppo_mini, (i + 1) * plan.ppo_mini)
+                s_sl = slice(i * plan.sft_mini, (i + 1) * plan.sft_mini)
+                engine.optimizer_zero_grad()
+                step_metrics = model_ops.combined_backward(
+                    self._module,
+                    {"input_ids": sft_ids[s_sl], "attention_mask": sft_mask[s_sl]},
+                    {
+                        "prompts": prompts[p_sl],
+                        "prompt_mask": prompt_mask[p_sl],
+                        "responses": responses[p_sl],
+                        "old_log_probs": old_lp[p_sl],
+                        "advantages": adv[p_sl],
+                    },
+                    plan,
+                    sft_coef=meta["sft_coef"],
+                    ppo_coef=meta["ppo_coef"],
+                    temperature=meta["temperature"],
+                    mask_pads=meta["mask_pads"],
+                )
+                grad_norm = engine.optimizer_step()
+                for key, values in step_metrics.items():
+                    metrics.setdefault(key, []).extend(values)
+                metrics.setdefault("actor/grad_norm_ttt", []).append(float(grad_norm))
+            lr = engine.lr_scheduler_step()
+        metrics["actor/lr_ttt"] = [float(lr)]
+        metrics.update({key: [value] for key, value in _memory_metrics("_ttt").items()})
+        return DataProto(meta_info={"metrics": metrics})
+
+    @register(dispatch_mode=ACTOR_DISPATCH)
+    def nsp_update_sft(self, sft_data: DataProto) -> DataProto:
+        """NTP-only inner update (ttt_ppo_update off): loss / GA, one optimiser step, no coefficient (Q22).
+        meta_info: micro_batch_size, mask_pads."""
+        meta = sft_data.meta_info
+        engine = self.actor.engine
+        sft_ids, sft_mask = self._tensors(sft_data, "input_ids", "attention_mask")
+        with engine.train_mode():
+            engine.optimizer_zero_grad()
+            metrics = model_ops.sft_only_backward(
+                self._module,
+                {"input_ids": sft_ids, "attention_mask": sft_mask},
+                micro_batch_size=meta["micro_batch_size"],
+                mask_pads=meta["mask_pads"],
+            )
+            grad_norm = engine.optimizer_step()
+            lr = engine.lr_scheduler_step()
+        metrics["actor/grad_norm_ttt"] = [float(grad_norm)]
+        metrics["actor/lr_ttt"] = [float(lr)]
+        metrics.update({key: [value] for key, value in _memory_metrics("_ttt").items()})
+        return DataProto(meta_info={"metrics": metrics})
+
+    # ---- validation ----------------------------------------------------------------------------------------
+    @register(dispatch_mode=ACTOR_DISPATCH)
+    def val_loss_em(self, data: DataProto) -> DataProto:
+        """Mid-training validation (spec 1.1): per row, this rank's micro-mean loss and EM counts.
+        meta_info: micro_batch_size, seed."""
+        meta = data.meta_info
+        input_ids, attention_mask = self._tensors(data, "input_ids", "attention_mask")
+        generator = torch.Generator(device=input_ids.device).manual_seed(worker_seed(meta["seed"], self._dp_rank, 2))
+        with self.actor.engine.eval_mode():
+            loss, matches, counted = model_ops.validation_loss_em(
+                self._module, input_ids, attention_mask, micro_batch_size=meta["micro_batch_size"], generator=generator
+            )
+        n = input_ids.shape[0]
+        return DataProto.from_dict(
+            tensors={
+                "val_loss": torch.full((n,), loss),
+                # counts on the first row of this rank, zeros elsewhere, so sums over rows are exact
+                "em_matches": torch.tensor([matches] + [0] * (n - 1), dtype=torch.long),
+                "em_counted": torch.tensor([counted] + [0] * (n - 1), dtype=torch.long),
+            }
+        )
+
+    # ---- test support ---------------------------------------------------------------------------------------
+    @register(dispatch_mode=ACTOR_DISPATCH)
+    def get_param_vector(self, data: DataProto) -> DataProto:
+        """All parameters, gathered and flattened, one copy per row (tests compare weights before/after)."""
+        flat = []
+        for param in self._module.parameters():
+            full = param.full_tensor() if hasattr(param, "full_tensor") else param
+            flat.append(full.detach().float().flatten().cpu())
+        vec = torch.cat(flat)
+        return DataProto.from_dict(tensors={"params": vec.unsqueeze(0).expand(len(data), -1).clone()})

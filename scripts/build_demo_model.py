@@ -1,0 +1,120 @@
+"""Build the embedded demo: tiny tokenizer, tiny pre-trained DeltaNet, and the mid-training parquet files.
+
+    .venv/bin/python scripts/build_demo_model.py            # writes data/demo/{model/,midtrain_train.parquet,...}
+
+Everything comes from `data/corpus/python_docs.parquet` (the Python Language Reference topics, see
+scripts/build_corpus.py) and is deterministic for a given machine and stack (fixed seeds, fixed step count):
+1. the byte-level BPE tokenizer of `refine.models.tiny.train_tiny_tokenizer` (vocab 512; unk 0, bos 1, eos 2, no pad);
+2. the corpus split by document title into train / validation documents (every 8th title is validation), each
+   document cut into passages of about `--passage-chars` characters at paragraph boundaries; passages with fewer
+   than `--min-tokens` tokens are dropped (NSP needs at least 20 + k real tokens per row);
+3. a 2-layer, 64-wide fla DeltaNet (`tiny_deltanet_config`) pre-trained with AdamW on random windows of the
+   *train* passages only, so the demo's rewards and losses start from a model that has learnt something.
+The model is saved in fp32 with the tokenizer beside it (about 1 MB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "data" / "demo"
+
+
+def split_passages(text: str, target_chars: int) -> list[str]:
+    """Consecutive paragraphs grouped into passages of about `target_chars` characters."""
+    passages, current = [], []
+    for paragraph in text.split("\n\n"):
+        current.append(paragraph)
+        if sum(len(p) for p in current) >= target_chars:
+            passages.append("\n\n".join(current))
+            current = []
+    if current:
+        passages.append("\n\n".join(current))
+    return passages
+
+
+def build_data(tokenizer, *, passage_chars: int, min_tokens: int):
+    """(train passages, val passages) from the bundled corpus, split by document."""
+    import pandas as pd
+
+    corpus = pd.read_parquet(REPO / "data" / "corpus" / "python_docs.parquet").sort_values("title")
+    train, val = [], []
+    for index, (title, text) in enumerate(zip(corpus.title, corpus.text)):
+        target = val if index % 8 == 7 else train
+        for passage in split_passages(text, passage_chars):
+            if len(tokenizer(passage, add_special_tokens=False)["input_ids"]) >= min_tokens:
+                target.append({"title": title, "text": passage})
+    return train, val
+
+
+def pretrain(model, tokenizer, passages: list[str], *, steps: int, seq_len: int, batch: int, lr: float, seed: int):
+    """AdamW on random `seq_len`-token windows of the train passages (cosine decay); prints the loss."""
+    import torch
+
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    ids = [t for p in passages for t in tokenizer(p, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]]
+    data = torch.tensor(ids, dtype=torch.long)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    model.train()
+    start = time.time()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        offsets = [rng.randrange(0, len(data) - seq_len - 1) for _ in range(batch)]
+        x = torch.stack([data[o : o + seq_len] for o in offsets])
+        loss = model(input_ids=x, attention_mask=torch.ones_like(x), labels=x).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 25 == 0 or step == steps - 1:
+            print(f"step {step:4d}  loss {loss.item():.3f}  ({time.time() - start:.0f}s)", flush=True)
+    model.eval()
+    return model
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--passage-chars", type=int, default=1200)
+    parser.add_argument("--min-tokens", type=int, default=64)
+    args = parser.parse_args(argv)
+
+    import pandas as pd
+    import torch
+
+    import refine.models  # noqa: F401 - registers fla models, CPU kernels without CUDA
+    from refine.models.tiny import tiny_deltanet_config, train_tiny_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(args.seed)
+    tokenizer = train_tiny_tokenizer(vocab_size=512)
+    train, val = build_data(tokenizer, passage_chars=args.passage_chars, min_tokens=args.min_tokens)
+    print(f"passages: {len(train)} train, {len(val)} validation")
+
+    model = AutoModelForCausalLM.from_config(tiny_deltanet_config(vocab_size=len(tokenizer)))
+    model = pretrain(model, tokenizer, [r["text"] for r in train], steps=args.steps, seq_len=args.seq_len,
+                     batch=args.batch, lr=args.lr, seed=args.seed)
+
+    model_dir = args.out / "model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(model_dir, safe_serialization=True)
+    tokenizer.save_pretrained(model_dir)
+    pd.DataFrame(train).to_parquet(args.out / "midtrain_train.parquet", index=False)
+    pd.DataFrame(val).to_parquet(args.out / "midtrain_val.parquet", index=False)
+    print(f"wrote {model_dir} and the mid-training parquet files in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
