@@ -66,11 +66,16 @@ def chunk_delta_core(
     strictly_lower = torch.ones(C, C, dtype=torch.bool, device=q.device).tril(-1)
     lower = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
     if g is not None:
-        G = chunked(g).cumsum(-1)  # [B, H, n, C]
-        diff = G[..., :, None] - G[..., None, :]
-        decay = torch.where(lower, diff, torch.zeros_like(diff)).exp() * lower  # exp(G_i - G_j) for i >= j
+        # Every decay factor is a sum of same-sign log decays taken directly (never a difference of two long
+        # cumulative sums, which loses ~|G| * eps in the exponent), as in fla's recurrent reference.
+        gc = chunked(g)  # [B, H, n, C]
+        G = gc.cumsum(-1)  # sum_{l <= i} g_l
+        to_end = F.pad(gc.flip(-1).cumsum(-1).flip(-1)[..., 1:], (0, 1))  # sum_{l > j} g_l
+        steps = gc[..., :, None].expand(*gc.shape, C) * strictly_lower  # [.., l, j] = g_l for l > j
+        segment = steps.cumsum(-2)  # [.., i, j] = sum_{j < l <= i} g_l
+        decay = torch.where(lower, segment, torch.zeros_like(segment)).exp() * lower  # exp(G_i - G_j), i >= j
         q_decayed = q * G.exp()[..., None]
-        k_to_end = k * (G[..., -1:] - G).exp()[..., None]
+        k_to_end = k * to_end.exp()[..., None]
         chunk_decay = G[..., -1].exp()[..., None, None]  # [B, H, n, 1, 1]
         k_decayed = k * G.exp()[..., None]
     else:
