@@ -3,6 +3,9 @@
 No Ray, FSDP, workers or config objects: every function takes tensors and plain values. verl's own pure functions
 are reused where they exist (GRPO advantage, the vanilla dual-clip policy loss). One inner step, in order:
 
+0. `logprobs.position_entropy(logits [B,S,V]) -> [B,S]` (verl `entropy_from_logits`) and
+   `logprobs.response_log_probs(logits [N,S+k,V], response_ids [N,k], *, temperature) -> [N,k]` (verl
+   `logprobs_from_logits` on the k predicting positions / T), for the worker's analysis and old-log-prob forwards.
 1. `positions.select_positions(entropy, attention_mask, *, n_chunks, response_length, mode="entropy",
    generator=None) -> LongTensor[B, C]`: rollout start r per chunk (smoothing, chunking, choice, +1, clamp).
    `positions.validate_nsp_sizes(max_prompt_length=, response_length=, n_chunks=)`: up-front size checks.
