@@ -58,7 +58,7 @@ class RawTextDataset(Dataset):
         prompt_key: column holding the raw text.
         answer_key: optional column holding a list of answer strings.
         data_source_key: optional column returned as `data_source`.
-        max_prompt_length: S, the exact length of `input_ids`.
+        max_prompt_length: S, the exact length of `input_ids` (required).
         max_response_length: R, the length of `ground_truth_ids` (needed with `answer_key`).
         filter_overlong: drop rows whose prompt has more than S tokens (tokenises every row once at start).
         pad_token_id: defaults to the tokenizer's pad id, else its EOS id.
@@ -71,11 +71,10 @@ class RawTextDataset(Dataset):
         self,
         data_files: str | Path | Sequence[str | Path],
         tokenizer,
-        *,
         prompt_key: str = "prompt",
         answer_key: str | None = None,
         data_source_key: str | None = None,
-        max_prompt_length: int,
+        max_prompt_length: int | None = None,
         max_response_length: int | None = None,
         filter_overlong: bool = False,
         pad_token_id: int | None = None,

@@ -121,6 +121,7 @@ def test_official_ruler_file_row(tiny_tokenizer):
          r"column 'answer' row 0: empty answer list"),
         ({"prompt": ["a"], "answer": [["x"]]}, dict(answer_key="answer"), r"max_response_length must be an int"),
         ({"prompt": ["a"]}, dict(max_prompt_length=0), r"max_prompt_length must be an int >= 1; got 0"),
+        ({"prompt": ["a"]}, dict(max_prompt_length=None), r"max_prompt_length must be an int >= 1; got None"),
     ],
 )
 def test_bad_input_fails_before_tokenising(tmp_path, rows, kwargs, message):
