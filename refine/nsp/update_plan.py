@@ -191,21 +191,22 @@ def combined_loss_metrics(
     """Logged losses of one combined update from the per-micro-batch raw losses (all mini-batches, in order).
 
     `actor/sft_loss{suffix}` / `actor/pg_loss{suffix}` are the official scaled means (coef / GA, Q5);
-    `..._raw` are the plain means of the raw losses.
+    `actor/ntp_loss_raw{suffix}` / `actor/pg_loss_raw{suffix}` are the plain means of the raw losses.
     """
     sft, pg = _as_floats(sft_raw_losses), _as_floats(pg_raw_losses)
     return {
         f"actor/sft_loss{suffix}": _mean([v * plan.sft_scale for v in sft]),
         f"actor/pg_loss{suffix}": _mean([v * plan.ppo_scale for v in pg]),
-        f"actor/sft_loss{suffix}_raw": _mean(sft),
-        f"actor/pg_loss{suffix}_raw": _mean(pg),
+        f"actor/ntp_loss_raw{suffix}": _mean(sft),
+        f"actor/pg_loss_raw{suffix}": _mean(pg),
     }
 
 
-def ntp_only_loss_metrics(raw_losses: Sequence, plan: NtpOnlyPlan, *, key: str = "actor/sft_loss_ttt") -> dict[str, float]:
-    """`key` = mean of loss / GA over micro-batches (official, scaled), and `key_raw` = mean raw loss."""
+def ntp_only_loss_metrics(raw_losses: Sequence, plan: NtpOnlyPlan, *, key: str = "actor/sft_loss_ttt",
+                          raw_key: str = "actor/ntp_loss_raw_ttt") -> dict[str, float]:
+    """`key` = mean of loss / GA over micro-batches (official, scaled); `raw_key` = mean raw loss."""
     raw = _as_floats(raw_losses)
-    return {key: _mean([v * plan.scale for v in raw]), f"{key}_raw": _mean(raw)}
+    return {key: _mean([v * plan.scale for v in raw]), raw_key: _mean(raw)}
 
 
 def combined_objective(sft_raw_losses: Sequence[torch.Tensor], pg_raw_losses: Sequence[torch.Tensor],

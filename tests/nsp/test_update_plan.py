@@ -92,8 +92,8 @@ def test_logged_losses_scaled_and_raw():
     metrics = combined_loss_metrics(sft_raw, pg_raw, plan)
     assert metrics["actor/sft_loss_ttt"] == pytest.approx(1.5)
     assert metrics["actor/pg_loss_ttt"] == pytest.approx((0.8 - 0.8 + 1.6) / 3 * 0.2 / 16)
-    assert metrics["actor/sft_loss_ttt_raw"] == pytest.approx(3.0)
-    assert metrics["actor/pg_loss_ttt_raw"] == pytest.approx(1.6 / 3)
+    assert metrics["actor/ntp_loss_raw_ttt"] == pytest.approx(3.0)
+    assert metrics["actor/pg_loss_raw_ttt"] == pytest.approx(1.6 / 3)
 
 
 def test_ntp_only_path_has_no_coefficient():
@@ -101,10 +101,11 @@ def test_ntp_only_path_has_no_coefficient():
     assert plan.micro_batch_size == 2 and plan.grad_accum == 3 and plan.scale == pytest.approx(1 / 3)
     assert [(s.start, s.stop) for s in plan.micro_batches] == [(0, 2), (2, 4), (4, 5)]
     metrics = ntp_only_loss_metrics([3.0, 6.0, 9.0], plan)
-    assert metrics == {"actor/sft_loss_ttt": pytest.approx(2.0), "actor/sft_loss_ttt_raw": pytest.approx(6.0)}
+    assert metrics == {"actor/sft_loss_ttt": pytest.approx(2.0), "actor/ntp_loss_raw_ttt": pytest.approx(6.0)}
     small = plan_ntp_only_update(1, micro_batch_size=2)
     assert small.micro_batch_size == 1 and small.grad_accum == 1
-    assert ntp_only_loss_metrics([1.0], small, key="actor/sft_loss") == {"actor/sft_loss": 1.0, "actor/sft_loss_raw": 1.0}
+    assert ntp_only_loss_metrics([1.0], small, key="actor/sft_loss", raw_key="actor/sft_loss_raw") == {
+        "actor/sft_loss": 1.0, "actor/sft_loss_raw": 1.0}
 
 
 def test_strict_divisibility_and_official_divisors():
