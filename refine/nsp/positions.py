@@ -79,6 +79,22 @@ def _row_extents(attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return starts, lengths
 
 
+def _sample_categorical(probs: torch.Tensor, generator: torch.Generator | None, chunk_sizes: torch.Tensor):
+    """One index per [B, C] row of probs [B, C, c_max] by inverse CDF on one uniform per (row, chunk).
+
+    The uniforms are drawn row-major on the generator's device (CPU without one), so splitting the rows into
+    micro-batches that share one generator draws the same positions as a single call.
+    """
+    batch, n_chunks, _ = probs.shape
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    uniform = torch.rand(batch, n_chunks, generator=generator, device=gen_device).to(probs.device)
+    cdf = probs.cumsum(dim=2)
+    target = uniform.unsqueeze(2) * cdf[..., -1:]
+    offset = (cdf < target).sum(dim=2)
+    # u * total may round up to total: keep the index inside the chunk.
+    return torch.minimum(offset, (chunk_sizes - 1).unsqueeze(1))
+
+
 def select_positions(
     entropy: torch.Tensor,
     attention_mask: torch.Tensor,
@@ -96,8 +112,9 @@ def select_positions(
         n_chunks: C, chunks (prefixes) per row.
         response_length: k, rollout length; also sets the smoothing width.
         mode: "entropy" (softmax sampling on smoothed entropy), "uniform", "argmax" or "argmin".
-        generator: seeds the categorical draws (the official code uses the unseeded global RNG, Q27);
-            must live on `entropy`'s device.
+        generator: seeds the categorical draws (the official code uses the unseeded global RNG, Q27); one uniform
+            per (row, chunk) is drawn on its device, row-major, so micro-batching with a shared CPU generator
+            gives the same positions as one call. None: torch's global CPU RNG.
 
     Raises:
         ValueError: on bad sizes or mode, a row with fewer than 20 + k real tokens, or a chunk of size 0
@@ -143,8 +160,7 @@ def select_positions(
         if mode == "argmax":
             offset = chunk_scores.argmax(dim=2)
         else:
-            probs = torch.softmax(chunk_scores, dim=2).flatten(0, 1)
-            offset = torch.multinomial(probs, 1, generator=generator).view(batch, n_chunks)
+            offset = _sample_categorical(torch.softmax(chunk_scores, dim=2), generator, chunk_sizes)
     r = chunk_starts + offset + 1
     # Lower bound applied last: it wins when the bounds cross (short rows), see docstring.
     return r.clamp(max=seq_len - CLAMP_MARGIN).clamp(min=starts.unsqueeze(1) + CLAMP_MARGIN)

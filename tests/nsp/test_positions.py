@@ -177,3 +177,29 @@ def test_batch_rows_with_different_chunk_sizes_match_single_rows(mode):
             allowed = {max(min(start + j * c + t + 1, seq_len - 20), start + 20)
                        for t in range(c) if abs(float(window[t] - best)) < 1e-5}
             assert together[i, j].item() in allowed
+
+
+def test_micro_batches_sharing_a_generator_draw_the_same_positions():
+    seq_len = 200
+    mask = _left_padded_mask([200, 150, 120, 60, 90], seq_len)
+    entropy = torch.rand(5, seq_len, generator=torch.Generator().manual_seed(2))
+    whole = select_positions(entropy, mask, n_chunks=8, response_length=5, generator=torch.Generator().manual_seed(1))
+    gen = torch.Generator().manual_seed(1)
+    parts = torch.cat([select_positions(entropy[s], mask[s], n_chunks=8, response_length=5, generator=gen)
+                       for s in (slice(0, 2), slice(2, 3), slice(3, 5))])
+    assert torch.equal(whole, parts)
+
+
+def test_inverse_cdf_sampler_respects_chunk_sizes_and_probabilities():
+    from refine.nsp.positions import _sample_categorical
+
+    # Row 0: chunk of 3 with probabilities (0.2, 0, 0.8) and one masked slot; row 1: chunk of 4, uniform.
+    probs = torch.tensor([[[0.2, 0.0, 0.8, 0.0]], [[0.25, 0.25, 0.25, 0.25]]]).repeat(1, 4000, 1)
+    sizes = torch.tensor([3, 4])
+    got = _sample_categorical(probs, torch.Generator().manual_seed(0), sizes)
+    assert got.shape == (2, 4000)
+    counts0 = torch.bincount(got[0], minlength=4).float() / 4000
+    counts1 = torch.bincount(got[1], minlength=4).float() / 4000
+    assert counts0[1] == 0 and counts0[3] == 0
+    torch.testing.assert_close(counts0, torch.tensor([0.2, 0.0, 0.8, 0.0]), atol=0.03, rtol=0)
+    torch.testing.assert_close(counts1, torch.full((4,), 0.25), atol=0.03, rtol=0)
