@@ -50,9 +50,11 @@ def score_rows(
 
 
 def corpus_report(tasks: Iterable[str], scores: Iterable[float]) -> dict:
-    """Aggregate per-row (task, score in 0..1) pairs into {"tasks": {task: {"n", "score"}}, "longbench_average"}.
+    """Aggregate per-row (task, score in 0..1) pairs into a report dict.
 
-    `score` is 100 × the mean, rounded to 2 decimals; `longbench_average` is None when no LongBench task is present.
+    Keys: "tasks" {task: {"n", "score"}} with score = 100 × the mean rounded to 2 decimals; "average" over all tasks
+    and "longbench_average" over the LongBench tasks present (means of the unrounded task means; None when there
+    are none); "longbench_tasks".
     """
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
@@ -66,9 +68,14 @@ def corpus_report(tasks: Iterable[str], scores: Iterable[float]) -> dict:
     longbench_means = [mean for task, mean in means.items() if task in longbench.TASKS]
     return {
         "tasks": {task: {"n": counts[task], "score": round(100 * mean, 2)} for task, mean in means.items()},
-        "longbench_average": round(100 * sum(longbench_means) / len(longbench_means), 2) if longbench_means else None,
+        "average": _average(list(means.values())),
+        "longbench_average": _average(longbench_means),
         "longbench_tasks": [task for task in means if task in longbench.TASKS],
     }
+
+
+def _average(means: list[float]) -> float | None:
+    return round(100 * sum(means) / len(means), 2) if means else None
 
 
 def format_report(report: dict) -> str:
@@ -76,6 +83,8 @@ def format_report(report: dict) -> str:
     lines = [f"{'task':<18} {'n':>6} {'score':>8}"]
     for task, entry in report["tasks"].items():
         lines.append(f"{task:<18} {entry['n']:>6} {entry['score']:>8.2f}")
+    if report.get("average") is not None and len(report["tasks"]) > 1:
+        lines.append(f"{'average':<18} {len(report['tasks']):>6} {report['average']:>8.2f}")
     if report.get("longbench_average") is not None:
         lines.append(f"{'LongBench avg':<18} {len(report['longbench_tasks']):>6} {report['longbench_average']:>8.2f}")
     return "\n".join(lines)

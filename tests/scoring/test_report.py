@@ -29,6 +29,7 @@ def test_corpus_report_means_counts_and_average(tmp_path):
     assert result["tasks"]["trec"] == {"n": 1, "score": 25.0}
     assert result["tasks"]["ruler_squadqa"] == {"n": 3, "score": 33.33}  # only the aggregate is rounded
     assert result["longbench_average"] == 50.0  # (75 + 25) / 2; RULER is not part of it
+    assert result["average"] == round((75 + 25 + 100 / 3) / 3, 2)  # from the unrounded task means
     table = report.format_report(result)
     assert re.search(r"hotpotqa\s+2\s+75\.00", table) and re.search(r"LongBench avg\s+2\s+50\.00", table)
     path = report.write_report(result, tmp_path / "out" / "report.json")
