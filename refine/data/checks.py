@@ -22,7 +22,9 @@ def check_prompts(prompts: Sequence, *, prompt_key: str) -> None:
     """ValueError for a non-string or empty (whitespace-only) document, naming the column and row."""
     for row, text in enumerate(prompts):
         if not isinstance(text, str):
-            raise ValueError(f"column {prompt_key!r} row {row}: expected a string, got {type(text).__name__} {text!r:.80}")
+            raise ValueError(
+                f"column {prompt_key!r} row {row}: expected a string, got {type(text).__name__} {text!r:.80}"
+            )
         if not text.strip():
             raise ValueError(f"column {prompt_key!r} row {row}: empty document {text!r}")
 
@@ -36,7 +38,9 @@ def as_answer_list(cell, *, answer_key: str, row: int) -> list[str]:
     if isinstance(cell, np.ndarray):
         cell = cell.tolist()
     if not isinstance(cell, (list, tuple)):
-        raise ValueError(f"column {answer_key!r} row {row}: expected a list of strings, got {type(cell).__name__} {cell!r:.80}")
+        raise ValueError(
+            f"column {answer_key!r} row {row}: expected a list of strings, got {type(cell).__name__} {cell!r:.80}"
+        )
     if len(cell) == 0:
         raise ValueError(f"column {answer_key!r} row {row}: empty answer list")
     for answer in cell:

@@ -30,7 +30,8 @@ are reused where they exist (GRPO advantage, the vanilla dual-clip policy loss).
    sft_scale, ppo_scale, mini_batches[(sft, ppo, sft_micro, ppo_micro) slices]),
    `update_plan.plan_ntp_only_update(n, *, micro_batch_size) -> NtpOnlyPlan` (no coefficient, Q22),
    `update_plan.combined_loss_metrics(sft_raw, pg_raw, plan)` / `ntp_only_loss_metrics(raw, plan)` (official scaled
-   values and the raw `actor/ntp_loss_raw_ttt`, `actor/pg_loss_raw_ttt`), `update_plan.combined_objective(sft_raw, pg_raw, plan)`.
+   values plus the raw `actor/ntp_loss_raw_ttt`, `actor/pg_loss_raw_ttt`),
+   `update_plan.combined_objective(sft_raw, pg_raw, plan)` (what one mini-batch pair's backward calls accumulate).
 
 Modules are imported lazily by their users (`from refine.nsp.positions import select_positions`); importing
 `refine.nsp` itself is cheap.

@@ -125,7 +125,8 @@ def select_positions(
     """
     if entropy.dim() != 2 or attention_mask.shape != entropy.shape:
         raise ValueError(
-            f"entropy and attention_mask must both be [B, S]; got {tuple(entropy.shape)} and {tuple(attention_mask.shape)}"
+            "entropy and attention_mask must both be [B, S]; got "
+            f"{tuple(entropy.shape)} and {tuple(attention_mask.shape)}"
         )
     if mode not in SAMPLING_MODES:
         raise ValueError(f"mode (ttt_sampling) must be one of {SAMPLING_MODES}; got {mode!r}")

@@ -95,7 +95,8 @@ def build_rollout_batch(
     """
     if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
         raise ValueError(
-            f"input_ids and attention_mask must both be [B, S]; got {tuple(input_ids.shape)} and {tuple(attention_mask.shape)}"
+            "input_ids and attention_mask must both be [B, S]; got "
+            f"{tuple(input_ids.shape)} and {tuple(attention_mask.shape)}"
         )
     batch, seq_len = input_ids.shape
     if positions.dim() != 2 or positions.shape[0] != batch:
@@ -105,7 +106,9 @@ def build_rollout_batch(
     if response_length < 1:
         raise ValueError(f"response_length must be >= 1; got {response_length!r}")
     if (positions < 1).any() or (positions + response_length > seq_len).any():
-        raise ValueError(f"positions must lie in [1, S - k] = [1, {seq_len - response_length}]; got {positions.tolist()}")
+        raise ValueError(
+            f"positions must lie in [1, S - k] = [1, {seq_len - response_length}]; got {positions.tolist()}"
+        )
     if source_uids is not None and len(source_uids) != batch:
         raise ValueError(f"source_uids must have B={batch} entries; got {len(source_uids)}")
     n_chunks = positions.shape[1]

@@ -41,7 +41,8 @@ def token_rewards(response_hidden, target_hidden, response_ids, target_ids) -> d
 
 def all_sequence_rewards(response_hidden, target_hidden, response_ids, target_ids) -> dict[str, torch.Tensor]:
     """Per-rollout rewards [N] (mean over k) for all three kinds, keyed by reward name."""
-    return {name: values.mean(dim=-1) for name, values in token_rewards(response_hidden, target_hidden, response_ids, target_ids).items()}
+    per_token = token_rewards(response_hidden, target_hidden, response_ids, target_ids)
+    return {name: values.mean(dim=-1) for name, values in per_token.items()}
 
 
 def sequence_reward(

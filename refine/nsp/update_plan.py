@@ -120,7 +120,9 @@ def plan_combined_update(
                         ("micro_batch_size", micro_batch_size), ("n_chunks", n_chunks), ("ttt_n", ttt_n)):
         _positive_int(name, value)
     if n_rows != n_sequences * n_chunks * ttt_n:
-        raise ValueError(f"n_rows={n_rows} must equal n_sequences * n_chunks * ttt_n = {n_sequences * n_chunks * ttt_n}")
+        raise ValueError(
+            f"n_rows={n_rows} must equal n_sequences * n_chunks * ttt_n = {n_sequences * n_chunks * ttt_n}"
+        )
     mini_rows = min(n_rows, ppo_mini_batch_rows)
     sft_mini = mini_rows // n_chunks // ttt_n
     if sft_mini < 1:
