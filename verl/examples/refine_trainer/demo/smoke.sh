@@ -1,0 +1,27 @@
+# Sourced by run_{midtrain,posttrain,testtimetrain}_demo.sh when SMOKE=1 (never run on its own).
+# The settings the three CPU smoke runs share: the tiny demo model in data/demo/model, one CPU worker, fp32 (no
+# bf16 mixed precision on CPU), and tiny validation files cut from the shipped parquets (smoke_data.py).
+# Each script then overrides the official sizes with tiny ones (2 steps / 2 validation batches of 2 rows).
+
+SMOKE_DIR=${SMOKE_DIR:-$(mktemp -d -t refine_smoke.XXXXXX)}
+SMOKE_MAX_PROMPT_LENGTH=480   # data/ruler_train prompts are <= 480 tokens of the tiny tokenizer
+if [[ ! -f "$SMOKE_DIR/longbench_val.parquet" ]]; then   # a given SMOKE_DIR may hold them already
+    "$PYTHON" "$DEMO_DIR/smoke_data.py" --out "$SMOKE_DIR" --max-prompt-length "$SMOKE_MAX_PROMPT_LENGTH" --rows 4
+fi
+
+MODEL_PATH=data/demo/model
+NGPUS_PER_NODE=1
+NNODES=1
+CKPT_DIR=$SMOKE_DIR/checkpoints
+
+SMOKE_COMMON_ARGS=(
+    trainer.device=cpu
+    trainer.resume_mode=disable
+    trainer.save_freq=-1
+    actor_rollout_ref.model.enable_gradient_checkpointing=False
+    actor_rollout_ref.actor.fsdp_config.dtype=float32
+    ++actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype=fp32
+    ++actor_rollout_ref.actor.fsdp_config.mixed_precision.reduce_dtype=fp32
+    ++actor_rollout_ref.actor.fsdp_config.mixed_precision.buffer_dtype=fp32
+    ray_kwargs.ray_init.num_cpus=4
+)
