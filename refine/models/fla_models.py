@@ -110,8 +110,14 @@ def uninstall_cpu_kernels() -> None:
 
 
 def cpu_kernels_installed() -> bool:
-    """Whether the CPU kernels are currently patched into fla."""
-    return bool(_originals)
+    """Whether every name in `CPU_KERNEL_PATCHES` currently points at its CPU kernel."""
+    from refine.models import cpu_kernels
+
+    for module_name, attribute_path, replacement in CPU_KERNEL_PATCHES:
+        owner, name = _owner_and_name(module_name, attribute_path)
+        if getattr(owner, name) is not getattr(cpu_kernels, replacement):
+            return False
+    return True
 
 
 def register_fla_models() -> None:
