@@ -327,7 +327,8 @@ class LaCTForCausalLM(LaCTPreTrainedModel, GenerationMixin):
         if labels is not None:
             full_logits = logits if kept is hidden else self.lm_head(hidden)
             shifted = shifted_ntp_labels(labels, attention_mask, self.config.mask_pad_labels).to(full_logits.device)
-            loss = F.cross_entropy(full_logits.float().reshape(-1, full_logits.shape[-1]), shifted.reshape(-1),
+            loss_dtype = torch.promote_types(full_logits.dtype, torch.float32)  # fp32 loss for bf16 logits
+            loss = F.cross_entropy(full_logits.to(loss_dtype).reshape(-1, full_logits.shape[-1]), shifted.reshape(-1),
                                    ignore_index=-100)
         if return_dict is False:
             out = (logits, outputs.past_key_values, outputs.hidden_states)

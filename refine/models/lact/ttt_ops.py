@@ -74,9 +74,10 @@ def fast_weight_grads(w0, w1, w2, k, v, lr):
     dhidden = v @ w1.to(dt)  # e_t = W1ᵀ v_t, [n, C, d_h]
     dgate = dhidden * up * silu_backprop(gate)
     dup = dhidden * silu_gate
-    k0 = (k.float() * lr[..., 0:1]).to(dt)
-    h1 = (hidden.float() * lr[..., 1:2]).to(dt)
-    k2 = (k.float() * lr[..., 2:3]).to(dt)
+    ct = torch.promote_types(dt, torch.float32)
+    k0 = (k.to(ct) * lr[..., 0:1]).to(dt)
+    h1 = (hidden.to(ct) * lr[..., 1:2]).to(dt)
+    k2 = (k.to(ct) * lr[..., 2:3]).to(dt)
     dw1 = v.transpose(-2, -1) @ h1  # [n, d_out, d_h]
     dw0 = dgate.transpose(-2, -1) @ k0  # [n, d_h, d_in]
     dw2 = dup.transpose(-2, -1) @ k2

@@ -1,0 +1,121 @@
+"""Structure, registration, loading and bad-input checks (spec lact-model.md §3, §8 items 1-2)."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, AutoModelForCausalLM
+
+import refine.models  # noqa: F401  (registers lact_swiglu with the Auto classes)
+from refine.models.lact import LaCTConfig, LaCTForCausalLM, tiny_lact_config
+
+CONFIG_760M = dict(  # configs/760M_lact_swiglu_nh4_fwlow_rank_momentum.json (spec §2, "mom" column)
+    hidden_size=1536, num_hidden_layers=24, num_attn_heads=24, num_lact_heads=4, inter_multi=1, qkv_bias=False,
+    attn_qk_norm=False, lact_chunk_size=2048, use_muon=False, lr_dim=1, qkv_silu=True, lr_parameterization="mamba",
+    learnable_ttt_scale=True, use_momentum=True, w0_w2_low_rank=32, window_size=2048, rope_theta=1000000,
+    max_position_embeddings=32768, hidden_act="swish", initializer_range=0.02, norm_eps=1e-06, use_cache=True,
+    bos_token_id=1, eos_token_id=2, tie_word_embeddings=False, fuse_norm=True, fuse_cross_entropy=True,
+    vocab_size=32000, fw_init_gain=0.5, attention_bias=False,
+)
+
+BLOCK_SHAPES = {  # spec §3, per block
+    "attn_norm.weight": (1536,), "attn.qkv.weight": (4608, 1536), "attn.o_proj.weight": (1536, 1536),
+    "attn.w0.w_left": (4, 384, 32), "attn.w0.w_right": (4, 32, 384), "attn.w2.w_left": (4, 384, 32),
+    "attn.w2.w_right": (4, 32, 384), "attn.w1": (4, 384, 384), "attn.lr_proj.weight": (12, 1536),
+    "attn.lr_proj.bias": (12,), "attn.qk_scale": (1536, 2), "attn.qk_offset": (1536, 2),
+    "attn.ttt_scale_proj.weight": (4, 1536), "attn.ttt_scale_proj.bias": (4,), "attn.ttt_norm.weight": (384,),
+    "attn.momentum_proj.0.weight": (4, 1536), "attn.momentum_proj.0.bias": (4,), "mlp_norm.weight": (1536,),
+    "mlp.gate_proj.weight": (4096, 1536), "mlp.up_proj.weight": (4096, 1536), "mlp.down_proj.weight": (1536, 4096),
+}
+
+
+def test_760m_parameter_names_shapes_and_count():
+    config = LaCTConfig(**CONFIG_760M)
+    assert (config.head_dim, config.fw_head_dim, config.fw_hidden_dim, config.mlp_intermediate_size) == (
+        64, 384, 384, 4096)
+    with torch.device("meta"):
+        model = LaCTForCausalLM(config)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    expected = {"model.embeddings.weight": (32000, 1536), "model.norm.weight": (1536,),
+                "lm_head.weight": (32000, 1536)}
+    for i in range(24):
+        expected.update({f"model.layers.{i}.{k}": s for k, s in BLOCK_SHAPES.items()})
+    assert shapes == expected
+    assert len(shapes) == 507
+    assert sum(p.numel() for p in model.parameters()) == 797_625_312
+    assert model.lm_head.weight is not model.model.embeddings.weight
+    assert not list(model.buffers())
+
+
+def test_config_roundtrip_and_auto_registration(tmp_path):
+    config = tiny_lact_config(attention_bias=False)
+    config.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model_type"] == "lact_swiglu"
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(loaded, LaCTConfig)
+    strip = lambda d: {k: v for k, v in d.items() if k != "_name_or_path"}  # noqa: E731
+    assert strip(loaded.to_dict()) == strip(config.to_dict())
+    assert loaded.num_attention_heads == loaded.num_key_value_heads == loaded.num_attn_heads
+
+
+def test_save_and_load_roundtrip(tmp_path):
+    torch.manual_seed(0)
+    model = LaCTForCausalLM(tiny_lact_config(attn_implementation="eager")).eval()
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert isinstance(loaded, LaCTForCausalLM)
+    for (k1, v1), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert k1 == k2 and torch.equal(v1, v2)
+    ids = torch.randint(0, 512, (1, 20))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, loaded(ids).logits)
+
+
+@pytest.mark.parametrize("change", ["missing", "unexpected"])
+def test_checkpoint_key_mismatch_is_an_error(tmp_path, change):
+    LaCTForCausalLM(tiny_lact_config()).save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    key = "model.layers.1.attn.w0.w_left"
+    if change == "missing":
+        del weights[key]
+    else:
+        key = "model.layers.0.attn.extra_proj.weight"
+        weights[key] = torch.zeros(2, 2)
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        AutoModelForCausalLM.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        (dict(num_attn_heads=5), "num_attn_heads"),
+        (dict(num_lact_heads=3), "num_lact_heads"),
+        (dict(hidden_size=64, num_attn_heads=64), "head_dim"),
+        (dict(lact_chunk_size=0), "lact_chunk_size"),
+        (dict(window_size=-1), "window_size"),
+        (dict(inter_multi=2), "w0_w2_low_rank"),
+        (dict(ttt_loss_type="mse"), "ttt_loss_type"),
+        (dict(num_attention_heads=8), "num_attention_heads"),
+    ],
+)
+def test_bad_config_names_the_field(overrides, field):
+    with pytest.raises(ValueError, match=field):
+        tiny_lact_config(**overrides)
+
+
+def test_bad_inputs_fail_early():
+    model = LaCTForCausalLM(tiny_lact_config()).eval()
+    ids = torch.randint(0, 512, (2, 10))
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(ids, attention_mask=torch.ones(2, 1, 10, 10))
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(ids, attention_mask=torch.ones(2, 12))
+    with pytest.raises(ValueError, match="position_ids"):
+        model(ids, position_ids=torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3, 4]] * 2))
+    with pytest.raises(ValueError, match="past_key_values"):
+        from transformers import DynamicCache
+
+        model(ids, past_key_values=DynamicCache())
