@@ -152,6 +152,8 @@ def test_smoke_command_line_is_tiny_and_on_cpu(dry_runs, smoke_dir, phase):
     assert got["actor_rollout_ref.model.path"] == str(REPO_ROOT / "data/demo/model")
     assert Path(got["data.val_files"]).parent == smoke_dir
     assert got["trainer.resume_mode"] == "disable" and got["trainer.save_freq"] == -1
+    assert got["trainer.logger"] == ["console", "file"]
+    assert got["trainer.default_local_dir"] == str(smoke_dir / "runs" / got["trainer.experiment_name"])
     # Everything else keeps the official value.
     official = OFFICIAL[phase]["refine"]
     assert {k: v for k, v in got["refine"].items() if k in official and k not in ("n_chunks", "mini_batch_size")} == {
@@ -189,3 +191,83 @@ def test_placeholders_fail_early_with_a_clear_message(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("MODEL_PATH", "TRAIN_FILES", "SMOKE")}
     done = subprocess.run(["bash", str(DEMO / SCRIPTS["post"])], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "set MODEL_PATH" in done.stderr
+
+
+# ---- smoke runs ------------------------------------------------------------------------------------------------
+
+
+def unsupported_reason(phase: str) -> str | None:
+    """Why the trainer cannot run `phase` yet (None when it can): a cheap probe, no Ray.
+
+    Post-training needs the outer loop and validation by generation; test-time training needs validation with the
+    inner loop. Work in progress raises NotImplementedError there; any other error means the code path exists (the
+    stub simply lacks what a real trainer has).
+    """
+    from types import SimpleNamespace
+
+    from refine.trainer import validation
+    from refine.trainer.config import RefineConfig
+    from refine.trainer.ray_trainer import RefineTrainer
+
+    flags = {"mid": dict(val_get_loss=True), "post": dict(task_sft_update=True),
+             "ttt": dict(val_ttt_sft_update=True, val_ttt_ppo_update=True)}[phase]
+    stub = SimpleNamespace(rc=RefineConfig(**flags), val_dataloader=[], global_steps=0)
+    probes = [("validation", lambda: validation.validate(stub))]
+    if phase == "post":
+        probes.append(("outer loop", lambda: RefineTrainer.outer_loop(stub, None)))
+    for name, probe in probes:
+        try:
+            probe()
+        except NotImplementedError as exc:
+            return f"the trainer has no {name} for this phase yet: {exc}"
+        except Exception:  # noqa: BLE001 - the path exists; the stub is not a real trainer
+            pass
+    return None
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """Records {step, data} of the run's metrics.jsonl (verl's file logger)."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def run_smoke(phase: str, smoke_dir: Path) -> tuple[list[dict], str]:
+    reason = unsupported_reason(phase)
+    if reason:
+        pytest.skip(reason)
+    env = {**os.environ, "SMOKE": "1", "SMOKE_DIR": str(smoke_dir), "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(DEMO / SCRIPTS[phase])], env=env, capture_output=True, text=True, timeout=900)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    runs = [d for d in (smoke_dir / "runs").iterdir() if (d / "metrics.jsonl").exists()]
+    run_dir = next(d for d in runs if d.name.startswith({"mid": "midtrain", "post": "posttrain", "ttt": "testtime"}[phase]))
+    return read_metrics(run_dir), output
+
+
+@pytest.mark.slow
+def test_midtrain_smoke_run_finishes_on_cpu(smoke_dir):
+    records, _ = run_smoke("mid", smoke_dir)
+    steps = [r["step"] for r in records if "training/global_step" in r["data"]]
+    assert steps == [1, 2]
+    last = records[-1]["data"]
+    assert {"val_loss", "val_em_score", "reward/cs_reward_mean", "actor/sft_loss_ttt", "actor/pg_loss_ttt"} <= set(last)
+    assert -1.0 <= last["reward/cs_reward_mean"] <= 1.0 and 0.0 <= last["val_em_score"] <= 1.0
+
+
+@pytest.mark.slow
+def test_posttrain_smoke_run_finishes_on_cpu(smoke_dir):
+    records, _ = run_smoke("post", smoke_dir)
+    steps = [r["step"] for r in records if "training/global_step" in r["data"]]
+    assert steps == [1, 2]
+    last = records[-1]["data"]
+    # Inner loop (hybrid reward), outer task SFT, then validation by generation with the RULER scorer.
+    assert {"reward/hybrid_reward_mean", "actor/sft_loss_ttt", "actor/sft_loss", "val_reward"} <= set(last)
+    assert 0.0 <= last["val_reward"] <= 1.0 and -1.0 <= last["reward/hybrid_reward_mean"] <= 2.0
+
+
+@pytest.mark.slow
+def test_testtimetrain_smoke_run_finishes_on_cpu(smoke_dir):
+    records, _ = run_smoke("ttt", smoke_dir)
+    assert not any("training/global_step" in r["data"] for r in records)  # val_only: no training step
+    assert len(records) == 1 and records[0]["step"] == 0
+    assert 0.0 <= records[0]["data"]["val_reward"] <= 1.0

@@ -12,7 +12,8 @@ fi
 MODEL_PATH=data/demo/model
 NGPUS_PER_NODE=1
 NNODES=1
-CKPT_DIR=$SMOKE_DIR/checkpoints
+LOGGER='[console,file]'   # the file backend writes metrics.jsonl into the run directory
+CKPT_DIR=$SMOKE_DIR/runs/$EXPERIMENT_NAME   # the run directory: metrics.jsonl, metrics.png
 
 SMOKE_COMMON_ARGS=(
     trainer.device=cpu
