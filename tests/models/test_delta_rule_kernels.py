@@ -144,3 +144,31 @@ def test_delta_rule_bad_input_fails_early():
         ck.chunk_delta_rule(t["q"], t["k"], t["v"], t["beta"], cu_seqlens=torch.tensor([0, 4, 8]))
     with pytest.raises(ValueError, match="chunk_size"):
         ck.chunk_delta_rule(t["q"], t["k"], t["v"], t["beta"], chunk_size=48)
+
+
+def _autograd_nodes(tensor) -> int:
+    seen, stack = set(), [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(next_fn for next_fn, _ in node.next_functions)
+    return len(seen)
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_chunk_kernel_work_grows_with_chunks_not_tokens(gated):
+    """A 2K-token sequence is 32 chunk steps: the autograd graph (one set of nodes per Python-level step) stays
+    far smaller than one node per token, unlike the token-by-token recurrence."""
+    T = 2048
+    t = _inputs(1, T, 1, 8, 8, seed=0, gated=True)
+    if gated:
+        o, s = ck.chunk_gated_delta_rule(t["q"], t["k"], t["v"], t["g"], t["beta"], output_final_state=True)
+    else:
+        o, s = ck.chunk_delta_rule(t["q"], t["k"], t["v"], t["beta"], output_final_state=True)
+    chunk_nodes = _autograd_nodes(s)
+    assert chunk_nodes < 30 * (T // 64), chunk_nodes  # ~20 nodes per 64-token chunk step
+    o_rec, s_rec = ck.recurrent_delta_rule(t["q"][:, :256], t["k"][:, :256], t["v"][:, :256], t["beta"][:, :256],
+                                           output_final_state=True)
+    assert _autograd_nodes(s_rec) > 4 * 256  # the recurrence really is several nodes per token

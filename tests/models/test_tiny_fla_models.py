@@ -129,3 +129,20 @@ def test_output_hidden_states_ends_with_the_final_norm_output(model):
     expected = F.rms_norm(captured["h"], (cfg.hidden_size,), model.model.norm.weight, cfg.norm_eps)
     assert _max_err(out.hidden_states[-1], expected) < 1e-5
     assert _max_err(model.lm_head(out.hidden_states[-1]), out.logits) < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [("delta_net", {"use_gate": True}), ("gated_deltanet", {"num_v_heads": 4, "allow_neg_eigval": True})],
+    ids=["deltanet-gated-output", "gdn-grouped-values"],
+)
+def test_fused_norm_and_swiglu_configs_match_unfused(name, overrides):
+    """fla's fused RMSNorm (residual + prenorm) and SwiGLU-linear paths, which real checkpoints enable, give the
+    same logits as the unfused torch modules with the same weights."""
+    torch.manual_seed(1)
+    unfused = AutoModelForCausalLM.from_config(CONFIGS[name](**overrides)).eval()
+    fused = AutoModelForCausalLM.from_config(CONFIGS[name](fuse_norm=True, fuse_swiglu=True, **overrides)).eval()
+    fused.load_state_dict(unfused.state_dict())
+    ids = torch.stack(_rows((30, 30), seed=9))
+    with torch.no_grad():
+        assert _max_err(fused(input_ids=ids).logits, unfused(input_ids=ids).logits) < 1e-5
