@@ -18,6 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO = REPO_ROOT / "verl" / "examples" / "refine_trainer" / "demo"
 SCRIPTS = {"mid": "run_midtrain_demo.sh", "post": "run_posttrain_demo.sh", "ttt": "run_testtimetrain_demo.sh"}
 RULER_TRAIN = "data/ruler_train/ruler_synthqa_tiny_512_64_train.parquet"
+DEMO_ASSETS = ("data/demo/model/config.json", "data/demo/midtrain_train.parquet", "data/demo/midtrain_val.parquet")
 # Data for the full-size dry runs (the files only need to exist and have the columns).
 FULL_ENV = {
     "mid": {"TRAIN_FILES": "data/demo/midtrain_train.parquet", "VAL_FILES": "data/demo/midtrain_val.parquet"},
@@ -71,6 +72,9 @@ ALL_PHASES = {"adv_estimator": "grpo", "rollout": "hf", "epochs": 1, "logger": "
 @pytest.fixture(scope="session")
 def smoke_dir(tmp_path_factory):
     """The tiny validation files of the smoke runs, built once (the scripts reuse a filled SMOKE_DIR)."""
+    missing = [p for p in DEMO_ASSETS if not (REPO_ROOT / p).exists()]
+    if missing:
+        pytest.skip(f"the tiny demo model / data are not built yet: {missing} (scripts/build_demo_model.py)")
     out = tmp_path_factory.mktemp("smoke")
     subprocess.run([sys.executable, str(DEMO / "smoke_data.py"), "--out", str(out)], check=True, cwd=REPO_ROOT,
                    capture_output=True, timeout=300)
