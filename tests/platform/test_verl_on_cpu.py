@@ -3,6 +3,10 @@
 With world size 1 and 2 (FSDP2 sharded over gloo), the worker group builds a tiny model from a local directory,
 computes log-probs that must equal a plain fp32 per-sequence forward of the same checkpoint within 1e-5, and one
 `update_actor` step (PPO-clip, advantages +1) must change the weights so that the sampled tokens become likelier.
+
+The workers for the three models share their Ray processes the way `RayPPOTrainer.init_workers` colocates roles
+(`create_colocated_worker_cls` + `spawn`), so each world size pays the process start-up (torch, verl, fla imports)
+once instead of once per model.
 """
 
 from __future__ import annotations
@@ -48,11 +52,42 @@ def _deltanet_config():
     return tiny_deltanet_config(vocab_size=512)
 
 
+LACT_MISSING = "refine.models.lact.tiny_lact_config does not exist yet (LaCT is being written)"
+
+
 def _lact_config():
+    """None while `refine.models.lact.tiny_lact_config` does not exist (the test then skips with LACT_MISSING)."""
     lact = importlib.import_module("refine.models.lact")
     if not hasattr(lact, "tiny_lact_config"):
-        pytest.skip("refine.models.lact.tiny_lact_config does not exist yet (LaCT is being written)")
+        return None
     return lact.tiny_lact_config(vocab_size=512)
+
+
+LACT_RIGHT_PAD_BUG = (
+    "LaCT's packed-sequence check reads position_ids without the attention mask, but verl's padded path "
+    "(use_remove_padding=False) right-pads position_ids with 0 (fsdp/transformer_impl.py ~1283), which it "
+    "mistakes for packing; only micro-batches mixing lengths hit it (world 1 here)"
+)
+
+
+def _lact_rejects_right_padded_positions() -> bool:
+    """Whether the LaCT model still rejects a right-padded row [0, 1, 2, 0] with attention mask [1, 1, 1, 0]."""
+    from transformers import AutoModelForCausalLM
+
+    config = _lact_config()
+    if config is None:
+        return False
+    model = AutoModelForCausalLM.from_config(config)
+    try:
+        with torch.no_grad():
+            model(
+                input_ids=torch.tensor([[5, 6, 7, 2]]),
+                attention_mask=torch.tensor([[1, 1, 1, 0]]),
+                position_ids=torch.tensor([[0, 1, 2, 0]]),
+            )
+    except ValueError:
+        return True
+    return False
 
 
 MODEL_BUILDERS = {"llama": _llama_config, "deltanet": _deltanet_config, "lact": _lact_config}
@@ -64,7 +99,7 @@ def save_tiny_model(config, tokenizer, path) -> str:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
@@ -139,7 +174,7 @@ def reference_log_probs(model_path: str, batch: dict[str, torch.Tensor]) -> torc
     import refine.models  # noqa: F401
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_path, torch_dtype=torch.float32, attn_implementation="eager")
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, attn_implementation="eager")
     model.eval()
     out = torch.zeros(BATCH, RESPONSE_LEN)
     with torch.no_grad():
@@ -193,16 +228,24 @@ def worker_update(worker_group, batch, old_log_probs, advantages):
     return tu.get(worker_group.update_actor(data), "metrics")
 
 
-def build_actor_group(config, world_size: int):
-    """verl `RayWorkerGroup` of `ActorRolloutRefWorker(role="actor")` with `world_size` CPU processes."""
+def build_colocated_actor_groups(configs: dict, world_size: int):
+    """One verl worker group per model, all of verl's `ActorRolloutRefWorker(role="actor")`, colocated in the same
+    `world_size` CPU processes exactly as `RayPPOTrainer.init_workers` colocates roles. Returns (groups, owner, pool).
+    """
     import ray
     from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, RayWorkerGroup
+    from verl.single_controller.ray.base import create_colocated_worker_cls
     from verl.workers.engine_workers import ActorRolloutRefWorker
 
+    class_dict = {
+        name: RayClassWithInitArgs(cls=ray.remote(ActorRolloutRefWorker), config=config, role="actor")
+        for name, config in configs.items()
+    }
     pool = RayResourcePool(process_on_nodes=[world_size], use_gpu=True, max_colocate_count=1)
-    worker_cls = RayClassWithInitArgs(cls=ray.remote(ActorRolloutRefWorker), config=config, role="actor")
-    group = RayWorkerGroup(resource_pool=pool, ray_cls_with_init=worker_cls, device_name="cpu")
-    return group, pool
+    owner = RayWorkerGroup(
+        resource_pool=pool, ray_cls_with_init=create_colocated_worker_cls(class_dict), device_name="cpu"
+    )
+    return owner.spawn(prefix_set=class_dict.keys()), owner, pool
 
 
 def release(group, pool) -> None:
@@ -215,32 +258,60 @@ def release(group, pool) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Fixtures: models once per module, one colocated worker set per world size
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dirs(tiny_tokenizer, tmp_path_factory) -> dict[str, str]:
+    """{builder: saved model dir} for every builder whose config exists."""
+    root = tmp_path_factory.mktemp("tiny_models")
+    dirs = {}
+    for name, builder in MODEL_BUILDERS.items():
+        config = builder()
+        if config is not None:
+            dirs[name] = save_tiny_model(config, tiny_tokenizer, root / name)
+    return dirs
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=lambda world_size: f"world{world_size}")
+def actor_groups(request, ray_cpu_cluster, tiny_model_dirs):
+    """(world_size, {builder: worker group}) with two micro-batches per rank."""
+    world_size = request.param
+    micro_batch = BATCH // world_size // 2
+    configs = {name: actor_rollout_ref_config(path, micro_batch) for name, path in tiny_model_dirs.items()}
+    groups, owner, pool = build_colocated_actor_groups(configs, world_size)
+    yield world_size, groups
+    release(owner, pool)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # The test
 # --------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("world_size", [1, 2])
 @pytest.mark.parametrize("builder", list(MODEL_BUILDERS))
-def test_actor_worker_group_logprobs_and_update(builder, world_size, ray_cpu_cluster, tiny_tokenizer, tmp_path):
-    model_path = save_tiny_model(MODEL_BUILDERS[builder](), tiny_tokenizer, tmp_path / builder)
+def test_actor_worker_group_logprobs_and_update(builder, actor_groups, tiny_model_dirs, request):
+    world_size, groups = actor_groups
+    if builder not in groups:
+        pytest.skip(LACT_MISSING)
+    if builder == "lact" and world_size == 1 and _lact_rejects_right_padded_positions():
+        request.applymarker(pytest.mark.xfail(reason=LACT_RIGHT_PAD_BUG, strict=False))
+    group = groups[builder]
+    model_path = tiny_model_dirs[builder]
     batch = padded_batch()
     expected = reference_log_probs(model_path, batch)
 
-    micro_batch = BATCH // world_size // 2  # two micro-batches per rank
-    group, pool = build_actor_group(actor_rollout_ref_config(model_path, micro_batch), world_size)
-    try:
-        assert group.world_size == world_size
-        group.init_model()
+    assert group.world_size == world_size
+    group.init_model()
 
-        before = worker_log_probs(group, batch)
-        error = (before - expected).abs().max().item()
-        assert error <= LOGPROB_TOL, f"{builder} world {world_size}: log-prob error {error:.2e} > {LOGPROB_TOL}"
+    before = worker_log_probs(group, batch)
+    error = (before - expected).abs().max().item()
+    assert error <= LOGPROB_TOL, f"{builder} world {world_size}: log-prob error {error:.2e} > {LOGPROB_TOL}"
 
-        advantages = batch["response_mask"].float()  # +1 on every response token: PPO must raise their log-probs
-        metrics = worker_update(group, batch, before, advantages)
-        after = worker_log_probs(group, batch)
-    finally:
-        release(group, pool)
+    advantages = batch["response_mask"].float()  # +1 on every response token: PPO must raise their log-probs
+    metrics = worker_update(group, batch, before, advantages)
+    after = worker_log_probs(group, batch)
 
     mask = batch["response_mask"].bool()
     change = (after - before)[mask]
