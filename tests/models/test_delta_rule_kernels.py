@@ -110,7 +110,7 @@ def test_recurrent_delta_rule_per_channel_beta():
 CU_LENGTHS = [37, 70, 5, 1]  # > 64, not multiples of the chunk size, a single token
 
 
-@pytest.mark.parametrize("kernel", ["chunk", "fused_recurrent"])
+@pytest.mark.parametrize("kernel", ["chunk", "fused_recurrent", "recurrent"])
 def test_delta_rule_varlen_equals_per_sequence_reference(kernel):
     N, H, K, V = len(CU_LENGTHS), 2, 16, 8
     total = sum(CU_LENGTHS)
@@ -118,7 +118,8 @@ def test_delta_rule_varlen_equals_per_sequence_reference(kernel):
     t["h0"] = torch.randn(N, H, K, V).requires_grad_(True)
     t["w_s"] = torch.randn(N, H, K, V)
     cu = torch.tensor([0, *torch.tensor(CU_LENGTHS).cumsum(0).tolist()])
-    fn = ck.chunk_delta_rule if kernel == "chunk" else ck.fused_recurrent_delta_rule
+    fn = {"chunk": ck.chunk_delta_rule, "recurrent": ck.recurrent_delta_rule,
+          "fused_recurrent": ck.fused_recurrent_delta_rule}[kernel]
     o, s = fn(t["q"], t["k"], t["v"], t["beta"], initial_state=t["h0"], output_final_state=True,
               use_qk_l2norm_in_kernel=True, cu_seqlens=cu)
     parts = [_delta_reference(t, slice(int(cu[n]), int(cu[n + 1])), slice(n, n + 1)) for n in range(N)]

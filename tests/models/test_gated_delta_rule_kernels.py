@@ -79,9 +79,9 @@ def test_gated_chunk_matches_fla_naive_chunk_form():
     _assert_close(s, rs, "final state")
 
 
+@pytest.mark.parametrize("lengths", [[37, 70, 5, 1], [5, 1, 9]], ids=["long", "short-token-loop"])
 @pytest.mark.parametrize("kernel", ["chunk", "fused_recurrent"])
-def test_gated_delta_rule_varlen_equals_per_sequence_reference(kernel):
-    lengths = [37, 70, 5, 1]
+def test_gated_delta_rule_varlen_equals_per_sequence_reference(kernel, lengths):
     N, H, K, V = len(lengths), 2, 16, 8
     t = _inputs(1, sum(lengths), H, K, V, seed=21)
     t["h0"] = (torch.randn(N, H, K, V) * 0.5).requires_grad_(True)

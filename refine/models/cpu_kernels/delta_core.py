@@ -129,6 +129,21 @@ def recurrent_delta_core(
     return o, S
 
 
+# Below this many tokens per sequence the token loop is as cheap as the chunk form's set-up.
+RECURRENT_MAX_TOKENS = 16
+
+
+def auto_delta_core(q, k, v, beta, g, scale, initial_state):
+    """The recurrent stand-in's core: the token loop for short (decoding) inputs, else the chunk form.
+
+    Both compute the same function; fla's layers route every call with q_len <= 64 (training included) to the
+    recurrent op, and the chunk form needs T/64 Python steps instead of T. Per-channel betas need the loop.
+    """
+    if q.shape[1] < RECURRENT_MAX_TOKENS or beta.ndim == 4:
+        return recurrent_delta_core(q, k, v, beta, g, scale, initial_state)
+    return chunk_delta_core(q, k, v, beta, g, scale, initial_state)
+
+
 def run_delta_rule(
     core,
     *,

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import torch
 
-from refine.models.cpu_kernels.delta_core import chunk_delta_core, recurrent_delta_core, run_delta_rule
+from refine.models.cpu_kernels.delta_core import (
+    auto_delta_core,
+    chunk_delta_core,
+    recurrent_delta_core,
+    run_delta_rule,
+)
 
 CHUNK_SIZES = (16, 32, 64)
-# DeltaNet routes every call with q_len <= 64 (training included) to the recurrent op; above this many tokens the
-# recurrent stand-in computes the same function with the chunk form, which needs T/64 Python steps instead of T.
-RECURRENT_TO_CHUNK_MIN_TOKENS = 16
 
 
 def _chunk_size(kwargs: dict) -> int:
@@ -61,13 +63,14 @@ def fused_recurrent_delta_rule(
     use_qk_l2norm_in_kernel: bool = False,
     cu_seqlens: torch.LongTensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Delta rule, recurrent form (decoding). beta `[B,T,H]` or per channel `[B,T,H,V]`; default all ones."""
+    """Delta rule, recurrent form (decoding). beta `[B,T,H]` or per channel `[B,T,H,V]`; default all ones.
+
+    Sequences of 16+ tokens are computed with the (equivalent) chunk form, see `auto_delta_core`.
+    """
     if beta is None:
         beta = torch.ones_like(q[..., 0])
-    long_enough = q.shape[1] >= RECURRENT_TO_CHUNK_MIN_TOKENS and beta.ndim == 3
-    core = chunk_delta_core if long_enough else recurrent_delta_core
     return run_delta_rule(
-        core,
+        auto_delta_core,
         q=q, k=k, v=v, beta=beta, g=None, scale=scale,
         initial_state=initial_state, output_final_state=output_final_state,
         use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, cu_seqlens=cu_seqlens,

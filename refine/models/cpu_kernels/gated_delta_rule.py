@@ -12,8 +12,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from refine.models.cpu_kernels.delta_core import chunk_delta_core, recurrent_delta_core, run_delta_rule
-from refine.models.cpu_kernels.delta_rule import CHUNK_SIZES, RECURRENT_TO_CHUNK_MIN_TOKENS
+from refine.models.cpu_kernels.delta_core import auto_delta_core, chunk_delta_core, run_delta_rule
+from refine.models.cpu_kernels.delta_rule import CHUNK_SIZES
 
 
 def gdn_gate(g: torch.Tensor, A_log: torch.Tensor, dt_bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -112,7 +112,10 @@ def fused_recurrent_gated_delta_rule(
     cu_seqlens: torch.LongTensor | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Gated delta rule, recurrent form (decoding). Per-key/value decays (`gk`, `gv`) are not supported on CPU."""
+    """Gated delta rule, recurrent form (decoding); 16+ token sequences use the equivalent chunk form.
+
+    Per-key/value decays (`gk`, `gv`) are not supported on CPU (GatedDeltaNet does not use them).
+    """
     state_v_first = _state_layout(state_v_first, kwargs)
     if gk is not None or gv is not None:
         raise NotImplementedError("gk/gv decays are not supported by the CPU kernels (GatedDeltaNet does not use them)")
@@ -123,9 +126,8 @@ def fused_recurrent_gated_delta_rule(
     g, beta = _prepare_gate_and_beta(
         g, beta, use_gate_in_kernel, A_log, dt_bias, use_beta_sigmoid_in_kernel, allow_neg_eigval
     )
-    long_enough = q.shape[1] >= RECURRENT_TO_CHUNK_MIN_TOKENS and beta.ndim == 3
     return run_delta_rule(
-        chunk_delta_core if long_enough else recurrent_delta_core,
+        auto_delta_core,
         q=q, k=k, v=v, beta=beta, g=g, scale=scale,
         initial_state=initial_state, output_final_state=output_final_state,
         use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, cu_seqlens=cu_seqlens, state_v_first=state_v_first,
