@@ -115,6 +115,9 @@ def test_bad_inputs_fail_early():
         model(ids, attention_mask=torch.ones(2, 12))
     with pytest.raises(ValueError, match="position_ids"):
         model(ids, position_ids=torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3, 4]] * 2))
+    # verl's padded path right-pads position_ids with 0: positions of pads are not a restart
+    with torch.no_grad():
+        model(ids[:, :4], attention_mask=torch.tensor([[1, 1, 1, 0]] * 2), position_ids=torch.tensor([[0, 1, 2, 0]] * 2))
     with pytest.raises(ValueError, match="past_key_values"):
         from transformers import DynamicCache
 

@@ -144,7 +144,7 @@ class LaCTModel(LaCTPreTrainedModel):
         hidden = self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds
         batch, length = hidden.shape[:2]
         mask = self._check_mask(attention_mask, batch)
-        _check_not_packed(position_ids)
+        _check_not_packed(position_ids, mask)
 
         cache = past_key_values
         if cache is not None and not isinstance(cache, LaCTCache):
@@ -240,11 +240,16 @@ class LaCTModel(LaCTPreTrainedModel):
         return LaCTSegment(rope_pos=positions, rank=rank, next_rank=next_rank, valid=new_valid)
 
 
-def _check_not_packed(position_ids):
-    """Packed rows (positions restarting inside a row) would silently leak fast weights across documents."""
+def _check_not_packed(position_ids, mask):
+    """Packed rows (positions restarting between two real tokens of a row) would silently leak fast weights across
+    documents. Pads may carry any position (verl right-pads position_ids with 0), so only real pairs count."""
     if position_ids is None or position_ids.dim() != 2 or position_ids.shape[1] < 2:
         return
-    if bool((position_ids[:, 1:] < position_ids[:, :-1]).any()):
+    restarts = position_ids[:, 1:] < position_ids[:, :-1]
+    if mask is not None and mask.shape == position_ids.shape:
+        real = mask.bool()
+        restarts = restarts & real[:, 1:] & real[:, :-1]
+    if bool(restarts.any()):
         raise ValueError(
             "LaCTModel: position_ids restart inside a row (packed sequences); LaCT needs padded batches "
             "(set use_remove_padding=False)"
