@@ -19,7 +19,7 @@ EXACT_PINS: tuple[tuple[str, str, str], ...] = (
 )
 TORCH_SERIES = "2.13"
 TORCH_REQUIREMENT = "torch==2.13.0"
-DEVICES = ("cpu", "cuda")
+DEVICES = ("cpu", "cuda", "auto")
 
 
 class StackError(RuntimeError):
@@ -79,14 +79,17 @@ def check_stack() -> dict[str, str]:
 def check_device(requested: str, key: str = "trainer.device") -> str:
     """Validate the requested device against this machine; return the device to use ("cpu" or "cuda").
 
-    `requested` is "cpu", "cuda" or "cuda:N". Asking for CUDA where torch has no usable CUDA device raises
-    `StackError` naming the cause (CPU-only torch build, or no visible device) and the two ways out.
+    `requested` is "cpu", "cuda", "cuda:N" or "auto" (CUDA if usable, else CPU). Asking explicitly for CUDA where
+    torch has no usable CUDA device raises `StackError` naming the cause (CPU-only torch build, or no visible
+    device) and the two ways out; it is never silently turned into CPU.
     """
     import torch
 
     if not isinstance(requested, str) or requested.split(":", 1)[0].strip().lower() not in DEVICES:
         raise ValueError(f"{key}={requested!r} is not a supported device; use one of {', '.join(DEVICES)}")
     device = requested.split(":", 1)[0].strip().lower()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" or torch.cuda.is_available():
         return device
     if torch.version.cuda is None:

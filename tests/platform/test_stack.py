@@ -114,8 +114,11 @@ def test_cuda_requested_with_cuda_torch_but_no_device(monkeypatch):
 
 def test_cpu_is_always_allowed_and_cuda_allowed_when_present(monkeypatch):
     assert check_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert check_device("auto") == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert check_device("cuda:1") == "cuda"
+    assert check_device("AUTO") == "cuda"
 
 
 @pytest.mark.parametrize("bad", ["gpu", "", None, "npu"])
