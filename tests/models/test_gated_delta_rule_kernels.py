@@ -138,3 +138,14 @@ def test_gated_delta_rule_bad_input_fails_early():
     with pytest.raises(ValueError, match="initial states"):
         ck.chunk_gated_delta_rule(t["q"], t["k"], t["v"], t["g"], t["beta"], initial_state=t["h0"],
                                   cu_seqlens=torch.tensor([0, 3, 8]))
+
+
+def test_explicit_scale_and_no_l2norm():
+    t = _inputs(1, 20, 2, 8, 8, seed=13)
+    k = _l2(t["k"]).detach()  # already normalised keys, as a caller without in-kernel l2norm passes them
+    o, s = ck.chunk_gated_delta_rule(t["q"], k, t["v"], t["g"], t["beta"], scale=0.3, initial_state=t["h0"],
+                                     output_final_state=True)
+    ro, rs = naive_recurrent_gated_delta_rule(t["q"], k, t["v"], t["beta"], t["g"], scale=0.3,
+                                              initial_state=t["h0"], output_final_state=True)
+    _assert_close(o, ro, "o")
+    _assert_close(s, rs, "final state")

@@ -197,14 +197,16 @@ def run_delta_rule(
         if state_v_first:
             h0 = h0.transpose(-1, -2)
 
-    if cu_seqlens is not None:
-        layout = VarlenLayout.from_cu_seqlens(cu_seqlens, T)
-        q, k, v, beta = (layout.pad(x) for x in (q, k, v, beta))
-        g = None if g is None else layout.pad(g)
-        o, S = core(q, k, v, beta, g, scale, h0, **core_kwargs)
-        o = layout.unpad(o)
-    else:
-        o, S = core(q, k, v, beta, g, scale, h0, **core_kwargs)
+    # like fla's kernels (autocast_custom_fwd), compute in the chosen dtype even inside an autocast region
+    with torch.autocast(device_type=v.device.type, enabled=False):
+        if cu_seqlens is not None:
+            layout = VarlenLayout.from_cu_seqlens(cu_seqlens, T)
+            q, k, v, beta = (layout.pad(x) for x in (q, k, v, beta))
+            g = None if g is None else layout.pad(g)
+            o, S = core(q, k, v, beta, g, scale, h0, **core_kwargs)
+            o = layout.unpad(o)
+        else:
+            o, S = core(q, k, v, beta, g, scale, h0, **core_kwargs)
 
     final_state = None
     if output_final_state:

@@ -71,7 +71,8 @@ def causal_conv1d(
 
     history = xs.new_zeros(N, D, W) if initial_state is None else initial_state.to(dtype)
     full = torch.cat([history, xs.transpose(1, 2)], dim=-1)  # [N, D, W + T]
-    y = F.conv1d(full, weight.to(dtype).unsqueeze(1), None if bias is None else bias.to(dtype), groups=D)
+    with torch.autocast(device_type=x.device.type, enabled=False):  # fp32 even inside autocast, as fla
+        y = F.conv1d(full, weight.to(dtype).unsqueeze(1), None if bias is None else bias.to(dtype), groups=D)
     y = _activate(y[..., 1:].transpose(1, 2), activation)  # drop the output that ends on the cache's last slot
     if layout is not None:
         y = layout.unpad(y)
