@@ -200,15 +200,32 @@ def _token_count(tokenizer, text: str) -> int:
 
 
 def _largest_fitting_size(config, haystack, draw, tokenizer, budget: int, start: int) -> int:
-    """Largest haystack size whose prompt has at most `budget` tokens (binary search; lengths grow with size)."""
-    if _token_count(tokenizer, build_prompt(config, haystack, draw, 0)) > budget:
+    """Largest haystack size whose prompt has at most `budget` tokens (lengths grow with the size).
+
+    Galloping search from `start` (the previous sample's size, which is nearly always within a few units), then
+    bisection: a few tokenisations per sample instead of a full binary search.
+    """
+
+    def fits(size: int) -> bool:
+        return _token_count(tokenizer, build_prompt(config, haystack, draw, size)) <= budget
+
+    if not fits(0):
         raise ValueError(f"max_seq_length leaves no room for a {config} prompt ({budget} prompt tokens available)")
-    low, high = 0, max(1, start)
-    while _token_count(tokenizer, build_prompt(config, haystack, draw, high)) <= budget:
-        low, high = high, high * 2
-    while high - low > 1:
+    start = max(start, 0)
+    step = 1
+    if fits(start):
+        low = start
+        while fits(low + step):
+            low, step = low + step, step * 2
+        high = low + step
+    else:
+        high = start
+        while high - step > 0 and not fits(high - step):
+            high, step = high - step, step * 2
+        low = max(0, high - step)
+    while high - low > 1:  # invariant: fits(low), not fits(high)
         middle = (low + high) // 2
-        if _token_count(tokenizer, build_prompt(config, haystack, draw, middle)) <= budget:
+        if fits(middle):
             low = middle
         else:
             high = middle
