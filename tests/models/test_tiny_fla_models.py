@@ -146,3 +146,14 @@ def test_fused_norm_and_swiglu_configs_match_unfused(name, overrides):
     ids = torch.stack(_rows((30, 30), seed=9))
     with torch.no_grad():
         assert _max_err(fused(input_ids=ids).logits, unfused(input_ids=ids).logits) < 1e-5
+
+
+def test_packed_sequences_with_cu_seqlens_equal_each_row_alone(model):
+    """The varlen path (one packed row + `cu_seqlens`, as padding-free training uses) keeps sequences apart."""
+    rows = _rows((30, 70, 1), seed=12)
+    cu = torch.tensor([0, 30, 100, 101])
+    with torch.no_grad():
+        packed = model(input_ids=torch.cat(rows)[None], cu_seqlens=cu).logits
+        for i, row in enumerate(rows):
+            alone = model(input_ids=row[None]).logits
+            assert _max_err(packed[0, cu[i] : cu[i + 1]], alone[0]) < TOL
