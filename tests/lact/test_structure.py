@@ -73,6 +73,17 @@ def test_save_and_load_roundtrip(tmp_path):
         assert torch.equal(model(ids).logits, loaded(ids).logits)
 
 
+def test_tied_embeddings_and_attn_implementation(tmp_path):
+    model = LaCTForCausalLM(tiny_lact_config(tie_word_embeddings=True))
+    assert model.lm_head.weight is model.model.embeddings.weight
+    model.save_pretrained(tmp_path)
+    for impl in ("eager", "sdpa", None):
+        kwargs = {} if impl is None else {"attn_implementation": impl}
+        loaded = AutoModelForCausalLM.from_pretrained(tmp_path, **kwargs)  # lm_head.weight absent: tied, not missing
+        assert loaded.lm_head.weight is loaded.model.embeddings.weight
+        assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
+
+
 @pytest.mark.parametrize("change", ["missing", "unexpected"])
 def test_checkpoint_key_mismatch_is_an_error(tmp_path, change):
     LaCTForCausalLM(tiny_lact_config()).save_pretrained(tmp_path)

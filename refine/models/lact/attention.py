@@ -7,6 +7,7 @@ real token and 0 ≤ rank(t) − rank(j) ≤ W − 1, where rank counts real tok
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 
@@ -79,6 +80,7 @@ def cached_sliding_window_attention(q, k, v, q_rank, k_rank, q_valid, k_valid, w
     return torch.where(q_valid[..., None, None], out, torch.zeros((), dtype=out.dtype))
 
 
+@functools.cache
 def flash_attn_available() -> bool:
     """True when the optional flash-attn package is importable (checked without importing CUDA code)."""
     return importlib.util.find_spec("flash_attn") is not None
