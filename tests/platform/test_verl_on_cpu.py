@@ -63,33 +63,6 @@ def _lact_config():
     return lact.tiny_lact_config(vocab_size=512)
 
 
-LACT_RIGHT_PAD_BUG = (
-    "LaCT's packed-sequence check reads position_ids without the attention mask, but verl's padded path "
-    "(use_remove_padding=False) right-pads position_ids with 0 (fsdp/transformer_impl.py ~1283), which it "
-    "mistakes for packing; only micro-batches mixing lengths hit it (world 1 here)"
-)
-
-
-def _lact_rejects_right_padded_positions() -> bool:
-    """Whether the LaCT model still rejects a right-padded row [0, 1, 2, 0] with attention mask [1, 1, 1, 0]."""
-    from transformers import AutoModelForCausalLM
-
-    config = _lact_config()
-    if config is None:
-        return False
-    model = AutoModelForCausalLM.from_config(config)
-    try:
-        with torch.no_grad():
-            model(
-                input_ids=torch.tensor([[5, 6, 7, 2]]),
-                attention_mask=torch.tensor([[1, 1, 1, 0]]),
-                position_ids=torch.tensor([[0, 1, 2, 0]]),
-            )
-    except ValueError:
-        return True
-    return False
-
-
 MODEL_BUILDERS = {"llama": _llama_config, "deltanet": _deltanet_config, "lact": _lact_config}
 
 
@@ -129,6 +102,12 @@ def actor_rollout_ref_config(model_path: str, micro_batch: int):
         f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro_batch}",
         "actor_rollout_ref.actor.optim.lr=1e-3",
         "actor_rollout_ref.actor.use_kl_loss=False",
+        # The ref policy is a forward-only FSDP2 engine: verl gives it CPUOffloadPolicy(pin_memory=True).
+        "actor_rollout_ref.ref.fsdp_config.dtype=float32",
+        "+actor_rollout_ref.ref.fsdp_config.mixed_precision.param_dtype=fp32",
+        "actor_rollout_ref.ref.fsdp_config.use_torch_compile=False",
+        "actor_rollout_ref.ref.use_torch_compile=False",
+        f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={micro_batch}",
         "actor_rollout_ref.rollout.name=vllm",  # mandatory key; role "actor" never builds a rollout
         "actor_rollout_ref.rollout.n=1",
         f"actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu={micro_batch}",
@@ -210,6 +189,16 @@ def worker_log_probs(worker_group, batch) -> torch.Tensor:
     return log_probs * batch["response_mask"]
 
 
+def ref_worker_log_probs(worker_group, batch) -> torch.Tensor:
+    """verl's `compute_ref_log_prob` RPC (role "ref"), converted back to [B, response_len]."""
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.utils.padding import no_padding_2_padding
+
+    data = _to_verl_tensordict(batch, calculate_entropy=False, compute_loss=False)
+    output = worker_group.compute_ref_log_prob(data)
+    return no_padding_2_padding(tu.get(output, "log_probs"), data).float() * batch["response_mask"]
+
+
 def worker_update(worker_group, batch, old_log_probs, advantages):
     """One verl `update_actor` call (one mini-batch, one epoch) with the stock PPO loss."""
     from verl.utils import tensordict_utils as tu
@@ -229,8 +218,9 @@ def worker_update(worker_group, batch, old_log_probs, advantages):
 
 
 def build_colocated_actor_groups(configs: dict, world_size: int):
-    """One verl worker group per model, all of verl's `ActorRolloutRefWorker(role="actor")`, colocated in the same
-    `world_size` CPU processes exactly as `RayPPOTrainer.init_workers` colocates roles. Returns (groups, owner, pool).
+    """One verl worker group per entry of `configs` ({name: (actor_rollout_ref config, role)}), all of verl's
+    `ActorRolloutRefWorker`, colocated in the same `world_size` CPU processes exactly as
+    `RayPPOTrainer.init_workers` colocates roles. Returns (groups, owner, pool).
     """
     import ray
     from verl.single_controller.ray import RayClassWithInitArgs, RayResourcePool, RayWorkerGroup
@@ -238,8 +228,8 @@ def build_colocated_actor_groups(configs: dict, world_size: int):
     from verl.workers.engine_workers import ActorRolloutRefWorker
 
     class_dict = {
-        name: RayClassWithInitArgs(cls=ray.remote(ActorRolloutRefWorker), config=config, role="actor")
-        for name, config in configs.items()
+        name: RayClassWithInitArgs(cls=ray.remote(ActorRolloutRefWorker), config=config, role=role)
+        for name, (config, role) in configs.items()
     }
     pool = RayResourcePool(process_on_nodes=[world_size], use_gpu=True, max_colocate_count=1)
     owner = RayWorkerGroup(
@@ -276,10 +266,11 @@ def tiny_model_dirs(tiny_tokenizer, tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture(scope="module", params=[1, 2], ids=lambda world_size: f"world{world_size}")
 def actor_groups(request, ray_cpu_cluster, tiny_model_dirs):
-    """(world_size, {builder: worker group}) with two micro-batches per rank."""
+    """(world_size, {builder: actor worker group, "llama_ref": ref worker group}), two micro-batches per rank."""
     world_size = request.param
     micro_batch = BATCH // world_size // 2
-    configs = {name: actor_rollout_ref_config(path, micro_batch) for name, path in tiny_model_dirs.items()}
+    configs = {name: (actor_rollout_ref_config(path, micro_batch), "actor") for name, path in tiny_model_dirs.items()}
+    configs["llama_ref"] = (actor_rollout_ref_config(tiny_model_dirs["llama"], micro_batch), "ref")
     groups, owner, pool = build_colocated_actor_groups(configs, world_size)
     yield world_size, groups
     release(owner, pool)
@@ -291,12 +282,10 @@ def actor_groups(request, ray_cpu_cluster, tiny_model_dirs):
 
 
 @pytest.mark.parametrize("builder", list(MODEL_BUILDERS))
-def test_actor_worker_group_logprobs_and_update(builder, actor_groups, tiny_model_dirs, request):
+def test_actor_worker_group_logprobs_and_update(builder, actor_groups, tiny_model_dirs):
     world_size, groups = actor_groups
     if builder not in groups:
         pytest.skip(LACT_MISSING)
-    if builder == "lact" and world_size == 1 and _lact_rejects_right_padded_positions():
-        request.applymarker(pytest.mark.xfail(reason=LACT_RIGHT_PAD_BUG, strict=False))
     group = groups[builder]
     model_path = tiny_model_dirs[builder]
     batch = padded_batch()
@@ -317,3 +306,14 @@ def test_actor_worker_group_logprobs_and_update(builder, actor_groups, tiny_mode
     change = (after - before)[mask]
     assert change.abs().max().item() > 1e-4, f"update_actor left the weights unchanged: {metrics}"
     assert change.mean().item() > 0, f"PPO step with positive advantages lowered log-probs: {change}"
+
+
+def test_ref_worker_forward_only_fsdp2_with_cpu_offload_policy(actor_groups, tiny_model_dirs):
+    """Role "ref" builds verl's forward-only FSDP2 engine, which uses CPUOffloadPolicy (unpinned by the plugin)."""
+    world_size, groups = actor_groups
+    batch = padded_batch(seed=1)
+    expected = reference_log_probs(tiny_model_dirs["llama"], batch)
+    group = groups["llama_ref"]
+    group.init_model()
+    error = (ref_worker_log_probs(group, batch) - expected).abs().max().item()
+    assert error <= LOGPROB_TOL, f"ref world {world_size}: log-prob error {error:.2e} > {LOGPROB_TOL}"
