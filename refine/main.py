@@ -31,10 +31,11 @@ def prepare(config):
     """Aliases, validation and the Ray runtime environment, in place; returns the `RefineConfig`."""
     from omegaconf import OmegaConf, open_dict
 
-    from refine.platform import platform_env_vars
     from refine.trainer.config import prepare_config
 
-    rc = prepare_config(config)
+    rc = prepare_config(config)  # first: bad input fails before the heavy imports below
+    from refine.platform import platform_env_vars
+
     env = platform_env_vars()
     with open_dict(config):
         if config.trainer.device == "cuda" and env.get("VERL_PLATFORM") == "cpu":

@@ -47,43 +47,53 @@ def load_tokenizer(config):
     return tokenizer
 
 
+def build_trainer(config, role_worker_mapping: dict | None = None, mapping: dict | None = None):
+    """`RefineTrainer` for a prepared config, with its datasets, tokenizer and resource pool (workers not started).
+
+    Runs in whichever process drives training: the Ray task runner (`run_ppo`) or a test.
+    """
+    import refine.models  # noqa: F401 - registers the model classes with the HF Auto classes
+    from verl.single_controller.ray import RayWorkerGroup
+    from verl.trainer.ppo.ray_trainer import ResourcePoolManager, Role
+    from verl.trainer.ppo.utils import create_rl_sampler
+
+    from refine.data.collate import collate_fn
+    from refine.trainer.ray_trainer import RefineTrainer
+    from refine.trainer.worker import RefineActorWorker
+
+    OmegaConf.resolve(config)
+    rc = refine_config_from(config)
+    role_worker_mapping = {} if role_worker_mapping is None else role_worker_mapping
+    mapping = {} if mapping is None else mapping
+    role_worker_mapping[Role.ActorRollout] = ray.remote(RefineActorWorker)
+    mapping[Role.ActorRollout] = "global_pool"
+    pool_spec = {"global_pool": [config.trainer.n_gpus_per_node] * config.trainer.nnodes}
+    resource_pool_manager = ResourcePoolManager(resource_pool_spec=pool_spec, mapping=mapping)
+
+    tokenizer = load_tokenizer(config)
+    train_dataset, val_dataset = build_datasets(config, tokenizer, rc)
+    return RefineTrainer(
+        config=config,
+        tokenizer=tokenizer,
+        role_worker_mapping=role_worker_mapping,
+        resource_pool_manager=resource_pool_manager,
+        ray_worker_group_cls=RayWorkerGroup,
+        train_dataset=train_dataset,
+        val_dataset=val_dataset,
+        collate_fn=collate_fn,
+        train_sampler=create_rl_sampler(config.data, train_dataset),
+        refine_config=rc,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
 class RefineTaskRunnerBase(BaseTaskRunner):
     """Plain (non-remote) task runner; `RefineTaskRunner` is its Ray actor."""
 
     def run(self, config):
-        import refine.models  # noqa: F401 - registers the model classes with the HF Auto classes
-        from verl.single_controller.ray import RayWorkerGroup
-        from verl.trainer.ppo.ray_trainer import Role
-        from verl.trainer.ppo.utils import create_rl_sampler
-
-        from refine.data.collate import collate_fn
-        from refine.trainer.ray_trainer import RefineTrainer
-        from refine.trainer.worker import RefineActorWorker
-
-        OmegaConf.resolve(config)
-        rc = refine_config_from(config)
-        self.role_worker_mapping[Role.ActorRollout] = ray.remote(RefineActorWorker)
-        self.mapping[Role.ActorRollout] = "global_pool"
-        resource_pool_manager = self.init_resource_pool_mgr(config)
-
-        tokenizer = load_tokenizer(config)
-        train_dataset, val_dataset = build_datasets(config, tokenizer, rc)
-        trainer = RefineTrainer(
-            config=config,
-            tokenizer=tokenizer,
-            role_worker_mapping=self.role_worker_mapping,
-            resource_pool_manager=resource_pool_manager,
-            ray_worker_group_cls=RayWorkerGroup,
-            train_dataset=train_dataset,
-            val_dataset=val_dataset,
-            collate_fn=collate_fn,
-            train_sampler=create_rl_sampler(config.data, train_dataset),
-            refine_config=rc,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+        trainer = build_trainer(config, self.role_worker_mapping, self.mapping)
         trainer.init_workers()
         trainer.fit()
-        return [dict(r) for r in trainer.history]
 
 
 @ray.remote(num_cpus=1)

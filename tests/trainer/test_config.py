@@ -1,0 +1,116 @@
+"""The `refine:` group, the official key aliases and up-front validation (no Ray)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from refine.trainer.config import OFFICIAL_ALIASES, REFINE_KEYS, prepare_config
+
+
+def test_official_overrides_map_onto_refine(compose_config):
+    official = [
+        "+algorithm.ttt_sft_update=True",
+        "+algorithm.ttt_ppo_update=True",
+        "+algorithm.val_get_loss=True",
+        "+algorithm.ttt_sampling=argmax",
+        "+actor_rollout_ref.actor.ttt_n_chunks=2",
+        "+actor_rollout_ref.actor.ttt_n=1",
+        "+actor_rollout_ref.actor.ttt_reward=hybrid",
+        "+actor_rollout_ref.actor.ttt_sft_loss_coef=0.5",
+        "+actor_rollout_ref.actor.ttt_ppo_loss_coef=0.4",
+        "+actor_rollout_ref.actor.ttt_ppo_mini_batch_size=2",
+        "+actor_rollout_ref.actor.ttt_ppo_micro_batch_size_per_gpu=2",
+        "+actor_rollout_ref.rollout.ttt_log_prob_micro_batch_size_per_gpu=2",
+        "+actor_rollout_ref.rollout.ttt_temperature=0.7",
+        "+actor_rollout_ref.rollout.ttt_response_length=4",
+        "+actor_rollout_ref.rollout.ttt_top_p=0.9",
+        "+actor_rollout_ref.rollout.ttt_top_k=7",
+        "+actor_rollout_ref.ref.ttt_log_prob_micro_batch_size_per_gpu=2",
+    ]
+    config = compose_config(official)
+    rc = prepare_config(config)
+    expected = dict(sampling="argmax", n_chunks=2, n_per_prefix=1, reward="hybrid", sft_coef=0.5, ppo_coef=0.4,
+                    mini_batch_size=2, micro_batch_size_per_gpu=2, log_prob_micro_batch_size_per_gpu=2,
+                    temperature=0.7, response_length=4, top_p=0.9, top_k=7)
+    for name, value in expected.items():
+        assert getattr(rc, name) == value, name
+    # the official keys are gone from verl's groups (verl builds dataclasses from them)
+    assert "ttt_n_chunks" not in config.actor_rollout_ref.actor
+    assert "ttt_sampling" not in config.algorithm
+    assert "ttt_log_prob_micro_batch_size_per_gpu" not in config.actor_rollout_ref.ref
+    assert config.refine.temperature == 0.7
+
+
+def test_every_alias_targets_a_refine_key():
+    for official, name in OFFICIAL_ALIASES.items():
+        assert name is None or name in REFINE_KEYS, official
+
+
+def test_unknown_refine_key_is_an_error(compose_config):
+    config = compose_config(["+refine.n_chunk=3"])
+    with pytest.raises(ValueError, match=r"refine\.n_chunk"):
+        prepare_config(config)
+
+
+def test_paths_become_absolute(compose_config):
+    config = compose_config()
+    prepare_config(config)
+    assert config.actor_rollout_ref.model.path.startswith("/")
+    assert config.data.train_files.startswith("/")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "pattern"),
+    [
+        (["trainer.n_gpus_per_node=2", "data.train_batch_size=3", "data.val_batch_size=2"],
+         r"data\.train_batch_size=3.*not divisible by the number of workers \(2"),
+        (["refine.response_length=21"], r"refine\.response_length=21.*\[1, 20\]"),
+        (["refine.ttt_sft_update=false", "refine.ttt_ppo_update=false", "refine.val_get_loss=false"],
+         r"no phase is switched on"),
+        (["refine.n_chunks=null"], r"refine\.n_chunks=None: missing.*ttt_n_chunks"),
+        (["refine.mini_batch_size=4"], r"data\.train_batch_size=2: smaller than refine\.mini_batch_size=4"),
+        (["refine.log_prob_micro_batch_size_per_gpu=3", "data.train_batch_size=4", "refine.mini_batch_size=4"],
+         r"not divisible by the micro-batch"),
+        (["refine.reward=cosine"], r"refine\.reward='cosine'"),
+        (["refine.sampling=topk"], r"refine\.sampling='topk'"),
+    ],
+)
+def test_bad_config_fails_before_ray(compose_config, overrides, pattern):
+    config = compose_config(overrides)
+    with pytest.raises(ValueError, match=pattern):
+        prepare_config(config)
+
+
+def test_bad_data_files(compose_config, tmp_path):
+    missing = tmp_path / "missing.parquet"
+    with pytest.raises(ValueError, match=r"data\.train_files=.*missing\.parquet.*file not found"):
+        prepare_config(compose_config([f"data.train_files={missing}"]))
+
+    garbage = tmp_path / "garbage.parquet"
+    garbage.write_text("not a parquet file")
+    with pytest.raises(ValueError, match=r"unreadable as parquet"):
+        prepare_config(compose_config([f"data.val_files={garbage}"]))
+
+    empty = tmp_path / "empty.parquet"
+    pd.DataFrame({"text": pd.Series([], dtype=str)}).to_parquet(empty)
+    with pytest.raises(ValueError, match=r"has no rows"):
+        prepare_config(compose_config([f"data.train_files={empty}"]))
+
+    no_column = tmp_path / "no_column.parquet"
+    pd.DataFrame({"body": ["x " * 50]}).to_parquet(no_column)
+    with pytest.raises(ValueError, match=r"data\.prompt_key='text': column missing"):
+        prepare_config(compose_config([f"data.train_files={no_column}"]))
+
+
+def test_main_reports_bad_input_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "refine.main", "+preset=embedded_demo", "refine.response_length=25"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "refine: configuration error: refine.response_length=25" in result.stderr
+    assert "Traceback" not in result.stderr
