@@ -195,7 +195,7 @@ def test_newton_schulz():
     g = torch.randn(3, 12, 7, dtype=torch.float64)
     x = zeropower_via_newtonschulz5(g, torch.float64)
     sv = torch.linalg.svdvals(x)
-    assert sv.min() > 0.5 and sv.max() < 1.3
+    assert sv.min() > 0.7 and sv.max() < 1.2
     x_t = zeropower_via_newtonschulz5(g.transpose(1, 2).contiguous(), torch.float64)
     assert (x - x_t.transpose(1, 2)).abs().max() < 1e-12
     big = torch.randn(2, 64, 64)
