@@ -15,7 +15,6 @@ own RULER tasks instead (they download their haystack).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

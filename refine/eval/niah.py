@@ -172,7 +172,8 @@ def _context(config: NiahConfig, haystack: Haystack, draw: _Needles, size: int) 
             key = haystack.draw(config.key_type, rng)
             if key in draw.query or any(key in needle for needle in draw.needles):
                 continue  # a distractor never reuses a real key
-            units.append(NEEDLE.format(value_type=config.value_type, key=key, value=haystack.draw(config.value_type, rng)))
+            value = haystack.draw(config.value_type, rng)
+            units.append(NEEDLE.format(value_type=config.value_type, key=key, value=value))
         separator = "\n"
     else:
         raise ValueError(f"unknown haystack {config.haystack!r}; expected noise, essay or needle")

@@ -10,7 +10,8 @@ from refine.scoring.paths import CORPUS_PATH, REPO_ROOT
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("prepare_midtrain_data", REPO_ROOT / "scripts/prepare_midtrain_data.py")
+    path = REPO_ROOT / "scripts" / "prepare_midtrain_data.py"
+    spec = importlib.util.spec_from_file_location("prepare_midtrain_data", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -72,7 +72,8 @@ def test_round_trip_changes_the_score_of_an_answer_with_a_pipe():
     # as given: identical -> 1; after the official round trip the best fragment is "x = a " (6 chars):
     # difflib ratio = 2*6/(9+6) = 80%
     assert reward.score_response("lcc", gold, [gold]) == 1.0
-    assert reward.compute_score(data_source="lcc", solution_str=gold, ground_truth=answer_fields.join_answers([gold])) == 0.8
+    joined = answer_fields.join_answers([gold])
+    assert reward.compute_score(data_source="lcc", solution_str=gold, ground_truth=joined) == 0.8
 
 
 def test_shipped_longbench_rows_with_a_pipe_match_the_spec():
