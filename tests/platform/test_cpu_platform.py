@@ -60,7 +60,8 @@ def test_process_group_uses_gloo_only(monkeypatch):
     import torch.distributed as dist
     from verl.utils.distributed import initialize_global_process_group_ray
 
-    assert not dist.is_initialized()
+    if dist.is_initialized():
+        pytest.skip("another test left a torch.distributed process group in this process")
     for name, value in {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("MASTER_PORT", str(_free_port()))

@@ -304,6 +304,8 @@ def test_actor_worker_group_logprobs_and_update(builder, actor_groups, tiny_mode
 
     mask = batch["response_mask"].bool()
     change = (after - before)[mask]
+    print(f"{builder} world {world_size}: log-prob error {error:.2e}, after update mean/max change "
+          f"{change.mean().item():.2e}/{change.abs().max().item():.2e}")
     assert change.abs().max().item() > 1e-4, f"update_actor left the weights unchanged: {metrics}"
     assert change.mean().item() > 0, f"PPO step with positive advantages lowered log-probs: {change}"
 
@@ -316,4 +318,5 @@ def test_ref_worker_forward_only_fsdp2_with_cpu_offload_policy(actor_groups, tin
     group = groups["llama_ref"]
     group.init_model()
     error = (ref_worker_log_probs(group, batch) - expected).abs().max().item()
+    print(f"ref world {world_size}: log-prob error {error:.2e}")
     assert error <= LOGPROB_TOL, f"ref world {world_size}: log-prob error {error:.2e} > {LOGPROB_TOL}"
