@@ -80,7 +80,7 @@ def _run_cached(model, ids, mask, prefill, steps):
         out = model(ids[:, pos : pos + size], attention_mask=seg_mask, past_key_values=cache, use_cache=True)
         logits.append(out.logits)
         pos += size
-    return torch.cat(logits, dim=1)
+    return torch.cat(logits, dim=1), cache
 
 
 @pytest.mark.parametrize(
@@ -95,12 +95,16 @@ def test_cached_decoding_equals_full_forward(tiny_model, overrides):
     mask = _left_pad_mask(3, 70, [0, 5, 21])
     with torch.no_grad():
         full = model(ids, attention_mask=mask).logits
-        cached = _run_cached(model, ids, mask, prefill=20, steps=[1] * 30 + [3, 1, 16])
-        plain = _run_cached(model, ids, None, prefill=31, steps=[1] * 39)
+        cached, _ = _run_cached(model, ids, mask, prefill=20, steps=[1] * 30 + [3, 1, 16])
+        plain, cache = _run_cached(model, ids, None, prefill=31, steps=[1] * 39)
         full_plain = model(ids).logits
     real = mask.bool()
     assert (cached - full)[real].abs().max() < TOL
     assert (plain - full_plain).abs().max() < TOL
+    window, chunk = model.config.window_size, model.config.lact_chunk_size
+    for layer in cache.layer_caches:  # O(1) state: at most window-1 keys and one open chunk
+        assert layer.key.shape[1] == window - 1 and layer.buf_k.shape[1] == chunk
+        assert layer.count.tolist() == [70 - 64] * layer.count.shape[0]
 
 
 def test_prefix_consistency_and_greedy_generation(tiny_model):
@@ -219,7 +223,7 @@ def test_bf16_cached_decoding_close_to_full_forward(tiny_model):
     ids = _ids(2, 50)
     with torch.no_grad():
         full = model(ids).logits.float()
-        cached = _run_cached(model, ids, None, prefill=12, steps=[1] * 38).float()
+        cached = _run_cached(model, ids, None, prefill=12, steps=[1] * 38)[0].float()
     rel = (cached - full).norm() / full.norm()
     assert rel < 2e-2, rel.item()
 
