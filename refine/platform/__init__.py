@@ -21,6 +21,8 @@ Public API (used by the trainer):
 - `PlatformCPU`: the `verl.plugin.platform.PlatformBase` subclass registered as "cpu".
 """
 
+import logging
+
 from refine.platform.activation import (
     accelerator_present,
     activate,
@@ -31,6 +33,7 @@ from refine.platform.activation import (
 )
 from refine.platform.cpu_platform import PlatformCPU
 from refine.platform.patches import PATCHES, VERL_VERSION, applied_patches, check_verl_version
+from refine.stack import StackError
 
 __all__ = [
     "PATCHES",
@@ -46,4 +49,9 @@ __all__ = [
     "ray_runtime_env",
 ]
 
-activate()
+try:
+    activate()
+except StackError as _error:
+    # verl swallows exceptions of `verl.plugins` entry points (verl/__init__.py:74-76): say it before failing.
+    logging.getLogger(__name__).error("%s", _error)
+    raise

@@ -144,3 +144,28 @@ def test_gpu_host_is_left_untouched():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("untouched")
+
+
+_WRONG_VERL_PROBE = textwrap.dedent(
+    """
+    import importlib.metadata
+    real_version = importlib.metadata.version
+    importlib.metadata.version = lambda name: "0.9.2" if name == "verl" else real_version(name)
+    import refine.platform
+    """
+)
+
+
+def test_plugin_refuses_to_load_on_other_verl_version():
+    env = {k: v for k, v in os.environ.items() if k not in ("VERL_PLATFORM", "VERL_ENGINE_DEVICE")}
+    env["VERL_USE_EXTERNAL_PLUGINS"] = "none"  # import the plugin ourselves, so its exception reaches us
+    result = subprocess.run(
+        [sys.executable, "-c", _WRONG_VERL_PROBE], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0
+    expected = (
+        "refine.platform patches verl 0.9.1 internals but found verl 0.9.2; "
+        "install it with: pip install 'verl[verl-core]==0.9.1'"
+    )
+    assert result.stderr.strip().splitlines()[-1] == f"refine.stack.StackError: {expected}"
+    assert any(line.endswith(expected) and line.startswith("ERROR") for line in result.stderr.splitlines())
