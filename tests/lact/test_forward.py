@@ -71,6 +71,20 @@ def test_attention_padding_ignores_pad_keys_and_zeroes_pad_queries():
     assert (out[1:, 37:] - alone).abs().max() < TOL
 
 
+def test_attention_window_counts_real_tokens_only():
+    # like flash-attn varlen on unpadded tokens: holes in the mask do not use up the window
+    q, k, v = (torch.randn(2, 600, 2, 8, dtype=torch.float64) for _ in range(3))
+    mask = torch.rand(2, 600, generator=torch.Generator().manual_seed(3)) > 0.4
+    mask[0, 250:400] = False
+    out = sliding_window_attention(q, k, v, mask, window=50)
+    for row in range(2):
+        real = mask[row]
+        alone = sliding_window_attention(q[row : row + 1, real], k[row : row + 1, real], v[row : row + 1, real],
+                                         None, window=50)
+        assert (out[row, real] - alone[0]).abs().max() < TOL
+        assert torch.equal(out[row, ~real], torch.zeros_like(out[row, ~real]))
+
+
 def _run_cached(model, ids, mask, prefill, steps):
     """Prefill `prefill` tokens with a cache, then feed the rest in segments of the given sizes."""
     out = model(ids[:, :prefill], attention_mask=None if mask is None else mask[:, :prefill], use_cache=True)

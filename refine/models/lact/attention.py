@@ -41,7 +41,8 @@ def sliding_window_attention(
         valid = torch.ones(batch, length, dtype=torch.bool, device=q.device)
     else:
         valid = key_valid.bool()
-        rank = valid.long().cumsum(-1) - 1
+        counts = valid.long().cumsum(-1)
+        rank = counts - 1
     out = torch.empty_like(q)
     for start in range(0, length, _QUERY_BLOCK):
         end = min(start + _QUERY_BLOCK, length)
@@ -49,8 +50,7 @@ def sliding_window_attention(
         if key_valid is None:
             key_start = max(0, start - window + 1)
         else:
-            min_rank = valid[:, :start].sum(-1)  # rank of the first real query at or after `start`
-            counts = valid.long().cumsum(-1)
+            min_rank = counts[:, start - 1] if start else torch.zeros_like(counts[:, 0])  # first real query's rank
             first = torch.searchsorted(counts, (min_rank - window + 2).clamp(min=1).unsqueeze(-1)).min()
             key_start = int(min(first.item(), start))
         q_rank = rank[:, start:end, None]
