@@ -83,13 +83,12 @@ class LaCTPreTrainedModel(PreTrainedModel):
         missing = sorted(loading_info.missing_keys)
         unexpected = sorted(loading_info.unexpected_keys)
         if missing or unexpected:
-            parts = []
-            if missing:
-                parts.append(f"missing keys {missing[:10]}" + (f" (+{len(missing) - 10} more)" if len(missing) > 10 else ""))
-            if unexpected:
-                parts.append(
-                    f"unexpected keys {unexpected[:10]}" + (f" (+{len(unexpected) - 10} more)" if len(unexpected) > 10 else "")
-                )
+
+            def listing(label, keys):
+                more = f" (+{len(keys) - 10} more)" if len(keys) > 10 else ""
+                return f"{label} keys {keys[:10]}{more}"
+
+            parts = [listing(label, keys) for label, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
             raise ValueError(
                 f"{model.__class__.__name__} checkpoint {load_config.pretrained_model_name_or_path!r} does not match "
                 f"the model: {'; '.join(parts)}"

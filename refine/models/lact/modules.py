@@ -38,7 +38,9 @@ class RMSNorm(nn.Module):
 
 
 def rotary_cos_sin(positions: torch.Tensor, dim: int, base: float, dtype: torch.dtype):
-    """cos, sin of angle(t, i) = t·base^(−2i/dim) (fp32), cast to the activation dtype. positions: [B, T] → [B, T, dim/2]."""
+    """cos, sin of angle(t, i) = t·base^(−2i/dim) (fp32), cast to the activation dtype.
+
+    positions: [B, T] → cos, sin: [B, T, dim/2]."""
     inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32, device=positions.device) / dim))
     ct = torch.float64 if dtype == torch.float64 else torch.float32
     angles = positions.to(ct)[..., None] * inv_freq.to(ct)

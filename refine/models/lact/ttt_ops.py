@@ -62,7 +62,8 @@ def fast_weight_apply(w0: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, x: t
 
 
 def fast_weight_grads(w0, w1, w2, k, v, lr):
-    """ΔW0, ΔW1, ΔW2 = −∂/∂W Σ_t η_t·(−⟨v_t, f_W(k_t)⟩), the per-token-rate ascent step on the dot-product loss.
+    """ΔW0, ΔW1, ΔW2 = −∂/∂W Σ_t η_t·(−⟨v_t, f_W(k_t)⟩): the per-token-rate ascent step on the dot-product
+    loss.
 
     The rate is folded into the matmul operand in float32 and rounded to the activation dtype (as upstream).
     """
