@@ -261,23 +261,19 @@ def validate_refine(rc: RefineConfig, config: DictConfig) -> None:
             if batch < rc.mini_batch_size:
                 _fail(key, batch, f"smaller than refine.mini_batch_size={rc.mini_batch_size} (spec §3)",
                       f"use a batch >= {rc.mini_batch_size} or lower refine.mini_batch_size")
-            m_rows = rc.mini_batch_size * rc.n_chunks * rc.n_per_prefix
-            if m_rows % w:
+            # the worker's own update arithmetic (strict: no silently over/under-counted micro-batches, Q21)
+            from refine.nsp.update_plan import normalized_ppo_mini_batch_rows, plan_combined_update
+
+            try:
+                m_rows = normalized_ppo_mini_batch_rows(rc.mini_batch_size, n_chunks=rc.n_chunks,
+                                                        ttt_n=rc.n_per_prefix, world_size=w)
+                plan_combined_update(per_rank, rows, ppo_mini_batch_rows=m_rows,
+                                     micro_batch_size=rc.micro_batch_size_per_gpu, n_chunks=rc.n_chunks,
+                                     ttt_n=rc.n_per_prefix, sft_loss_coef=rc.sft_coef, ppo_loss_coef=rc.ppo_coef)
+            except ValueError as exc:
                 _fail("refine.mini_batch_size", rc.mini_batch_size,
-                      f"mini-batch rows m*C*ttt_n={m_rows} not divisible by the {w} workers (spec §2.C)",
-                      f"use a mini-batch with m*C*ttt_n a multiple of {w}")
-            m_rank = m_rows // w
-            mu = min(m_rank, rc.micro_batch_size_per_gpu)
-            if m_rank % mu or rows % m_rank:
-                _fail("refine.mini_batch_size", rc.mini_batch_size,
-                      f"per-worker mini-batch of {m_rank} rows must divide the {rows} rollout rows per worker and be "
-                      f"a multiple of refine.micro_batch_size_per_gpu={rc.micro_batch_size_per_gpu} (spec Q21)",
-                      "choose sizes that divide evenly")
-            sft_mini = m_rank // rc.n_chunks // rc.n_per_prefix
-            if sft_mini < 1:
-                _fail("refine.mini_batch_size", rc.mini_batch_size,
-                      f"gives {sft_mini} sequences per worker in the NTP mini-batch (needs >= 1)",
-                      f"use refine.mini_batch_size >= {w}")
+                      f"the per-worker update of {key}={batch} on {w} worker(s) does not divide evenly ({exc})",
+                      "choose mini/micro-batch sizes that divide the per-worker rows (spec 2.C, Q21)")
 
     batch = int(config.data.train_batch_size)
     if inner_train or rc.outer_enabled:

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
+from refine.nsp.logprobs import position_entropy, response_log_probs
 from refine.nsp.losses import ntp_labels, ppo_clip_loss
 from refine.nsp.positions import select_positions
 from refine.nsp.prefixes import gather_target_hidden
+from refine.nsp.update_plan import CombinedUpdatePlan, MiniBatchPair, NtpOnlyPlan
 
 
 def micro_slices(n: int, micro: int) -> Iterator[slice]:
@@ -27,13 +29,6 @@ def micro_slices(n: int, micro: int) -> Iterator[slice]:
 
 def _forward(module, input_ids, attention_mask, **kwargs):
     return module(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of softmax(logits) (temperature 1) per position, via verl's own function (float32)."""
-    from verl.utils.torch_functional import entropy_from_logits as verl_entropy
-
-    return verl_entropy(logits.float())
 
 
 @dataclass
@@ -66,7 +61,7 @@ def analyse(
     positions, targets, entropies = [], [], []
     for sl in micro_slices(input_ids.shape[0], micro_batch_size):
         out = _forward(module, input_ids[sl], attention_mask[sl], output_hidden_states=True)
-        entropy = entropy_from_logits(out.logits)
+        entropy = position_entropy(out.logits)  # model dtype, as officially
         r = select_positions(
             entropy,
             attention_mask[sl],
@@ -127,15 +122,6 @@ def generate_responses(
     return result
 
 
-def response_log_probs(logits: torch.Tensor, responses: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Log-probs [N, k] of the k response tokens from logits [N, S + k, V] of the (prompt, response) row."""
-    from verl.utils.torch_functional import logprobs_from_logits
-
-    k = responses.shape[1]
-    logits = logits[:, -k - 1 : -1].float() / temperature
-    return logprobs_from_logits(logits, responses)
-
-
 @torch.no_grad()
 def old_log_probs_and_hidden(
     module,
@@ -153,7 +139,7 @@ def old_log_probs_and_hidden(
         ids = torch.cat([prompts[sl], responses[sl]], dim=1)
         mask = torch.cat([prompt_mask[sl], torch.ones_like(responses[sl])], dim=1)
         out = _forward(module, ids, mask, output_hidden_states=True)
-        log_probs.append(response_log_probs(out.logits, responses[sl], temperature))
+        log_probs.append(response_log_probs(out.logits.float(), responses[sl], temperature=temperature))
         hidden.append(out.hidden_states[-1][:, -k:])
     return torch.cat(log_probs), torch.cat(hidden)
 
@@ -164,99 +150,53 @@ def ntp_forward_loss(module, input_ids: torch.Tensor, attention_mask: torch.Tens
     return _forward(module, input_ids, attention_mask, labels=labels).loss
 
 
-@dataclass
-class UpdatePlan:
-    """Per-rank sizes of one combined NTP + PPO update call (spec 2.C, Q21)."""
-
-    ppo_mini: int  # M rows per PPO mini-batch
-    sft_mini: int  # sequences per NTP mini-batch
-    micro: int  # mu, micro-batch of both parts
-    sft_micro: int
-    ga_sft: int
-    ga_ppo: int
-    n_minibatches: int
-
-
-def plan_update(n_ppo_rows: int, *, mini_batch_size: int, n_chunks: int, n_per_prefix: int, world_size: int,
-                micro_batch_size: int) -> UpdatePlan:
-    """The official update arithmetic: M = min(rows, m*C*n/W); SFT mini = M//C//n; mu = min(M, micro);
-    GA_sft = max(1, SFT mini // mu); GA_ppo = M // mu."""
-    m_ppo = mini_batch_size * n_chunks * n_per_prefix // world_size
-    ppo_mini = min(n_ppo_rows, m_ppo)
-    sft_mini = ppo_mini // n_chunks // n_per_prefix
-    micro = min(ppo_mini, micro_batch_size)
-    return UpdatePlan(
-        ppo_mini=ppo_mini,
-        sft_mini=sft_mini,
-        micro=micro,
-        sft_micro=min(sft_mini, micro),
-        ga_sft=max(1, sft_mini // micro),
-        ga_ppo=ppo_mini // micro,
-        n_minibatches=-(-n_ppo_rows // ppo_mini),
-    )
-
-
 def combined_backward(
     module,
     sft: dict[str, torch.Tensor],
     ppo: dict[str, torch.Tensor],
-    plan: UpdatePlan,
+    pair: MiniBatchPair,
+    plan: CombinedUpdatePlan,
     *,
-    sft_coef: float,
-    ppo_coef: float,
     temperature: float,
     mask_pads: bool,
-) -> dict[str, list[float]]:
-    """Backward of one (NTP mini-batch, PPO mini-batch) pair with the official scaling (spec 2.C step 2-3).
+) -> tuple[list[float], list[float], dict[str, list[float]]]:
+    """Backward of one (NTP mini-batch, PPO mini-batch) pair with the official scaling (spec 2.C steps 2-3).
 
-    NTP: loss x sft_coef / GA_sft per micro-batch; PPO: dual-clip pg x ppo_coef / GA_ppo per micro-batch. The
-    PPO forward runs the full S + k row with gradients (Q25). Gradients accumulate in `module`; the caller zeroes
-    them before and steps the optimiser after. Returns the per-micro-batch metrics (scaled values as logged
-    officially, Q5, plus the raw losses).
+    NTP: loss x sft_coef / GA_sft per micro-batch; PPO: dual-clip pg x ppo_coef / GA_ppo per micro-batch (scales
+    from `refine.nsp.update_plan`). The PPO forward runs the full S + k row with gradients (Q25). Gradients
+    accumulate in `module`; the caller zeroes them before and steps the optimiser after. Returns the raw NTP and pg
+    losses per micro-batch and the per-micro-batch PPO metrics (clip fractions, KL).
     """
-    metrics: dict[str, list[float]] = {}
-
-    def log(key, value):
-        metrics.setdefault(key, []).append(float(value))
-
-    n_sft = sft["input_ids"].shape[0]
-    for sl in micro_slices(n_sft, plan.sft_micro):
+    sft_raw, pg_raw, pg_metrics = [], [], {}
+    for sl in pair.sft_micro:
         loss = ntp_forward_loss(module, sft["input_ids"][sl], sft["attention_mask"][sl], mask_pads=mask_pads)
-        scaled = loss * sft_coef / plan.ga_sft
-        scaled.backward()
-        log("actor/sft_loss_ttt", scaled.detach())
-        log("actor/ntp_loss_raw_ttt", loss.detach())
-
-    n_ppo = ppo["prompts"].shape[0]
-    for sl in micro_slices(n_ppo, plan.micro):
+        (loss * plan.sft_scale).backward()
+        sft_raw.append(float(loss.detach()))
+    for sl in pair.ppo_micro:
         responses = ppo["responses"][sl]
         ids = torch.cat([ppo["prompts"][sl], responses], dim=1)
         mask = torch.cat([ppo["prompt_mask"][sl], torch.ones_like(responses)], dim=1)
-        logits = _forward(module, ids, mask).logits
-        log_prob = response_log_probs(logits, responses, temperature)
+        log_prob = response_log_probs(_forward(module, ids, mask).logits, responses, temperature=temperature)
         response_mask = torch.ones_like(log_prob)
-        pg_loss, pg_metrics = ppo_clip_loss(ppo["old_log_probs"][sl], log_prob, ppo["advantages"][sl], response_mask)
-        scaled = pg_loss * ppo_coef / plan.ga_ppo
-        scaled.backward()
-        log("actor/pg_loss_ttt", scaled.detach())
-        log("actor/pg_loss_raw_ttt", pg_loss.detach())
-        for key, value in pg_metrics.items():
-            log(key, value)
-    return metrics
+        loss, metrics = ppo_clip_loss(ppo["old_log_probs"][sl], log_prob, ppo["advantages"][sl], response_mask)
+        (loss * plan.ppo_scale).backward()
+        pg_raw.append(float(loss.detach()))
+        for key, value in metrics.items():
+            pg_metrics.setdefault(key, []).append(float(value))
+    return sft_raw, pg_raw, pg_metrics
 
 
-def sft_only_backward(module, sft: dict[str, torch.Tensor], *, micro_batch_size: int, mask_pads: bool):
-    """NTP-only inner update (`update_policy_sft_ttt`): loss / GA per micro-batch, no coefficient (Q22)."""
-    n = sft["input_ids"].shape[0]
-    slices = list(micro_slices(n, micro_batch_size))
-    metrics: dict[str, list[float]] = {}
-    for sl in slices:
+def sft_only_backward(module, sft: dict[str, torch.Tensor], plan: NtpOnlyPlan, *, mask_pads: bool) -> list[float]:
+    """NTP-only inner update (`update_policy_sft_ttt`): loss / GA per micro-batch, no coefficient (Q22).
+
+    Returns the raw losses per micro-batch; the caller steps the optimiser once.
+    """
+    raw = []
+    for sl in plan.micro_batches:
         loss = ntp_forward_loss(module, sft["input_ids"][sl], sft["attention_mask"][sl], mask_pads=mask_pads)
-        scaled = loss / len(slices)
-        scaled.backward()
-        metrics.setdefault("actor/sft_loss_ttt", []).append(float(scaled.detach()))
-        metrics.setdefault("actor/ntp_loss_raw_ttt", []).append(float(loss.detach()))
-    return metrics
+        (loss * plan.scale).backward()
+        raw.append(float(loss.detach()))
+    return raw
 
 
 @torch.no_grad()

@@ -49,7 +49,7 @@ def rank0_metrics(output: DataProto) -> dict[str, float]:
 
     merged = output.meta_info.get("metrics", {})
     rank0 = {key: values[0] for key, values in merged.items()}
-    return reduce_metrics(rank0)
+    return {key: float(value) for key, value in reduce_metrics(rank0).items()}
 
 
 def data_metrics_ttt(prompts, prompt_mask, responses, token_rewards, advantages, returns) -> dict[str, float]:

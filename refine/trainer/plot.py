@@ -6,8 +6,10 @@ from pathlib import Path
 
 PANELS = (
     ("NSP rewards", ("reward/cs_reward_mean", "reward/binary_reward_mean", "reward/hybrid_reward_mean")),
-    ("training losses", ("actor/ntp_loss_raw_ttt", "actor/pg_loss_raw_ttt", "actor/sft_loss_ttt", "actor/pg_loss_ttt")),
-    ("validation", ("val_loss", "val_em_score")),
+    ("NTP loss (raw)", ("actor/ntp_loss_raw_ttt",)),
+    ("PG loss (raw)", ("actor/pg_loss_raw_ttt",)),
+    ("validation loss", ("val_loss",)),
+    ("validation EM", ("val_em_score",)),
 )
 
 
@@ -18,7 +20,7 @@ def plot_history(history: list[dict], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 3.6))
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(3.6 * len(PANELS), 3.2))
     for ax, (title, keys) in zip(axes, PANELS):
         for key in keys:
             points = [(r["step"], r[key]) for r in history if key in r]

@@ -14,6 +14,13 @@ from verl.single_controller.base.decorator import register
 from verl.single_controller.base.decorator import make_nd_compute_dataproto_dispatch_fn
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
+from refine.nsp.update_plan import (
+    combined_loss_metrics,
+    normalized_ppo_mini_batch_rows,
+    ntp_only_loss_metrics,
+    plan_combined_update,
+    plan_ntp_only_update,
+)
 from refine.trainer import model_ops
 
 ACTOR_DISPATCH = make_nd_compute_dataproto_dispatch_fn(mesh_name="actor")
@@ -152,42 +159,36 @@ class RefineActorWorker(ActorRolloutRefWorker):
         prompts, prompt_mask, responses, old_lp, adv = self._tensors(
             ppo_data, "input_ids", "attention_mask", "responses", "old_log_probs", "advantages"
         )
-        n_rows = prompts.shape[0]
-        plan = model_ops.plan_update(
-            n_rows,
-            mini_batch_size=meta["mini_batch_size"],
-            n_chunks=meta["n_chunks"],
-            n_per_prefix=meta["n_per_prefix"],
-            world_size=meta["world_size"],
-            micro_batch_size=meta["micro_batch_size"],
+        m_rows = normalized_ppo_mini_batch_rows(
+            meta["mini_batch_size"], n_chunks=meta["n_chunks"], ttt_n=meta["n_per_prefix"], world_size=meta["world_size"]
         )
-        metrics: dict[str, list[float]] = {}
+        plan = plan_combined_update(
+            sft_ids.shape[0],
+            prompts.shape[0],
+            ppo_mini_batch_rows=m_rows,
+            micro_batch_size=meta["micro_batch_size"],
+            n_chunks=meta["n_chunks"],
+            ttt_n=meta["n_per_prefix"],
+            sft_loss_coef=meta["sft_coef"],
+            ppo_loss_coef=meta["ppo_coef"],
+        )
+        sft = {"input_ids": sft_ids, "attention_mask": sft_mask}
+        ppo = {"prompts": prompts, "prompt_mask": prompt_mask, "responses": responses, "old_log_probs": old_lp,
+               "advantages": adv}
+        sft_raw, pg_raw, metrics = [], [], {}
         with engine.train_mode():
-            for i in range(plan.n_minibatches):
-                p_sl = slice(i * plan.ppo_mini, (i + 1) * plan.ppo_mini)
-                s_sl = slice(i * plan.sft_mini, (i + 1) * plan.sft_mini)
+            for pair in plan.mini_batches:
                 engine.optimizer_zero_grad()
-                step_metrics = model_ops.combined_backward(
-                    self._module,
-                    {"input_ids": sft_ids[s_sl], "attention_mask": sft_mask[s_sl]},
-                    {
-                        "prompts": prompts[p_sl],
-                        "prompt_mask": prompt_mask[p_sl],
-                        "responses": responses[p_sl],
-                        "old_log_probs": old_lp[p_sl],
-                        "advantages": adv[p_sl],
-                    },
-                    plan,
-                    sft_coef=meta["sft_coef"],
-                    ppo_coef=meta["ppo_coef"],
-                    temperature=meta["temperature"],
-                    mask_pads=meta["mask_pads"],
+                s_raw, p_raw, pg_metrics = model_ops.combined_backward(
+                    self._module, sft, ppo, pair, plan, temperature=meta["temperature"], mask_pads=meta["mask_pads"]
                 )
-                grad_norm = engine.optimizer_step()
-                for key, values in step_metrics.items():
+                sft_raw += s_raw
+                pg_raw += p_raw
+                for key, values in pg_metrics.items():
                     metrics.setdefault(key, []).extend(values)
-                metrics.setdefault("actor/grad_norm_ttt", []).append(float(grad_norm))
+                metrics.setdefault("actor/grad_norm_ttt", []).append(float(engine.optimizer_step()))
             lr = engine.lr_scheduler_step()
+        metrics.update({key: [value] for key, value in combined_loss_metrics(sft_raw, pg_raw, plan).items()})
         metrics["actor/lr_ttt"] = [float(lr)]
         metrics.update({key: [value] for key, value in _memory_metrics("_ttt").items()})
         return DataProto(meta_info={"metrics": metrics})
@@ -199,16 +200,15 @@ class RefineActorWorker(ActorRolloutRefWorker):
         meta = sft_data.meta_info
         engine = self.actor.engine
         sft_ids, sft_mask = self._tensors(sft_data, "input_ids", "attention_mask")
+        plan = plan_ntp_only_update(sft_ids.shape[0], micro_batch_size=meta["micro_batch_size"])
         with engine.train_mode():
             engine.optimizer_zero_grad()
-            metrics = model_ops.sft_only_backward(
-                self._module,
-                {"input_ids": sft_ids, "attention_mask": sft_mask},
-                micro_batch_size=meta["micro_batch_size"],
-                mask_pads=meta["mask_pads"],
+            raw = model_ops.sft_only_backward(
+                self._module, {"input_ids": sft_ids, "attention_mask": sft_mask}, plan, mask_pads=meta["mask_pads"]
             )
             grad_norm = engine.optimizer_step()
             lr = engine.lr_scheduler_step()
+        metrics = {key: [value] for key, value in ntp_only_loss_metrics(raw, plan).items()}
         metrics["actor/grad_norm_ttt"] = [float(grad_norm)]
         metrics["actor/lr_ttt"] = [float(lr)]
         metrics.update({key: [value] for key, value in _memory_metrics("_ttt").items()})

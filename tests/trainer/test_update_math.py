@@ -45,8 +45,21 @@ def setup():
     sft = {"input_ids": ids, "attention_mask": mask}
     ppo = {"prompts": prompts, "prompt_mask": prompt_mask, "responses": responses, "old_log_probs": old,
            "advantages": advantages}
-    plan = model_ops.plan_update(n, mini_batch_size=B, n_chunks=C, n_per_prefix=1, world_size=1, micro_batch_size=2)
-    return model, sft, ppo, plan
+    return model, sft, ppo
+
+
+def plan_for(sft_coef, ppo_coef):
+    from refine.nsp.update_plan import normalized_ppo_mini_batch_rows, plan_combined_update
+
+    rows = normalized_ppo_mini_batch_rows(B, n_chunks=C, ttt_n=1, world_size=1)
+    return plan_combined_update(B, B * C, ppo_mini_batch_rows=rows, micro_batch_size=2, n_chunks=C, ttt_n=1,
+                                sft_loss_coef=sft_coef, ppo_loss_coef=ppo_coef)
+
+
+def combined(model, sft, ppo, sft_coef, ppo_coef, mask_pads=False):
+    plan = plan_for(sft_coef, ppo_coef)
+    for pair in plan.mini_batches:
+        model_ops.combined_backward(model, sft, ppo, pair, plan, temperature=1.0, mask_pads=mask_pads)
 
 
 def grads_of(model, fn):
@@ -82,44 +95,48 @@ def reference_pg(model, ppo, micro, ga, clip=0.2, clip_c=3.0):
         (dual.mean() / ga).backward()
 
 
-def test_plan_matches_the_official_arithmetic(setup):
-    _, _, _, plan = setup
-    # m=2 sequences x C=2 / W=1 -> M=4 rows; SFT mini 2; mu=2; GA_sft=1; GA_ppo=2
-    assert (plan.ppo_mini, plan.sft_mini, plan.micro, plan.ga_sft, plan.ga_ppo) == (4, 2, 2, 1, 2)
+def test_plan_matches_the_official_arithmetic():
+    plan = plan_for(1.0, 1.0)
+    # m=2 sequences x C=2 / W=1 -> M=4 rows; SFT mini 2; mu=2; GA_sft=1; GA_ppo=2; one optimiser step
+    assert (plan.ppo_mini_batch_rows, plan.sft_mini_batch_seqs, plan.micro_batch_size) == (4, 2, 2)
+    assert (plan.grad_accum_sft, plan.grad_accum_ppo, plan.n_optimizer_steps) == (1, 2, 1)
 
 
 def test_ppo_coef_zero_equals_ntp_only_update(setup):
-    model, sft, ppo, plan = setup
-    combined = grads_of(model, lambda: model_ops.combined_backward(
-        model, sft, ppo, plan, sft_coef=1.0, ppo_coef=0.0, temperature=1.0, mask_pads=False))
-    ntp_only = grads_of(model, lambda: model_ops.sft_only_backward(model, sft, micro_batch_size=2, mask_pads=False))
+    from refine.nsp.update_plan import plan_ntp_only_update
+
+    model, sft, ppo = setup
+    combined_g = grads_of(model, lambda: combined(model, sft, ppo, 1.0, 0.0))
+    ntp_only = grads_of(model, lambda: model_ops.sft_only_backward(
+        model, sft, plan_ntp_only_update(B, micro_batch_size=2), mask_pads=False))
     reference = grads_of(model, lambda: reference_ntp(model, sft, micro=2))
-    assert combined.abs().sum() > 0
-    torch.testing.assert_close(combined, reference, rtol=1e-4, atol=1e-6)
+    assert combined_g.abs().sum() > 0
+    torch.testing.assert_close(combined_g, reference, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(ntp_only, reference, rtol=1e-4, atol=1e-6)
 
 
 def test_sft_coef_zero_moves_weights_only_through_pg(setup):
-    model, sft, ppo, plan = setup
-    combined = grads_of(model, lambda: model_ops.combined_backward(
-        model, sft, ppo, plan, sft_coef=0.0, ppo_coef=1.0, temperature=1.0, mask_pads=False))
-    reference = grads_of(model, lambda: reference_pg(model, ppo, micro=plan.micro, ga=plan.ga_ppo))
+    model, sft, ppo = setup
+    combined_g = grads_of(model, lambda: combined(model, sft, ppo, 0.0, 1.0))
+    reference = grads_of(model, lambda: reference_pg(model, ppo, micro=2, ga=2))
     assert reference.abs().sum() > 0
-    torch.testing.assert_close(combined, reference, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(combined_g, reference, rtol=1e-4, atol=1e-6)
 
 
 def test_combined_gradient_is_the_weighted_sum(setup):
-    model, sft, ppo, plan = setup
-    combined = grads_of(model, lambda: model_ops.combined_backward(
-        model, sft, ppo, plan, sft_coef=0.7, ppo_coef=0.2, temperature=1.0, mask_pads=False))
+    model, sft, ppo = setup
+    combined_g = grads_of(model, lambda: combined(model, sft, ppo, 0.7, 0.2))
     ntp = grads_of(model, lambda: reference_ntp(model, sft, micro=2))
-    pg = grads_of(model, lambda: reference_pg(model, ppo, micro=plan.micro, ga=plan.ga_ppo))
-    torch.testing.assert_close(combined, 0.7 * ntp + 0.2 * pg, rtol=1e-4, atol=1e-6)
+    pg = grads_of(model, lambda: reference_pg(model, ppo, micro=2, ga=2))
+    torch.testing.assert_close(combined_g, 0.7 * ntp + 0.2 * pg, rtol=1e-4, atol=1e-6)
 
 
 def test_mask_pads_drops_pad_positions(setup):
-    model, sft, _, _ = setup
-    masked = grads_of(model, lambda: model_ops.sft_only_backward(model, sft, micro_batch_size=2, mask_pads=True))
+    from refine.nsp.update_plan import plan_ntp_only_update
+
+    model, sft, _ = setup
+    masked = grads_of(model, lambda: model_ops.sft_only_backward(
+        model, sft, plan_ntp_only_update(B, micro_batch_size=2), mask_pads=True))
 
     def reference():
         ids, mask = sft["input_ids"], sft["attention_mask"]
