@@ -74,6 +74,8 @@ def test_paths_become_absolute(compose_config):
          r"not divisible by the micro-batch"),
         (["refine.reward=cosine"], r"refine\.reward='cosine'"),
         (["refine.sampling=topk"], r"refine\.sampling='topk'"),
+        (["refine.task_sft_update=true"], r"refine\.task_sft_update=True: post-training"),
+        (["refine.val_get_loss=false", "trainer.val_before_train=true"], r"refine\.val_get_loss=False"),
     ],
 )
 def test_bad_config_fails_before_ray(compose_config, overrides, pattern):
