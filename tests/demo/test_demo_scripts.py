@@ -116,6 +116,8 @@ def dry_runs(smoke_dir, tmp_path_factory):
 def test_official_command_line_validates_with_the_official_values(dry_runs, phase):
     got = dry_runs[phase]
     assert "error" not in got, got.get("error")
+    if phase == "mid":
+        assert got["pending"] is None  # mid-training is implemented: nothing refused
     expected = OFFICIAL[phase]
     assert {k: got["refine"][k] for k in expected["refine"]} == expected["refine"]
     assert {k: got[k] for k in expected["config"]} == expected["config"]
@@ -200,21 +202,25 @@ def test_placeholders_fail_early_with_a_clear_message(tmp_path):
 # ---- smoke runs ------------------------------------------------------------------------------------------------
 
 
-def unsupported_reason(phase: str) -> str | None:
-    """Why the trainer cannot run `phase` yet (None when it can): a cheap probe, no Ray.
+def unsupported_reason(phase: str, dry_run: dict) -> str | None:
+    """Why the trainer cannot run `phase` yet (None when it can): cheap probes, no Ray.
 
-    Post-training needs the outer loop and validation by generation; test-time training needs validation with the
-    inner loop. Work in progress raises NotImplementedError there; any other error means the code path exists (the
-    stub simply lacks what a real trainer has).
+    1. The trainer's own up-front refusal of pending phases, recorded by the dry run of the smoke command line.
+    2. Post-training needs the outer loop and validation by generation; test-time training needs validation with the
+       inner loop. Work in progress raises NotImplementedError there; any other error means the code path exists
+       (the stub simply lacks what a real trainer has).
     """
+    if dry_run.get("pending"):
+        return f"the trainer refuses this phase for now: {dry_run['pending']}"
+    if phase == "mid":
+        return None
     from types import SimpleNamespace
 
     from refine.trainer import validation
     from refine.trainer.config import RefineConfig
     from refine.trainer.ray_trainer import RefineTrainer
 
-    flags = {"mid": dict(val_get_loss=True), "post": dict(task_sft_update=True),
-             "ttt": dict(val_ttt_sft_update=True, val_ttt_ppo_update=True)}[phase]
+    flags = {"post": dict(task_sft_update=True), "ttt": dict(val_ttt_sft_update=True, val_ttt_ppo_update=True)}[phase]
     stub = SimpleNamespace(rc=RefineConfig(**flags), val_dataloader=[], global_steps=0)
     probes = [("validation", lambda: validation.validate(stub))]
     if phase == "post":
@@ -235,8 +241,8 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
-def run_smoke(phase: str, smoke_dir: Path) -> tuple[list[dict], str]:
-    reason = unsupported_reason(phase)
+def run_smoke(phase: str, smoke_dir: Path, dry_runs: dict) -> tuple[list[dict], str]:
+    reason = unsupported_reason(phase, dry_runs[f"{phase}_smoke"])
     if reason:
         pytest.skip(reason)
     env = {**os.environ, "SMOKE": "1", "SMOKE_DIR": str(smoke_dir), "PYTHON": sys.executable}
@@ -249,8 +255,8 @@ def run_smoke(phase: str, smoke_dir: Path) -> tuple[list[dict], str]:
 
 
 @pytest.mark.slow
-def test_midtrain_smoke_run_finishes_on_cpu(smoke_dir):
-    records, _ = run_smoke("mid", smoke_dir)
+def test_midtrain_smoke_run_finishes_on_cpu(smoke_dir, dry_runs):
+    records, _ = run_smoke("mid", smoke_dir, dry_runs)
     steps = [r["step"] for r in records if "training/global_step" in r["data"]]
     assert steps == [1, 2]
     last = records[-1]["data"]
@@ -259,8 +265,8 @@ def test_midtrain_smoke_run_finishes_on_cpu(smoke_dir):
 
 
 @pytest.mark.slow
-def test_posttrain_smoke_run_finishes_on_cpu(smoke_dir):
-    records, _ = run_smoke("post", smoke_dir)
+def test_posttrain_smoke_run_finishes_on_cpu(smoke_dir, dry_runs):
+    records, _ = run_smoke("post", smoke_dir, dry_runs)
     steps = [r["step"] for r in records if "training/global_step" in r["data"]]
     assert steps == [1, 2]
     last = records[-1]["data"]
@@ -270,8 +276,8 @@ def test_posttrain_smoke_run_finishes_on_cpu(smoke_dir):
 
 
 @pytest.mark.slow
-def test_testtimetrain_smoke_run_finishes_on_cpu(smoke_dir):
-    records, _ = run_smoke("ttt", smoke_dir)
+def test_testtimetrain_smoke_run_finishes_on_cpu(smoke_dir, dry_runs):
+    records, _ = run_smoke("ttt", smoke_dir, dry_runs)
     assert not any("training/global_step" in r["data"] for r in records)  # val_only: no training step
     assert len(records) == 1 and records[0]["step"] == 0
     assert 0.0 <= records[0]["data"]["val_reward"] <= 1.0
