@@ -8,6 +8,8 @@ Micro-batching follows the official per-GPU micro-batch sizes; all ranks run the
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -29,6 +31,17 @@ def micro_slices(n: int, micro: int) -> Iterator[slice]:
 
 def _forward(module, input_ids, attention_mask, **kwargs):
     return module(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs)
+
+
+@functools.cache
+def _keeps_logits(cls) -> bool:
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
+
+
+def _last_logits_kwargs(module, n: int) -> dict:
+    """`logits_to_keep=n` when the model supports it: the response forwards need only the last k + 1 logits
+    (a [rows, S + k, V] logit tensor is gigabytes at S = 16K)."""
+    return {"logits_to_keep": n} if _keeps_logits(type(module)) else {}
 
 
 @dataclass
@@ -138,8 +151,8 @@ def old_log_probs_and_hidden(
     for sl in micro_slices(prompts.shape[0], micro_batch_size):
         ids = torch.cat([prompts[sl], responses[sl]], dim=1)
         mask = torch.cat([prompt_mask[sl], torch.ones_like(responses[sl])], dim=1)
-        out = _forward(module, ids, mask, output_hidden_states=True)
-        log_probs.append(response_log_probs(out.logits.float(), responses[sl], temperature=temperature))
+        out = _forward(module, ids, mask, output_hidden_states=True, **_last_logits_kwargs(module, k + 1))
+        log_probs.append(response_log_probs(out.logits[:, -k - 1 :].float(), responses[sl], temperature=temperature))
         hidden.append(out.hidden_states[-1][:, -k:])
     return torch.cat(log_probs), torch.cat(hidden)
 
@@ -176,7 +189,9 @@ def combined_backward(
         responses = ppo["responses"][sl]
         ids = torch.cat([ppo["prompts"][sl], responses], dim=1)
         mask = torch.cat([ppo["prompt_mask"][sl], torch.ones_like(responses)], dim=1)
-        log_prob = response_log_probs(_forward(module, ids, mask).logits, responses, temperature=temperature)
+        k = responses.shape[1]
+        logits = _forward(module, ids, mask, **_last_logits_kwargs(module, k + 1)).logits[:, -k - 1 :]
+        log_prob = response_log_probs(logits, responses, temperature=temperature)
         response_mask = torch.ones_like(log_prob)
         loss, metrics = ppo_clip_loss(ppo["old_log_probs"][sl], log_prob, ppo["advantages"][sl], response_mask)
         (loss * plan.ppo_scale).backward()
