@@ -204,3 +204,23 @@ def test_kill_and_resume_matches_uninterrupted(make_trainer, tmp_path):
         for key, value in expected[step].items():
             if key.startswith(COMPARED_PREFIXES) and "memory" not in key:
                 assert got[step][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (step, key)
+
+
+def test_midtrain_tiny_lact_two_steps(make_trainer, tmp_path):
+    """The same loop on a tiny LaCT (random init, shipped tokenizer): the trainer reaches models only via Auto."""
+    import refine.models  # noqa: F401
+    from refine.models.lact import tiny_lact_config
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from refine.trainer.config import REPO_ROOT
+
+    torch.manual_seed(0)
+    model_dir = tmp_path / "lact"
+    AutoModelForCausalLM.from_config(tiny_lact_config()).save_pretrained(model_dir)
+    AutoTokenizer.from_pretrained(REPO_ROOT / "data" / "demo" / "model").save_pretrained(model_dir)
+    trainer = make_trainer([f"actor_rollout_ref.model.path={model_dir}", "trainer.total_training_steps=2",
+                            f"trainer.default_local_dir={tmp_path / 'run'}"])
+    before = params(trainer)
+    trainer.fit()
+    check_steps(trainer, 2)
+    assert (params(trainer) - before).abs().max() > 0
