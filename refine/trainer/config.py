@@ -355,6 +355,43 @@ def validate_data(rc: RefineConfig, config: DictConfig) -> None:
                           "name an existing column")
 
 
+def _max_token_chars(tokenizer) -> int:
+    """Longest decoded token of the vocabulary: a text of n characters has at least n / this many tokens."""
+    vocab = tokenizer.get_vocab()
+    return max(len(tokenizer.convert_tokens_to_string([token])) for token in vocab) or 1
+
+
+def check_nsp_row_lengths(rc: RefineConfig, config: DictConfig, tokenizer) -> None:
+    """Every row of the files an NSP phase reads keeps >= 20 + k real tokens (and >= C) after truncation to
+    max_prompt_length; otherwise position selection would fail mid-run. Only rows too short to be surely long
+    enough by their character count are tokenised."""
+    import pyarrow.parquet as pq
+
+    groups = []
+    if rc.ttt_ppo_update and not config.trainer.get("val_only", False):
+        groups.append(("data.train_files", config.data.train_files))
+    if rc.val_ttt_ppo_update:
+        groups.append(("data.val_files", config.data.val_files))
+    if not groups:
+        return
+    need = max(MAX_RESPONSE_LENGTH + rc.response_length, rc.n_chunks)
+    if int(config.data.max_prompt_length) < need:
+        _fail("data.max_prompt_length", int(config.data.max_prompt_length),
+              f"rows need >= {need} real tokens for NSP (20 + k, and >= C)", f"use data.max_prompt_length >= {need}")
+    surely_long = need * _max_token_chars(tokenizer)
+    for key, value in groups:
+        for path in _files(value):
+            texts = pq.read_table(path, columns=[config.data.prompt_key]).column(0).to_pylist()
+            for row, text in enumerate(texts):
+                if isinstance(text, str) and len(text) >= surely_long:
+                    continue
+                n = len(tokenizer(text or "", add_special_tokens=False)["input_ids"])
+                if n < need:
+                    _fail(key, path, f"row {row} of column {config.data.prompt_key!r} has {n} tokens; NSP needs "
+                          f">= {need} (20 + refine.response_length, and >= refine.n_chunks)",
+                          "drop or merge short rows (or lower refine.response_length / refine.n_chunks)")
+
+
 def absolutize_paths(config: DictConfig, base: Path | None = None) -> None:
     """Make relative model/data/checkpoint paths absolute (Ray workers do not share the driver's cwd).
 
@@ -402,11 +439,17 @@ def prepare_config(config: DictConfig) -> RefineConfig:
     validate_refine(rc, config)
     check_implemented(rc, config)
     validate_data(rc, config)
-    model_path = config.actor_rollout_ref.model.path
-    if not os.path.isdir(model_path) and not os.path.isfile(os.path.join(str(model_path), "config.json")):
-        if os.path.isabs(str(model_path)):
-            _fail("actor_rollout_ref.model.path", model_path, "no model directory there",
-                  "point it at a local HF model directory (or run scripts/build_demo_model.py for the demo)")
+    model = config.actor_rollout_ref.model
+    tokenizer_path = model.get("tokenizer_path") or model.path
+    if not os.path.isfile(os.path.join(str(tokenizer_path), "config.json")) and not os.path.isfile(
+        os.path.join(str(tokenizer_path), "tokenizer_config.json")
+    ):
+        _fail("actor_rollout_ref.model.path", model.path, "no local HF model/tokenizer directory there",
+              "point it at a local HF model directory (the demo's is built by scripts/build_demo_model.py)")
+    if rc.ttt_ppo_update or rc.val_ttt_ppo_update:
+        from transformers import AutoTokenizer
+
+        check_nsp_row_lengths(rc, config, AutoTokenizer.from_pretrained(str(tokenizer_path)))
     return rc
 
 

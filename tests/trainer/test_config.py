@@ -116,3 +116,15 @@ def test_main_reports_bad_input_in_one_line(tmp_path):
     assert result.returncode == 2
     assert "refine: configuration error: refine.response_length=25" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_rows_too_short_for_nsp_fail_before_ray(compose_config, tmp_path):
+    short = tmp_path / "short.parquet"
+    pd.DataFrame({"text": ["def f(x):\n    return x + 1\n" * 20, "x = 1"]}).to_parquet(short)
+    with pytest.raises(ValueError, match=r"data\.train_files=.*short\.parquet.*row 1 of column 'text' has \d+ tokens"):
+        prepare_config(compose_config([f"data.train_files={short}"]))
+
+
+def test_missing_model_directory(compose_config, tmp_path):
+    with pytest.raises(ValueError, match=r"actor_rollout_ref\.model\.path=.*nowhere.*no local HF model"):
+        prepare_config(compose_config([f"actor_rollout_ref.model.path={tmp_path / 'nowhere'}"]))
