@@ -164,7 +164,6 @@ class RefineTrainer(RayPPOTrainer):
     def fit(self):
         """ReFINE training: resume, optional validation first, then per batch inner/outer update, validation,
         checkpoint and metrics (spec 1.0 step 5). Writes metrics.jsonl and metrics.png into the run directory."""
-        from tqdm import tqdm
         from verl.utils.tracking import Tracking
 
         trainer_cfg = self.config.trainer
@@ -190,15 +189,16 @@ class RefineTrainer(RayPPOTrainer):
 
         try:
             if trainer_cfg.get("val_before_train", True):
-                with_timing: dict[str, float] = {}
-                with timed(with_timing, "testing"):
+                timing: dict[str, float] = {}
+                with timed(timing, "testing"):
                     val_metrics = self._validate()
-                self._log(tracker, val_metrics | {f"timing_s/{k}": v for k, v in with_timing.items()}, self.global_steps)
+                val_metrics.update({f"timing_s/{k}": v for k, v in timing.items()})
+                self._log(tracker, val_metrics, self.global_steps)
                 if trainer_cfg.get("val_only", False):
                     return
             self._train(tracker)
         finally:
-            tracker.finish() if hasattr(tracker, "finish") else None
+            tracker.finish()
             self._write_plot()
             print(f"ReFINE run directory: {self.run_dir}\n  metrics: {metrics_path}\n  plot:    "
                   f"{self.run_dir / PLOT_FILE}")

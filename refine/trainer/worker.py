@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import torch
 from verl import DataProto
-from verl.single_controller.base.decorator import register
-from verl.single_controller.base.decorator import make_nd_compute_dataproto_dispatch_fn
+from verl.single_controller.base.decorator import make_nd_compute_dataproto_dispatch_fn, register
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
 from refine.nsp.update_plan import (
@@ -160,7 +159,10 @@ class RefineActorWorker(ActorRolloutRefWorker):
             ppo_data, "input_ids", "attention_mask", "responses", "old_log_probs", "advantages"
         )
         m_rows = normalized_ppo_mini_batch_rows(
-            meta["mini_batch_size"], n_chunks=meta["n_chunks"], ttt_n=meta["n_per_prefix"], world_size=meta["world_size"]
+            meta["mini_batch_size"],
+            n_chunks=meta["n_chunks"],
+            ttt_n=meta["n_per_prefix"],
+            world_size=meta["world_size"],
         )
         plan = plan_combined_update(
             sft_ids.shape[0],

@@ -38,7 +38,8 @@ def setup():
     with torch.no_grad():
         logits = model(input_ids=torch.cat([prompts, responses], 1),
                        attention_mask=torch.cat([prompt_mask, torch.ones_like(responses)], 1)).logits
-        current = torch.log_softmax(logits[:, S - 1 : S + K - 1].float(), -1).gather(-1, responses.unsqueeze(-1))[..., 0]
+        log_probs = torch.log_softmax(logits[:, S - 1 : S + K - 1].float(), -1)
+        current = log_probs.gather(-1, responses.unsqueeze(-1))[..., 0]
     # old log-probs away from the current ones, so some ratios are clipped and the dual clip is reached
     old = current + torch.tensor([[0.5, -0.5, 0.0]] * n) + 0.05 * torch.randn(n, K, generator=gen)
     advantages = torch.tensor([1.0, -1.0, 0.5, -2.0]).unsqueeze(1).expand(n, K).clone()
