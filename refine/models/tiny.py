@@ -46,11 +46,10 @@ def train_tiny_tokenizer(texts: Iterable[str] | None = None, vocab_size: int = 5
     )
 
 
-def tiny_deltanet_config(vocab_size: int = 512, **overrides):
-    """A 2-layer, 64-wide fla DeltaNet config that runs on CPU (unfused norms / CE, which are Triton in fla)."""
-    from fla.models import DeltaNetConfig
-
-    kwargs = dict(
+def _cpu_fla_kwargs(vocab_size: int) -> dict:
+    """Settings shared by the tiny fla configs: 2 layers, 64 wide, Llama-style special ids, unfused norms / CE
+    (fla's fused versions are Triton-only)."""
+    return dict(
         hidden_size=64,
         num_hidden_layers=2,
         num_heads=2,
@@ -64,36 +63,25 @@ def tiny_deltanet_config(vocab_size: int = 512, **overrides):
         fuse_linear_cross_entropy=False,
         tie_word_embeddings=False,
     )
-    kwargs.update(overrides)
-    config = DeltaNetConfig(**kwargs)
-    # verl's monkey patch reads these attention-style names; fla's config does not define them.
+
+
+def _with_attention_head_names(config):
+    # verl's monkey patch reads these attention-style names; fla's configs do not define them.
     config.num_attention_heads = config.num_heads
     config.num_key_value_heads = config.num_heads
     return config
+
+
+def tiny_deltanet_config(vocab_size: int = 512, **overrides):
+    """A 2-layer, 64-wide fla DeltaNet config that runs on CPU."""
+    from fla.models import DeltaNetConfig
+
+    return _with_attention_head_names(DeltaNetConfig(**{**_cpu_fla_kwargs(vocab_size), **overrides}))
 
 
 def tiny_gated_deltanet_config(vocab_size: int = 512, **overrides):
-    """A 2-layer, 64-wide fla GatedDeltaNet config that runs on CPU."""
+    """A 2-layer, 64-wide fla GatedDeltaNet config (head dim 32) that runs on CPU."""
     from fla.models import GatedDeltaNetConfig
 
-    kwargs = dict(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_heads=2,
-        head_dim=32,
-        expand_v=1,
-        vocab_size=vocab_size,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=None,
-        fuse_norm=False,
-        fuse_swiglu=False,
-        fuse_cross_entropy=False,
-        fuse_linear_cross_entropy=False,
-        tie_word_embeddings=False,
-    )
-    kwargs.update(overrides)
-    config = GatedDeltaNetConfig(**kwargs)
-    config.num_attention_heads = config.num_heads
-    config.num_key_value_heads = config.num_heads
-    return config
+    kwargs = {**_cpu_fla_kwargs(vocab_size), "head_dim": 32, "expand_v": 1, **overrides}
+    return _with_attention_head_names(GatedDeltaNetConfig(**kwargs))
