@@ -6,8 +6,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-ANSWER_SEPARATOR = "|"
-
 
 def check_columns(columns: Sequence[str], *, prompt_key: str, answer_key: str | None, data_source_key: str | None,
                   source: str = "data") -> None:

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from refine.data.checks import ANSWER_SEPARATOR, check_answers, check_columns, check_prompts
+from refine.data.checks import check_answers, check_columns, check_prompts
+from refine.scoring.answers import join_answers
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ class RawTextDataset(Dataset):
         }
         if self.answers is not None:
             answers = self.answers[row]
-            item["answers"] = ANSWER_SEPARATOR.join(answers)
+            item["answers"] = join_answers(answers)  # the official "|" round trip (Q10)
             target = self._encode(answers[0])[: self.max_response_length]
             n_pad = self.max_response_length - len(target)
             item["ground_truth_ids"] = torch.tensor(target + [self.pad_token_id] * n_pad, dtype=torch.long)
