@@ -290,19 +290,88 @@ def validate_refine(rc: RefineConfig, config: DictConfig) -> None:
 
 # Phases whose driver code arrives with post-training / test-time training (issue 8). Refused up front so a run
 # never starts Ray only to fail at its first step; remove entries here as they are implemented.
-PENDING_PHASE_FLAGS = ("task_sft_update", "task_ppo_update", "val_ttt_sft_update", "val_ttt_ppo_update")
+PENDING_PHASE_FLAGS = ("task_ppo_update",)
 
 
 def check_implemented(rc: RefineConfig, config: DictConfig) -> None:
-    """ValueError for a phase this version does not run yet (outer task updates, TTT, generation validation)."""
+    """ValueError for a phase this version does not run yet (task GRPO, off in every official demo)."""
     for flag in PENDING_PHASE_FLAGS:
         if getattr(rc, flag):
-            _fail(f"refine.{flag}", True, "post-training / test-time training is not implemented in this version",
-                  f"set refine.{flag}=False (mid-training: ttt_sft_update, ttt_ppo_update, val_get_loss)")
-    validates = config.trainer.get("val_before_train", True) or int(config.trainer.get("test_freq", -1)) > 0
-    if validates and not rc.val_get_loss:
-        _fail("refine.val_get_loss", False, "validation by generation is not implemented in this version",
-              "set refine.val_get_loss=True, or trainer.val_before_train=False trainer.test_freq=-1")
+            _fail(f"refine.{flag}", True, "task GRPO is not implemented in this version",
+                  f"set refine.{flag}=False (the official demos use task_sft_update)")
+
+
+def validates_by_generation(rc: RefineConfig, config: DictConfig) -> bool:
+    """Whether validation runs (before training, every test_freq steps, or val_only) in the generation mode."""
+    trainer = config.trainer
+    runs = trainer.get("val_before_train", True) or trainer.get("val_only", False) or int(trainer.test_freq) > 0
+    return bool(runs) and not rc.val_get_loss
+
+
+def check_generation_data(rc: RefineConfig, config: DictConfig) -> RefineConfig:
+    """Answers and a scorable data source for validation by generation; answers for task SFT (spec 4.1, Q24).
+
+    With no `refine.data_source_key`, the RULER / LongBench files' `task` column is used when every validation file
+    has one (the official post-training demo left it unset and failed at validation, Q24 c). Returns `rc`, updated.
+    """
+    import pyarrow.parquet as pq
+
+    generation = validates_by_generation(rc, config)
+    if rc.task_sft_update and rc.answer_key is None:
+        _fail("refine.answer_key", None, "task SFT needs the gold answers", "set refine.answer_key (or "
+              "+data.answer_key=answer / answers, the RULER / LongBench column)")
+    if not generation:
+        return rc
+    if rc.answer_key is None:
+        _fail("refine.answer_key", None, "validation by generation (refine.val_get_loss=False) scores against "
+              "gold answers", "set refine.answer_key, or refine.val_get_loss=True for mid-training")
+    val_files = _files(config.data.val_files)
+    if rc.data_source_key is None:
+        if all("task" in pq.read_schema(path).names for path in val_files):
+            rc = dataclasses.replace(rc, data_source_key="task")
+        else:
+            _fail("refine.data_source_key", None, "validation by generation picks the scorer by data source",
+                  "set refine.data_source_key to the column naming the task (e.g. task)")
+    from refine.scoring.reward import DATA_SOURCES
+
+    for path in val_files:
+        names = pq.read_schema(path).names
+        if rc.data_source_key not in names:
+            continue  # reported by validate_data
+        sources = set(pq.read_table(path, columns=[rc.data_source_key]).column(0).to_pylist())
+        unknown = sorted(str(x) for x in sources - set(DATA_SOURCES))
+        if unknown:
+            _fail(f"refine.data_source_key={rc.data_source_key!r} in {path}", unknown, "no scorer for these data "
+                  "sources", f"use one of {sorted(DATA_SOURCES)}")
+    return rc
+
+
+def check_overlong(rc: RefineConfig, config: DictConfig, tokenizer) -> int:
+    """Count prompts longer than max_prompt_length in the files a post-training / TTT phase reads (head
+    truncation as officially, with a warning; a ValueError with `refine.on_overlong=error`). Returns the count."""
+    import pyarrow.parquet as pq
+
+    limit = int(config.data.max_prompt_length)
+    files = []
+    if rc.task_sft_update and not config.trainer.get("val_only", False):
+        files += _files(config.data.train_files)
+    if validates_by_generation(rc, config):
+        files += _files(config.data.val_files)
+    total = 0
+    for path in files:
+        texts = pq.read_table(path, columns=[config.data.prompt_key]).column(0).to_pylist()
+        over = [row for row, text in enumerate(texts) if len(str(text).encode()) > limit
+                and len(tokenizer(str(text), add_special_tokens=False)["input_ids"]) > limit]
+        if over and rc.on_overlong == "error":
+            _fail("data.max_prompt_length", limit, f"{len(over)} prompt(s) of {path} are longer (rows "
+                  f"{over[:10]}{' ...' if len(over) > 10 else ''}) and refine.on_overlong=error",
+                  "raise data.max_prompt_length, shorten the prompts, or use refine.on_overlong=truncate (official "
+                  "head truncation)")
+        if over:
+            print(f"Warning: {len(over)} prompt(s) of {path} exceed data.max_prompt_length={limit}; their first "
+                  f"{limit} tokens are kept (official head truncation; the question at the end is cut)")
+        total += len(over)
+    return total
 
 
 def _check_parquet(key: str, path: str, column: str) -> int:
@@ -353,6 +422,15 @@ def validate_data(rc: RefineConfig, config: DictConfig) -> None:
                 if col is not None and col not in names:
                     _fail(f"refine.{opt_key}", col, f"column missing in {path} (columns: {names})",
                           "name an existing column")
+            if rc.answer_key is not None:
+                from refine.data.checks import check_answers
+
+                cells = pq.read_table(path, columns=[rc.answer_key]).column(0).to_pylist()
+                try:
+                    check_answers(cells, answer_key=rc.answer_key)
+                except ValueError as exc:
+                    _fail(f"refine.answer_key={rc.answer_key!r} in {path}", "cell", str(exc),
+                          "store each row's answers as a list of strings")
 
 
 def _max_token_chars(tokenizer) -> int:
@@ -439,6 +517,9 @@ def prepare_config(config: DictConfig) -> RefineConfig:
     validate_refine(rc, config)
     check_implemented(rc, config)
     validate_data(rc, config)
+    rc = check_generation_data(rc, config)
+    with open_dict(config):
+        config.refine = OmegaConf.structured(rc)
     model = config.actor_rollout_ref.model
     tokenizer_path = model.get("tokenizer_path") or model.path
     if not os.path.isfile(os.path.join(str(tokenizer_path), "config.json")) and not os.path.isfile(
@@ -446,10 +527,13 @@ def prepare_config(config: DictConfig) -> RefineConfig:
     ):
         _fail("actor_rollout_ref.model.path", model.path, "no local HF model/tokenizer directory there",
               "point it at a local HF model directory (the demo's is built by scripts/build_demo_model.py)")
-    if rc.ttt_ppo_update or rc.val_ttt_ppo_update:
+    needs_tokens = rc.ttt_ppo_update or rc.val_ttt_ppo_update or rc.task_sft_update
+    if needs_tokens or validates_by_generation(rc, config):
         from transformers import AutoTokenizer
 
-        check_nsp_row_lengths(rc, config, AutoTokenizer.from_pretrained(str(tokenizer_path)))
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path))
+        check_nsp_row_lengths(rc, config, tokenizer)
+        check_overlong(rc, config, tokenizer)
     return rc
 
 

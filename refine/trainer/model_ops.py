@@ -236,3 +236,67 @@ def validation_loss_em(
         matches += int(((sampled == ids[:, 1:]) & valid).sum())
         counted += int(valid.sum())
     return sum(losses) / len(losses), matches, counted
+
+
+# ---- post-training / TTT (spec 2.B, 2.D) --------------------------------------------------------------------------
+
+
+def answer_loss(module, prompts, prompt_mask, answers, answer_mask) -> torch.Tensor:
+    """Task SFT loss of one micro-batch (spec 2.B): CE over the answer tokens of (left-padded prompt, right-padded
+    first answer), padded answer positions ignored, mean over the valid answer tokens."""
+    import torch.nn.functional as F
+
+    r = answers.shape[1]
+    ids = torch.cat([prompts, answers], dim=1)
+    mask = torch.cat([prompt_mask, answer_mask], dim=1)
+    logits = _forward(module, ids, mask, **_last_logits_kwargs(module, r + 1)).logits[:, -r - 1 : -1]
+    labels = answers.masked_fill(answer_mask == 0, -100)
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+
+
+def task_sft_backward(module, batch: dict[str, torch.Tensor], plan: NtpOnlyPlan) -> list[float]:
+    """One task-SFT call: loss / GA per micro-batch (official `update_policy_sft`); returns the raw losses."""
+    raw = []
+    for sl in plan.micro_batches:
+        loss = answer_loss(module, batch["prompts"][sl], batch["prompt_mask"][sl], batch["answers"][sl],
+                           batch["answer_mask"][sl])
+        (loss * plan.scale).backward()
+        raw.append(float(loss.detach()))
+    return raw
+
+
+@torch.no_grad()
+def greedy_generate(
+    module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    micro_batch_size: int,
+    eos_token_id,
+    pad_token_id: int,
+    synced: bool,
+) -> torch.Tensor:
+    """Greedy decoding of up to `max_new_tokens` (EOS stops a row; finished rows are filled with the pad id),
+    right-padded to exactly `max_new_tokens` (spec 2.D). `synced` keeps every rank decoding until all are done
+    (HF `synced_gpus`), which FSDP needs when ranks stop at different steps."""
+    responses = []
+    for sl in micro_slices(input_ids.shape[0], micro_batch_size):
+        out = module.generate(
+            input_ids=input_ids[sl],
+            attention_mask=attention_mask[sl],
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            use_cache=True,
+            synced_gpus=synced,
+        )
+        new = out[:, input_ids.shape[1] :]
+        if new.shape[1] < max_new_tokens:
+            filler = torch.full((new.shape[0], max_new_tokens - new.shape[1]), pad_token_id, dtype=new.dtype,
+                                device=new.device)
+            new = torch.cat([new, filler], dim=1)
+        responses.append(new)
+    return torch.cat(responses)

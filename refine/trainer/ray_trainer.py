@@ -101,8 +101,10 @@ class RefineTrainer(RayPPOTrainer):
         return inner_step(rc.nsp_mode)(self.actor_rollout_wg, inner_batch, rc, settings)
 
     def outer_loop(self, batch: DataProto) -> dict:
-        """Outer task update (post-training, spec 2.B): implemented with the post-training phase (issue 8)."""
-        raise NotImplementedError("task_sft_update / task_ppo_update: the outer loop arrives with post-training")
+        """Outer task update on the full batch (post-training, spec 2.B), after the inner loop, same weights (Q2)."""
+        from refine.trainer.task_update import task_update
+
+        return task_update(self, batch)
 
     def train_step(self, batch: DataProto) -> dict:
         """One global step on a training batch: inner loop, then outer loop (same weights and optimiser, Q2)."""

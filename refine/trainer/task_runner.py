@@ -29,11 +29,13 @@ def build_datasets(config, tokenizer, rc):
             filter_overlong=bool(config.data.get("filter_overlong_prompts", False)),
         )
 
-    files = config.data.train_files
-    train = make(OmegaConf.to_container(files) if not isinstance(files, str) else files)
-    files = config.data.val_files
-    val = make(OmegaConf.to_container(files) if not isinstance(files, str) else files)
-    return train, val
+    def files_of(value):
+        return value if isinstance(value, str) else OmegaConf.to_container(value)
+
+    val = make(files_of(config.data.val_files))
+    if config.trainer.get("val_only", False) and not config.data.get("train_files"):
+        return val, val  # a val-only run (TTT) needs no train file; the train loader is never iterated
+    return make(files_of(config.data.train_files)), val
 
 
 def load_tokenizer(config):

@@ -1,5 +1,5 @@
-"""Validation by phase (spec 1.1-1.3): mid-training loss/EM here; generation and test-time training (issue 8)
-plug in as further modes of `validate`."""
+"""Validation by phase (spec 1.1-1.3): mid-training loss/EM (`val_get_loss`), else greedy generation scored by
+data source, optionally after a test-time-training inner loop on each validation batch (`val_ttt_*`)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,7 @@ def validate(trainer) -> dict[str, float]:
     rc = trainer.rc
     if rc.val_get_loss:
         return validate_loss(trainer)
-    raise NotImplementedError(
-        "validation by generation / test-time training (val_get_loss=False) arrives with post-training and TTT"
-    )
+    return validate_generation(trainer)
 
 
 def validate_loss(trainer) -> dict[str, float]:
@@ -42,3 +40,47 @@ def validate_loss(trainer) -> dict[str, float]:
         counted = int(out.batch["em_counted"].sum())
         ems.append(int(out.batch["em_matches"].sum()) / max(counted, 1))
     return {"val_loss": float(np.mean(losses)), "val_em_score": float(np.mean(ems))}
+
+
+def validate_generation(trainer) -> dict[str, float]:
+    """Greedy generation scored with `refine.scoring` (spec 1.2, 1.3, 2.D), with TTT when `val_ttt_*` is on.
+
+    TTT (Q1): per validation batch, the inner loop on its prompts (metrics discarded, as officially), then greedy
+    answers with the updated weights. `refine.ttt_reset=cumulative` (official) keeps adapting over the file in
+    loader order; `batch` restores weights, optimiser and scheduler after every batch.
+    Logs `val_reward` (official: mean over scored rows of full batches), `val_reward/<data_source>` means and
+    `val_n_scored`.
+    """
+    from refine.scoring import score_response, split_answers
+
+    rc = trainer.rc
+    wg = trainer.actor_rollout_wg
+    ttt = rc.val_ttt_sft_update or rc.val_ttt_ppo_update
+    reset = ttt and rc.ttt_reset == "batch"
+    max_new = int(trainer.config.data.max_response_length)
+    micro = int(trainer.config.actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu)
+    scores: list[float] = []
+    by_source: dict[str, list[float]] = {}
+    if reset:
+        wg.snapshot_state()
+    for index, batch_dict in enumerate(trainer.val_dataloader):
+        batch = DataProto.from_single_dict(batch_dict)
+        if ttt:
+            batch.non_tensor_batch["uid"] = np.array([f"val{index}-{i}" for i in range(len(batch))], dtype=object)
+            trainer.inner_loop(batch, validation=True)
+        data = DataProto.from_dict(
+            tensors={"input_ids": batch.batch["input_ids"], "attention_mask": batch.batch["attention_mask"]},
+            meta_info={"max_new_tokens": max_new, "micro_batch_size": micro},
+        )
+        responses = wg.generate_greedy(data).batch["responses"]
+        texts = trainer.tokenizer.batch_decode(responses, skip_special_tokens=True)
+        for text, answers, source in zip(texts, batch.non_tensor_batch["answers"],
+                                         batch.non_tensor_batch["data_source"]):
+            score = float(score_response(str(source), text, split_answers(answers)))
+            scores.append(score)
+            by_source.setdefault(str(source), []).append(score)
+        if reset:
+            wg.restore_state()
+    metrics = {"val_reward": float(np.mean(scores)), "val_n_scored": float(len(scores))}
+    metrics.update({f"val_reward/{source}": float(np.mean(values)) for source, values in sorted(by_source.items())})
+    return metrics

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 from verl import DataProto
-from verl.single_controller.base.decorator import make_nd_compute_dataproto_dispatch_fn, register
+from verl.single_controller.base.decorator import Dispatch, make_nd_compute_dataproto_dispatch_fn, register
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
 from refine.nsp.update_plan import (
@@ -215,6 +215,77 @@ class RefineActorWorker(ActorRolloutRefWorker):
         metrics["actor/lr_ttt"] = [float(lr)]
         metrics.update({key: [value] for key, value in _memory_metrics("_ttt").items()})
         return DataProto(meta_info={"metrics": metrics})
+
+    # ---- post-training: outer task update (spec 2.B) ---------------------------------------------------------
+    @register(dispatch_mode=ACTOR_DISPATCH)
+    def task_sft_update(self, data: DataProto) -> DataProto:
+        """Task SFT, one optimiser step over this rank's rows (official `update_actor_sft`, Q23).
+
+        data: input_ids / attention_mask (prompts), ground_truth_ids / ground_truth_attention_mask (first answer).
+        meta_info: micro_batch_size (actor.ppo_micro_batch_size_per_gpu). Metrics without the `_ttt` suffix.
+        """
+        meta = data.meta_info
+        engine = self.actor.engine
+        prompts, prompt_mask, answers, answer_mask = self._tensors(
+            data, "input_ids", "attention_mask", "ground_truth_ids", "ground_truth_attention_mask"
+        )
+        plan = plan_ntp_only_update(prompts.shape[0], micro_batch_size=meta["micro_batch_size"])
+        batch = {"prompts": prompts, "prompt_mask": prompt_mask, "answers": answers, "answer_mask": answer_mask}
+        with engine.train_mode():
+            engine.optimizer_zero_grad()
+            raw = model_ops.task_sft_backward(self._module, batch, plan)
+            grad_norm = engine.optimizer_step()
+            lr = engine.lr_scheduler_step()
+        losses = ntp_only_loss_metrics(raw, plan, key="actor/sft_loss", raw_key="actor/sft_loss_raw")
+        metrics = {key: [value] for key, value in losses.items()}
+        metrics["actor/grad_norm"] = [float(grad_norm)]
+        metrics["actor/lr"] = [float(lr)]
+        metrics.update({key: [value] for key, value in _memory_metrics("").items()})
+        return DataProto(meta_info={"metrics": metrics})
+
+    # ---- validation by generation and TTT state (spec 2.D, Q1) --------------------------------------------------
+    @register(dispatch_mode=ACTOR_DISPATCH)
+    def generate_greedy(self, data: DataProto) -> DataProto:
+        """Greedy responses [n, R] (EOS stops; right-padded with the pad id). meta_info: max_new_tokens,
+        micro_batch_size."""
+        meta = data.meta_info
+        prompts, prompt_mask = self._tensors(data, "input_ids", "attention_mask")
+        eos, pad = self._special_ids()
+        with self.actor.engine.eval_mode():
+            responses = model_ops.greedy_generate(
+                self._module,
+                prompts,
+                prompt_mask,
+                max_new_tokens=meta["max_new_tokens"],
+                micro_batch_size=meta["micro_batch_size"],
+                eos_token_id=eos,
+                pad_token_id=pad,
+                synced=torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1,
+            )
+        return DataProto.from_dict(tensors={"responses": responses.cpu()})
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def snapshot_state(self) -> None:
+        """Keep a copy of this rank's weights, optimiser and scheduler state (for `refine.ttt_reset=batch`)."""
+        import copy
+
+        engine = self.actor.engine
+        self._ttt_snapshot = {
+            "model": {key: value.detach().clone() for key, value in engine.module.state_dict().items()},
+            "optimizer": copy.deepcopy(engine.optimizer.state_dict()),
+            "lr_scheduler": copy.deepcopy(engine.lr_scheduler.state_dict()),
+        }
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def restore_state(self) -> None:
+        """Put back the state kept by `snapshot_state` (bit for bit)."""
+        import copy
+
+        engine = self.actor.engine
+        snapshot = self._ttt_snapshot
+        engine.module.load_state_dict(snapshot["model"])
+        engine.optimizer.load_state_dict(copy.deepcopy(snapshot["optimizer"]))
+        engine.lr_scheduler.load_state_dict(copy.deepcopy(snapshot["lr_scheduler"]))
 
     # ---- validation ----------------------------------------------------------------------------------------
     @register(dispatch_mode=ACTOR_DISPATCH)

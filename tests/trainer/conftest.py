@@ -30,3 +30,91 @@ def compose_config():
         return compose((FAST_OVERRIDES if fast else []) + list(overrides))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def ruler_files(tmp_path_factory):
+    """(train, val) parquet files of 4 shipped RULER test rows each, prompts cut to their last ~220 characters
+    (the end keeps "Question: ...\\nAnswer:"), so they fit a tiny model's short rows."""
+    import pandas as pd
+
+    from refine.trainer.config import REPO_ROOT
+
+    frame = pd.read_parquet(REPO_ROOT / "data" / "ruler" / "ruler_squadqa_delta_net_4096_200_test.parquet")
+    frame = frame[["prompt", "answer", "task"]].copy()
+    frame["prompt"] = frame["prompt"].map(lambda text: text[-220:])
+    out = tmp_path_factory.mktemp("ruler")
+    frame.iloc[:4].to_parquet(out / "train.parquet")
+    frame.iloc[4:8].to_parquet(out / "val.parquet")
+    return out / "train.parquet", out / "val.parquet"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    import refine.platform
+    from refine.platform import ray_runtime_env
+
+    refine.platform.activate()
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+             runtime_env=ray_runtime_env({"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}))
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def make_trainer(ray_session, compose_config):
+    """make_trainer(overrides) -> a RefineTrainer with its workers started; torn down after the test."""
+    from refine.main import prepare
+    from refine.trainer.task_runner import build_trainer
+
+    started = []
+
+    def make(overrides):
+        config = compose_config(overrides)
+        prepare(config)
+        trainer = build_trainer(config)
+        trainer.init_workers()
+        started.append(trainer)
+        return trainer
+
+    yield make
+    for trainer in started:
+        close_trainer(trainer)
+
+
+def close_trainer(trainer) -> None:
+    """Stop a trainer's workers and free its placement groups (their names are reused by the next trainer)."""
+    import ray
+
+    if getattr(trainer, "_closed", False):
+        return
+    trainer._closed = True
+    for worker in trainer.actor_rollout_wg._workers:
+        ray.kill(worker)
+    for pool in trainer.resource_pool_manager.resource_pool_dict.values():
+        for pg in pool.pgs or []:
+            ray.util.remove_placement_group(pg)
+
+
+def param_vector(trainer):
+    """All weights of the trainer's actor, gathered and flattened (one worker call)."""
+    import torch
+    from verl import DataProto
+
+    n = trainer.world_size
+    out = trainer.actor_rollout_wg.get_param_vector(DataProto.from_dict(tensors={"i": torch.zeros(n, 1)}))
+    return out.batch["params"][0]
+
+
+@pytest.fixture
+def params():
+    """params(trainer) -> all actor weights, flattened."""
+    return param_vector
+
+
+@pytest.fixture
+def close():
+    """close(trainer): stop its workers and free its placement groups."""
+    return close_trainer

@@ -74,8 +74,9 @@ def test_paths_become_absolute(compose_config):
          r"not divisible by the micro-batch"),
         (["refine.reward=cosine"], r"refine\.reward='cosine'"),
         (["refine.sampling=topk"], r"refine\.sampling='topk'"),
-        (["refine.task_sft_update=true"], r"refine\.task_sft_update=True: post-training"),
-        (["refine.val_get_loss=false", "trainer.val_before_train=true"], r"refine\.val_get_loss=False"),
+        (["refine.task_sft_update=true"], r"refine\.answer_key=None: task SFT needs the gold answers"),
+        (["refine.val_get_loss=false", "trainer.val_before_train=true"], r"refine\.answer_key=None: validation by"),
+        (["refine.task_ppo_update=true"], r"refine\.task_ppo_update=True: task GRPO is not implemented"),
     ],
 )
 def test_bad_config_fails_before_ray(compose_config, overrides, pattern):
@@ -128,3 +129,35 @@ def test_rows_too_short_for_nsp_fail_before_ray(compose_config, tmp_path):
 def test_missing_model_directory(compose_config, tmp_path):
     with pytest.raises(ValueError, match=r"actor_rollout_ref\.model\.path=.*nowhere.*no local HF model"):
         prepare_config(compose_config([f"actor_rollout_ref.model.path={tmp_path / 'nowhere'}"]))
+
+
+def test_post_training_bad_input(compose_config, ruler_files, tmp_path):
+    from refine.trainer.config import RefineConfig  # noqa: F401
+
+    train, val = ruler_files
+    post = ["refine.task_sft_update=true", "refine.val_get_loss=false", "refine.answer_key=answer",
+            "data.prompt_key=prompt", f"data.train_files={train}", f"data.val_files={val}",
+            "data.max_prompt_length=96", "data.max_response_length=8", "trainer.test_freq=2"]
+    rc = prepare_config(compose_config(post))
+    assert rc.data_source_key == "task"  # the RULER files' own column (Q24 c)
+
+    bad_source = tmp_path / "bad_source.parquet"
+    frame = pd.read_parquet(val)
+    frame.assign(task="ruler_unknown").to_parquet(bad_source)
+    with pytest.raises(ValueError, match=r"\['ruler_unknown'\].*no scorer"):
+        prepare_config(compose_config(post + [f"data.val_files={bad_source}"]))
+
+    not_a_list = tmp_path / "not_a_list.parquet"
+    frame.assign(answer=frame.answer.map(lambda a: str(a[0]))).to_parquet(not_a_list)
+    with pytest.raises(ValueError, match=r"refine\.answer_key='answer'.*expected a list of strings"):
+        prepare_config(compose_config(post + [f"data.val_files={not_a_list}"]))
+
+    with pytest.raises(ValueError, match=r"data\.max_prompt_length=20: 4 prompt\(s\) of .*train\.parquet are longer.*refine\.on_overlong=error"):
+        prepare_config(compose_config(post + ["data.max_prompt_length=20", "refine.on_overlong=error",
+                                              "refine.ttt_sft_update=false", "refine.ttt_ppo_update=false"]))
+
+    ttt = ["trainer.val_only=true", "refine.ttt_sft_update=false", "refine.ttt_ppo_update=false",
+           "refine.task_sft_update=false", "refine.val_ttt_sft_update=true", "refine.val_ttt_ppo_update=true",
+           "data.val_batch_size=2", "refine.mini_batch_size=4", "data.train_files=null"]
+    with pytest.raises(ValueError, match=r"data\.val_batch_size=2: smaller than refine\.mini_batch_size=4"):
+        prepare_config(compose_config(post + ttt))

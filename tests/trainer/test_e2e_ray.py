@@ -28,63 +28,6 @@ STEP_KEYS = [
 COMPARED_PREFIXES = ("reward/", "actor/", "critic/", "val_")
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    import refine.platform
-    from refine.platform import ray_runtime_env
-
-    refine.platform.activate()
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-             runtime_env=ray_runtime_env({"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}))
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture
-def make_trainer(ray_session, compose_config):
-    """make_trainer(overrides) -> a RefineTrainer with its workers started; torn down after the test."""
-    from refine.main import prepare
-    from refine.trainer.task_runner import build_trainer
-
-    started = []
-
-    def make(overrides):
-        config = compose_config(overrides)
-        prepare(config)
-        trainer = build_trainer(config)
-        trainer.init_workers()
-        started.append(trainer)
-        return trainer
-
-    yield make
-    for trainer in started:
-        close(trainer)
-
-
-def close(trainer) -> None:
-    """Stop a trainer's workers and free its placement groups (their names are reused by the next trainer)."""
-    import ray
-
-    if getattr(trainer, "_closed", False):
-        return
-    trainer._closed = True
-    for worker in trainer.actor_rollout_wg._workers:
-        ray.kill(worker)
-    for pool in trainer.resource_pool_manager.resource_pool_dict.values():
-        for pg in pool.pgs or []:
-            ray.util.remove_placement_group(pg)
-
-
-def params(trainer) -> torch.Tensor:
-    from verl import DataProto
-
-    n = trainer.world_size
-    out = trainer.actor_rollout_wg.get_param_vector(DataProto.from_dict(tensors={"i": torch.zeros(n, 1)}))
-    return out.batch["params"][0]
-
-
 def step_records(trainer) -> dict[int, dict]:
     return {r["step"]: r for r in trainer.history if "training/global_step" in r}
 
@@ -103,7 +46,7 @@ def check_steps(trainer, n_steps):
     return records
 
 
-def test_midtrain_world_size_1_and_worker_path(make_trainer, tmp_path):
+def test_midtrain_world_size_1_and_worker_path(make_trainer, params, tmp_path):
     trainer = make_trainer(["trainer.total_training_steps=3", "trainer.val_before_train=true",
                             "trainer.test_freq=3", f"trainer.default_local_dir={tmp_path}"])
     before = params(trainer)
@@ -178,7 +121,7 @@ def check_worker_path(trainer, flat_params):
     torch.testing.assert_close(extras["advantages"], pure)
 
 
-def test_midtrain_world_size_2(make_trainer, tmp_path):
+def test_midtrain_world_size_2(make_trainer, params, tmp_path):
     trainer = make_trainer(["trainer.n_gpus_per_node=2", "trainer.total_training_steps=3",
                             f"trainer.default_local_dir={tmp_path}"])
     before = params(trainer)
@@ -187,7 +130,7 @@ def test_midtrain_world_size_2(make_trainer, tmp_path):
     assert (params(trainer) - before).abs().max() > 0
 
 
-def test_kill_and_resume_matches_uninterrupted(make_trainer, tmp_path):
+def test_kill_and_resume_matches_uninterrupted(make_trainer, close, tmp_path):
     common = ["trainer.save_freq=2", "trainer.resume_mode=auto"]
     full = make_trainer(common + ["trainer.total_training_steps=4", f"trainer.default_local_dir={tmp_path / 'full'}"])
     full.fit()
@@ -206,7 +149,7 @@ def test_kill_and_resume_matches_uninterrupted(make_trainer, tmp_path):
                 assert got[step][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (step, key)
 
 
-def test_midtrain_tiny_lact_two_steps(make_trainer, tmp_path):
+def test_midtrain_tiny_lact_two_steps(make_trainer, params, tmp_path):
     """The same loop on a tiny LaCT (random init, shipped tokenizer): the trainer reaches models only via Auto."""
     import refine.models  # noqa: F401
     from refine.models.lact import tiny_lact_config

@@ -1,0 +1,77 @@
+"""Post-training and test-time training through Ray on CPU (spec 1.2, 1.3, 2.B, 2.D, Q1), tiny DeltaNet, fp32.
+
+Data: 4 + 4 rows of the shipped RULER squadqa test file with their prompts cut to fit 96-token rows.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+
+def ruler_overrides(ruler_files, tmp_path):
+    train, val = ruler_files
+    return ["refine.answer_key=answer", "refine.data_source_key=task", "data.prompt_key=prompt",
+            f"data.train_files={train}", f"data.val_files={val}", "data.max_prompt_length=96",
+            "data.max_response_length=8", f"trainer.default_local_dir={tmp_path}"]
+
+
+def test_post_training_two_steps_then_ruler_validation(make_trainer, params, ruler_files, tmp_path):
+    trainer = make_trainer(ruler_overrides(ruler_files, tmp_path) + [
+        "refine.task_sft_update=true", "refine.val_get_loss=false", "trainer.total_training_steps=2",
+        "trainer.test_freq=2", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2"])
+    before = params(trainer)
+    trainer.fit()
+    steps = {r["step"]: r for r in trainer.history if "training/global_step" in r}
+    assert sorted(steps) == [1, 2]
+    for record in steps.values():
+        for key in ("actor/sft_loss", "actor/grad_norm", "actor/lr", "actor/sft_loss_ttt", "reward/cs_reward_mean",
+                    "timing_s/task_update", "timing_s/update_actor_task", "perf/cpu_memory_used_gb"):
+            assert key in record, key
+    last = steps[2]
+    assert 0.0 <= last["val_reward"] <= 1.0 and last["val_n_scored"] == 4.0
+    assert last["val_reward/ruler_squadqa"] == last["val_reward"]
+    assert (params(trainer) - before).abs().max() > 0
+
+
+@pytest.mark.parametrize("reset", ["batch", "cumulative"])
+def test_test_time_training_reset_modes(make_trainer, params, ruler_files, tmp_path, reset):
+    trainer = make_trainer(ruler_overrides(ruler_files, tmp_path) + [
+        "trainer.val_only=true", "trainer.val_before_train=true", "data.train_files=null",
+        "refine.ttt_sft_update=false", "refine.ttt_ppo_update=false", "refine.val_get_loss=false",
+        "refine.val_ttt_sft_update=true", "refine.val_ttt_ppo_update=true", f"refine.ttt_reset={reset}",
+        "refine.mini_batch_size=2", "data.val_batch_size=2"])
+    initial = params(trainer)
+    seen = []  # weights when each batch is answered (after its TTT) and after each restore
+    wg = trainer.actor_rollout_wg
+    generate, restore = wg.generate_greedy, getattr(wg, "restore_state")
+
+    def generate_and_record(data):
+        seen.append(("answer", params(trainer)))
+        return generate(data)
+
+    def restore_and_record(*args, **kwargs):
+        out = restore(*args, **kwargs)
+        seen.append(("restored", params(trainer)))
+        return out
+
+    wg.generate_greedy = generate_and_record
+    wg.restore_state = restore_and_record
+    trainer.fit()
+    record = trainer.history[0]
+    assert record["step"] == 0 and record["val_n_scored"] == 4.0 and 0.0 <= record["val_reward"] <= 1.0
+    answers = [p for kind, p in seen if kind == "answer"]
+    assert len(answers) == 2
+    assert all((p - initial).abs().max() > 0 for p in answers), "TTT did not change the weights"
+    if reset == "batch":
+        restored = [p for kind, p in seen if kind == "restored"]
+        assert len(restored) == 2
+        for p in restored:
+            assert torch.equal(p, initial)
+        assert torch.equal(params(trainer), initial)
+    else:
+        assert not any(kind == "restored" for kind, _ in seen)
+        assert (answers[1] - answers[0]).abs().max() > 0, "cumulative TTT stopped changing the weights"
+        assert torch.equal(params(trainer), answers[1])
