@@ -275,6 +275,16 @@ def validate_refine(rc: RefineConfig, config: DictConfig) -> None:
                       f"the per-worker update of {key}={batch} on {w} worker(s) does not divide evenly ({exc})",
                       "choose mini/micro-batch sizes that divide the per-worker rows (spec 2.C, Q21)")
 
+    if rc.task_ppo_update:  # the upstream actor batch checks run only with task GRPO (spec §3, Q24 d)
+        actor, n = config.actor_rollout_ref.actor, int(config.actor_rollout_ref.rollout.n)
+        mini_rows, micro = int(actor.ppo_mini_batch_size) * n, int(actor.ppo_micro_batch_size_per_gpu)
+        rows = int(config.data.train_batch_size) * n
+        if mini_rows % w or (mini_rows // w) % micro or (rows // w) % max(1, mini_rows // w) or rows % w:
+            _fail("actor_rollout_ref.actor.ppo_mini_batch_size", int(actor.ppo_mini_batch_size),
+                  f"with rollout.n={n} on {w} worker(s) it must give a per-worker mini-batch that is a multiple of "
+                  f"ppo_micro_batch_size_per_gpu={micro} and divides the {rows // w} rows per worker",
+                  "choose ppo_mini_batch_size / ppo_micro_batch_size_per_gpu accordingly")
+
     batch = int(config.data.train_batch_size)
     if inner_train or rc.outer_enabled:
         check_batch("data.train_batch_size", batch, rc.ttt_ppo_update)
@@ -290,7 +300,7 @@ def validate_refine(rc: RefineConfig, config: DictConfig) -> None:
 
 # Phases whose driver code arrives with post-training / test-time training (issue 8). Refused up front so a run
 # never starts Ray only to fail at its first step; remove entries here as they are implemented.
-PENDING_PHASE_FLAGS = ("task_ppo_update",)
+PENDING_PHASE_FLAGS: tuple[str, ...] = ()
 
 
 def check_implemented(rc: RefineConfig, config: DictConfig) -> None:
@@ -320,6 +330,16 @@ def check_generation_data(rc: RefineConfig, config: DictConfig) -> RefineConfig:
     if rc.task_sft_update and rc.answer_key is None:
         _fail("refine.answer_key", None, "task SFT needs the gold answers", "set refine.answer_key (or "
               "+data.answer_key=answer / answers, the RULER / LongBench column)")
+    if rc.task_ppo_update:
+        if rc.answer_key is None:
+            _fail("refine.answer_key", None, "task GRPO scores rollouts against the gold answers",
+                  "set refine.answer_key")
+        if rc.data_source_key is None:
+            if all("task" in pq.read_schema(path).names for path in _files(config.data.train_files)):
+                rc = dataclasses.replace(rc, data_source_key="task")
+            else:
+                _fail("refine.data_source_key", None, "task GRPO picks the scorer by data source",
+                      "set refine.data_source_key to the column naming the task (e.g. task)")
     if not generation:
         return rc
     if rc.answer_key is None:

@@ -144,13 +144,17 @@ def old_log_probs_and_hidden(
     *,
     temperature: float,
     micro_batch_size: int,
+    response_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(old_log_probs [N, k], response_hidden [N, k, H]) from a full forward of each (prompt, response) row."""
+    """(old_log_probs [N, k], response_hidden [N, k, H]) from a full forward of each (prompt, response) row
+    (response mask: all ones for NSP rollouts; up to the first EOS for task rollouts)."""
     log_probs, hidden = [], []
     k = responses.shape[1]
+    if response_mask is None:
+        response_mask = torch.ones_like(responses)
     for sl in micro_slices(prompts.shape[0], micro_batch_size):
         ids = torch.cat([prompts[sl], responses[sl]], dim=1)
-        mask = torch.cat([prompt_mask[sl], torch.ones_like(responses[sl])], dim=1)
+        mask = torch.cat([prompt_mask[sl], response_mask[sl]], dim=1)
         out = _forward(module, ids, mask, output_hidden_states=True, **_last_logits_kwargs(module, k + 1))
         log_probs.append(response_log_probs(out.logits[:, -k - 1 :].float(), responses[sl], temperature=temperature))
         hidden.append(out.hidden_states[-1][:, -k:])
@@ -266,7 +270,7 @@ def task_sft_backward(module, batch: dict[str, torch.Tensor], plan: NtpOnlyPlan)
 
 
 @torch.no_grad()
-def greedy_generate(
+def generate_until_eos(
     module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
@@ -276,22 +280,28 @@ def greedy_generate(
     eos_token_id,
     pad_token_id: int,
     synced: bool,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
 ) -> torch.Tensor:
-    """Greedy decoding of up to `max_new_tokens` (EOS stops a row; finished rows are filled with the pad id),
-    right-padded to exactly `max_new_tokens` (spec 2.D). `synced` keeps every rank decoding until all are done
-    (HF `synced_gpus`), which FSDP needs when ranks stop at different steps."""
+    """Decoding of up to `max_new_tokens` (EOS stops a row; finished rows are filled with the pad id), right-padded
+    to exactly `max_new_tokens` (spec 2.D; greedy unless `do_sample`). `synced` keeps every rank decoding until all
+    are done (HF `synced_gpus`), which FSDP needs when ranks stop at different steps."""
+    sampling = {"temperature": temperature, "top_p": top_p, "top_k": max(0, top_k)} if do_sample else {}
     responses = []
     for sl in micro_slices(input_ids.shape[0], micro_batch_size):
         out = module.generate(
             input_ids=input_ids[sl],
             attention_mask=attention_mask[sl],
             max_new_tokens=max_new_tokens,
-            do_sample=False,
+            do_sample=do_sample,
             num_beams=1,
             eos_token_id=eos_token_id,
             pad_token_id=pad_token_id,
             use_cache=True,
             synced_gpus=synced,
+            **sampling,
         )
         new = out[:, input_ids.shape[1] :]
         if new.shape[1] < max_new_tokens:
@@ -300,3 +310,23 @@ def greedy_generate(
             new = torch.cat([new, filler], dim=1)
         responses.append(new)
     return torch.cat(responses)
+
+
+def pg_backward(module, batch: dict[str, torch.Tensor], micro_batches, *, scale: float, temperature: float):
+    """Task-GRPO policy-gradient backward over `micro_batches` (upstream `update_policy`): dual-clip PPO over the
+    response mask (token-mean), x `scale` (1 / GA). Returns raw losses and per-micro-batch metrics."""
+    raw, metrics = [], {}
+    for sl in micro_batches:
+        responses, response_mask = batch["responses"][sl], batch["response_mask"][sl]
+        k = responses.shape[1]
+        ids = torch.cat([batch["prompts"][sl], responses], dim=1)
+        mask = torch.cat([batch["prompt_mask"][sl], response_mask], dim=1)
+        logits = _forward(module, ids, mask, **_last_logits_kwargs(module, k + 1)).logits[:, -k - 1 :]
+        log_prob = response_log_probs(logits, responses, temperature=temperature)
+        loss, pg_metrics = ppo_clip_loss(batch["old_log_probs"][sl], log_prob, batch["advantages"][sl],
+                                         response_mask.to(log_prob.dtype), metric_suffix="")
+        (loss * scale).backward()
+        raw.append(float(loss.detach()))
+        for key, value in pg_metrics.items():
+            metrics.setdefault(key, []).append(float(value))
+    return raw, metrics

@@ -252,7 +252,7 @@ class RefineActorWorker(ActorRolloutRefWorker):
         prompts, prompt_mask = self._tensors(data, "input_ids", "attention_mask")
         eos, pad = self._special_ids()
         with self.actor.engine.eval_mode():
-            responses = model_ops.greedy_generate(
+            responses = model_ops.generate_until_eos(
                 self._module,
                 prompts,
                 prompt_mask,
@@ -263,6 +263,80 @@ class RefineActorWorker(ActorRolloutRefWorker):
                 synced=torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1,
             )
         return DataProto.from_dict(tensors={"responses": responses.cpu()})
+
+    @register(dispatch_mode=ACTOR_DISPATCH)
+    def task_generate(self, data: DataProto) -> DataProto:
+        """Task rollouts: sampled (rollout.temperature / top_p / top_k) up to max_new_tokens, EOS stops (spec 2.B).
+        meta_info: max_new_tokens, micro_batch_size, temperature, top_p, top_k, seed. Returns responses [n, R] and
+        response_mask (up to and including the first EOS)."""
+        from verl.utils.torch_functional import get_response_mask
+
+        meta = data.meta_info
+        prompts, prompt_mask = self._tensors(data, "input_ids", "attention_mask")
+        eos, pad = self._special_ids()
+        torch.manual_seed(worker_seed(meta["seed"], self._dp_rank, 3))
+        with self.actor.engine.eval_mode():
+            responses = model_ops.generate_until_eos(
+                self._module,
+                prompts,
+                prompt_mask,
+                max_new_tokens=meta["max_new_tokens"],
+                micro_batch_size=meta["micro_batch_size"],
+                eos_token_id=eos,
+                pad_token_id=pad,
+                synced=torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1,
+                do_sample=True,
+                temperature=meta["temperature"],
+                top_p=meta["top_p"],
+                top_k=meta["top_k"],
+            )
+        response_mask = get_response_mask(responses, eos_token=eos if eos is not None else pad)
+        return DataProto.from_dict(tensors={"responses": responses.cpu(), "response_mask": response_mask.cpu()})
+
+    @register(dispatch_mode=ACTOR_DISPATCH)
+    def task_old_log_prob(self, data: DataProto) -> DataProto:
+        """Old log-probs [n, R] of task rollouts. meta_info: temperature, micro_batch_size."""
+        meta = data.meta_info
+        prompts, prompt_mask, responses, response_mask = self._tensors(
+            data, "input_ids", "attention_mask", "responses", "response_mask"
+        )
+        with self.actor.engine.eval_mode():
+            old_log_probs, _ = model_ops.old_log_probs_and_hidden(
+                self._module, prompts, prompt_mask, responses, temperature=meta["temperature"],
+                micro_batch_size=meta["micro_batch_size"], response_mask=response_mask,
+            )
+        return DataProto.from_dict(tensors={"old_log_probs": old_log_probs.cpu()})
+
+    @register(dispatch_mode=ACTOR_DISPATCH)
+    def task_ppo_update(self, data: DataProto) -> DataProto:
+        """Task GRPO update (upstream `update_policy`): per epoch, mini-batches of ppo_mini_batch_size x n / W rows,
+        micro-batches of ppo_micro_batch_size_per_gpu, loss / GA, one optimiser step per mini-batch; the scheduler
+        steps once. meta_info: mini_batch_rows, micro_batch_size, epochs, temperature."""
+        meta = data.meta_info
+        engine = self.actor.engine
+        prompts, prompt_mask, responses, response_mask, old_lp, adv = self._tensors(
+            data, "input_ids", "attention_mask", "responses", "response_mask", "old_log_probs", "advantages"
+        )
+        batch = {"prompts": prompts, "prompt_mask": prompt_mask, "responses": responses,
+                 "response_mask": response_mask, "old_log_probs": old_lp, "advantages": adv}
+        n_rows, mini, micro = prompts.shape[0], meta["mini_batch_rows"], meta["micro_batch_size"]
+        ga = mini // micro
+        metrics: dict[str, list[float]] = {}
+        with engine.train_mode():
+            for _ in range(meta["epochs"]):
+                for start in range(0, n_rows, mini):
+                    micro_batches = [slice(i, min(i + micro, start + mini)) for i in range(start, start + mini, micro)]
+                    engine.optimizer_zero_grad()
+                    raw, pg_metrics = model_ops.pg_backward(self._module, batch, micro_batches, scale=1.0 / ga,
+                                                            temperature=meta["temperature"])
+                    metrics.setdefault("actor/pg_loss", []).extend(raw)
+                    for key, values in pg_metrics.items():
+                        metrics.setdefault(key, []).extend(values)
+                    metrics.setdefault("actor/grad_norm", []).append(float(engine.optimizer_step()))
+            lr = engine.lr_scheduler_step()
+        metrics["actor/lr"] = [float(lr)]
+        metrics.update({key: [value] for key, value in _memory_metrics("").items()})
+        return DataProto(meta_info={"metrics": metrics})
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def snapshot_state(self) -> None:

@@ -76,7 +76,9 @@ def test_paths_become_absolute(compose_config):
         (["refine.sampling=topk"], r"refine\.sampling='topk'"),
         (["refine.task_sft_update=true"], r"refine\.answer_key=None: task SFT needs the gold answers"),
         (["refine.val_get_loss=false", "trainer.val_before_train=true"], r"refine\.answer_key=None: validation by"),
-        (["refine.task_ppo_update=true"], r"refine\.task_ppo_update=True: task GRPO is not implemented"),
+        (["refine.task_ppo_update=true"], r"refine\.answer_key=None: task GRPO scores rollouts"),
+        (["refine.task_ppo_update=true", "actor_rollout_ref.rollout.n=2", "actor_rollout_ref.actor.ppo_mini_batch_size=2",
+          "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=3"], r"actor_rollout_ref\.actor\.ppo_mini_batch_size=2"),
     ],
 )
 def test_bad_config_fails_before_ray(compose_config, overrides, pattern):

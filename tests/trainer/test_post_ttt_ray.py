@@ -36,6 +36,27 @@ def test_post_training_two_steps_then_ruler_validation(make_trainer, params, rul
     assert (params(trainer) - before).abs().max() > 0
 
 
+def test_task_grpo_outer_update(make_trainer, params, ruler_files, tmp_path):
+    """Task GRPO (off in the demos, implemented): rollout.n answers per prompt, RULER reward, upstream update."""
+    trainer = make_trainer(ruler_overrides(ruler_files, tmp_path) + [
+        "refine.ttt_sft_update=false", "refine.ttt_ppo_update=false", "refine.task_ppo_update=true",
+        "trainer.total_training_steps=2", "actor_rollout_ref.rollout.n=2",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=2", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
+        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=2"])
+    before = params(trainer)
+    trainer.fit()
+    steps = {r["step"]: r for r in trainer.history if "training/global_step" in r}
+    assert sorted(steps) == [1, 2]
+    for record in steps.values():
+        for key in ("actor/pg_loss", "actor/grad_norm", "actor/lr", "critic/score/mean", "critic/advantages/max",
+                    "response_length/mean", "timing_s/gen_task", "timing_s/old_log_prob_task",
+                    "timing_s/update_actor_task"):
+            assert key in record, key
+        assert 0.0 <= record["critic/score/mean"] <= 1.0
+        assert 1.0 <= record["response_length/mean"] <= 8.0
+    assert (params(trainer) - before).abs().max() > 0
+
+
 @pytest.mark.parametrize("reset", ["batch", "cumulative"])
 def test_test_time_training_reset_modes(make_trainer, params, ruler_files, tmp_path, reset):
     trainer = make_trainer(ruler_overrides(ruler_files, tmp_path) + [
