@@ -191,7 +191,8 @@ def n_workers(config: DictConfig) -> int:
 
 def validate_refine(rc: RefineConfig, config: DictConfig) -> None:
     """Check the refine group against the rest of the config (spec §3 assertions, Q16, Q21, Q30)."""
-    if not any(getattr(rc, flag) for flag in PHASE_FLAGS):
+    # (a val_only run with no flag is a plain evaluation by generation)
+    if not any(getattr(rc, flag) for flag in PHASE_FLAGS) and not config.trainer.get("val_only", False):
         _fail(
             "refine.<phase flags>",
             {f: False for f in PHASE_FLAGS},
@@ -352,6 +353,11 @@ def check_generation_data(rc: RefineConfig, config: DictConfig) -> RefineConfig:
         else:
             _fail("refine.data_source_key", None, "validation by generation picks the scorer by data source",
                   "set refine.data_source_key to the column naming the task (e.g. task)")
+    if rc.use_row_max_gen_tokens:
+        for path in val_files:
+            if "max_gen_tokens" not in pq.read_schema(path).names:
+                _fail("refine.use_row_max_gen_tokens", True, f"{path} has no max_gen_tokens column",
+                      "use it with the LongBench files, or set it to False")
     from refine.scoring.reward import DATA_SOURCES
 
     for path in val_files:

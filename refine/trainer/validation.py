@@ -4,6 +4,7 @@ data source, optionally after a test-time-training inner loop on each validation
 from __future__ import annotations
 
 import numpy as np
+import torch
 from verl import DataProto
 
 from refine.trainer.worker import worker_seed
@@ -59,6 +60,8 @@ def validate_generation(trainer) -> dict[str, float]:
     reset = ttt and rc.ttt_reset == "batch"
     max_new = int(trainer.config.data.max_response_length)
     micro = int(trainer.config.actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu)
+    limits = row_max_gen_tokens(trainer) if rc.use_row_max_gen_tokens else None
+    batch_size = trainer.val_dataloader.batch_size
     scores: list[float] = []
     by_source: dict[str, list[float]] = {}
     if reset:
@@ -68,11 +71,17 @@ def validate_generation(trainer) -> dict[str, float]:
         if ttt:
             batch.non_tensor_batch["uid"] = np.array([f"val{index}-{i}" for i in range(len(batch))], dtype=object)
             trainer.inner_loop(batch, validation=True)
+        row_limits = None if limits is None else limits[index * batch_size : (index + 1) * batch_size]
         data = DataProto.from_dict(
             tensors={"input_ids": batch.batch["input_ids"], "attention_mask": batch.batch["attention_mask"]},
-            meta_info={"max_new_tokens": max_new, "micro_batch_size": micro},
+            meta_info={"max_new_tokens": max(row_limits) if row_limits else max_new, "micro_batch_size": micro},
         )
         responses = wg.generate_greedy(data).batch["responses"]
+        if row_limits:  # greedy: a row's first n tokens do not depend on decoding further, so cut per row
+            responses = torch.stack([
+                torch.where(torch.arange(responses.shape[1]) < limit, row, trainer.pad_token_id)
+                for row, limit in zip(responses, row_limits)
+            ])
         texts = trainer.tokenizer.batch_decode(responses, skip_special_tokens=True)
         for text, answers, source in zip(texts, batch.non_tensor_batch["answers"],
                                          batch.non_tensor_batch["data_source"]):
@@ -84,3 +93,15 @@ def validate_generation(trainer) -> dict[str, float]:
     metrics = {"val_reward": float(np.mean(scores)), "val_n_scored": float(len(scores))}
     metrics.update({f"val_reward/{source}": float(np.mean(values)) for source, values in sorted(by_source.items())})
     return metrics
+
+
+def row_max_gen_tokens(trainer) -> list[int]:
+    """Each validation row's `max_gen_tokens` (LongBench files), in loader order (`refine.use_row_max_gen_tokens`,
+    Q12; off by default: the official code uses data.max_response_length for every row)."""
+    import pyarrow.parquet as pq
+    from omegaconf import OmegaConf
+
+    files = trainer.config.data.val_files
+    files = [files] if isinstance(files, str) else OmegaConf.to_container(files)
+    values = [int(v) for path in files for v in pq.read_table(path, columns=["max_gen_tokens"]).column(0).to_pylist()]
+    return [values[row] for row in trainer.val_dataset.rows]

@@ -96,3 +96,35 @@ def test_test_time_training_reset_modes(make_trainer, params, ruler_files, tmp_p
         assert not any(kind == "restored" for kind, _ in seen)
         assert (answers[1] - answers[0]).abs().max() > 0, "cumulative TTT stopped changing the weights"
         assert torch.equal(params(trainer), answers[1])
+
+
+def test_generation_validation_with_row_max_gen_tokens(make_trainer, ruler_files, tmp_path):
+    """Validation by generation alone (val_only, no TTT) on LongBench rows of two tasks, each row decoded up to its
+    own `max_gen_tokens` (refine.use_row_max_gen_tokens, Q12), scored by the LongBench scorer of its task."""
+    import pandas as pd
+
+    from refine.trainer.config import REPO_ROOT
+
+    rows = []
+    for task in ("trec", "hotpotqa"):
+        frame = pd.read_parquet(REPO_ROOT / "data" / "longbench" / f"{task}_16384.parquet")
+        rows.append(frame[["prompt", "answers", "task", "max_gen_tokens"]].iloc[:2])
+    data = pd.concat(rows, ignore_index=True)
+    data["prompt"] = data["prompt"].map(lambda text: text[-200:])
+    data["max_gen_tokens"] = [3, 6, 4, 5]  # small per-row limits keep the decoding short
+    path = tmp_path / "longbench.parquet"
+    data.to_parquet(path)
+    trainer = make_trainer([
+        "refine.answer_key=answers", "refine.data_source_key=task", "data.prompt_key=prompt",
+        f"data.val_files={path}", "data.train_files=null", "data.max_prompt_length=96", "data.max_response_length=32",
+        "trainer.val_only=true", "trainer.val_before_train=true", "refine.ttt_sft_update=false",
+        "refine.ttt_ppo_update=false", "refine.val_get_loss=false", "refine.use_row_max_gen_tokens=true",
+        "data.val_batch_size=2", f"trainer.default_local_dir={tmp_path / 'run'}"])
+    asked = []
+    generate = trainer.actor_rollout_wg.generate_greedy
+    trainer.actor_rollout_wg.generate_greedy = lambda d: asked.append(d.meta_info["max_new_tokens"]) or generate(d)
+    trainer.fit()
+    record = trainer.history[0]
+    assert asked == [6, 5]  # the longest limit of each batch; every row is then cut to its own
+    assert record["val_n_scored"] == 4.0 and 0.0 <= record["val_reward"] <= 1.0
+    assert {"val_reward/trec", "val_reward/hotpotqa"} <= set(record)
