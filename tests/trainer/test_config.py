@@ -163,3 +163,26 @@ def test_post_training_bad_input(compose_config, ruler_files, tmp_path):
            "data.val_batch_size=2", "refine.mini_batch_size=4", "data.train_files=null"]
     with pytest.raises(ValueError, match=r"data\.val_batch_size=2: smaller than refine\.mini_batch_size=4"):
         prepare_config(compose_config(post + ttt))
+
+
+@pytest.mark.parametrize("preset", ["midtrain", "posttrain", "testtimetrain"])
+def test_phase_presets_validate(compose_config, ruler_files, preset):
+    """The official phase presets compose and pass validation (data and sizes shrunk to the shipped files)."""
+    from refine.trainer.config import REPO_ROOT
+
+    train, val = ruler_files
+    data = {
+        "midtrain": [f"data.train_files={REPO_ROOT}/data/demo/midtrain_train.parquet",
+                     f"data.val_files={REPO_ROOT}/data/demo/midtrain_val.parquet"],
+        "posttrain": [f"data.train_files={train}", f"data.val_files={val}"],
+        "testtimetrain": [f"data.val_files={val}", "refine.answer_key=answer"],
+    }[preset]
+    config = compose_config([f"+preset={preset}", f"actor_rollout_ref.model.path={REPO_ROOT}/data/demo/model",
+                             "data.max_prompt_length=256", "trainer.n_gpus_per_node=1", "refine.n_chunks=2",
+                             "data.train_batch_size=2", "data.val_batch_size=2", "refine.mini_batch_size=2"] + data,
+                            fast=False)
+    rc = prepare_config(config)
+    assert rc.response_length == 5 and rc.n_chunks == 2
+    expected = {"midtrain": ("ttt_ppo_update", "val_get_loss"), "posttrain": ("ttt_ppo_update", "task_sft_update"),
+                "testtimetrain": ("val_ttt_sft_update", "val_ttt_ppo_update")}[preset]
+    assert all(getattr(rc, flag) for flag in expected)
