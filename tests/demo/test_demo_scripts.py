@@ -142,6 +142,7 @@ def test_posttrain_batch_sizes_fix_q24(dry_runs):
 def test_testtimetrain_task_ppo_batch_passes_the_worker_check(dry_runs):
     # verl's worker normalises ppo_mini_batch_size * rollout.n / world and asserts it divides by the micro-batch (Q24 d).
     got = dry_runs["ttt"]
+    assert got["data.train_files"] is None and dry_runs["ttt_smoke"]["data.train_files"] is None  # no dummy file
     per_gpu = got["actor_rollout_ref.actor.ppo_mini_batch_size"] * 1 // got["trainer.n_gpus_per_node"]
     assert per_gpu >= 1 and per_gpu % got["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu"] == 0
     assert got["data.val_batch_size"] >= got["refine"]["mini_batch_size"]

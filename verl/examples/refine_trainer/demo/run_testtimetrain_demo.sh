@@ -16,7 +16,7 @@ set -euo pipefail
 ######### Change here (or set in the environment) #########
 MODEL_PATH=${MODEL_PATH:-"<path-to-model-dir>"}
 VAL_FILES=${VAL_FILES:-data/longbench/hotpotqa_16384.parquet}
-TRAIN_FILES=${TRAIN_FILES:-$VAL_FILES}                   # never trained on (val_only); kept for verl's bookkeeping
+TRAIN_FILES=${TRAIN_FILES:-}                             # not needed (val_only; the official script wanted a dummy)
 PROMPT_KEY=${PROMPT_KEY:-prompt}
 ANSWER_KEY=${ANSWER_KEY:-answers}                        # LongBench: list of gold answers
 DATA_SOURCE_KEY=${DATA_SOURCE_KEY:-task}                 # the LongBench dataset name picks the metric
@@ -48,7 +48,6 @@ SMOKE_ARGS=()
 if [[ "$SMOKE" == 1 ]]; then
     source "$DEMO_DIR/smoke.sh"
     VAL_FILES=$SMOKE_DIR/longbench_val.parquet      # 2 hotpotqa + 2 trec rows of the shipped files, shortened
-    TRAIN_FILES=$VAL_FILES
     SMOKE_ARGS=(
         "${SMOKE_COMMON_ARGS[@]}"
         data.max_prompt_length="$SMOKE_MAX_PROMPT_LENGTH"
@@ -60,20 +59,25 @@ if [[ "$SMOKE" == 1 ]]; then
     )
 fi
 
-for name in MODEL_PATH TRAIN_FILES VAL_FILES; do
+for name in MODEL_PATH VAL_FILES; do
     if [[ "${!name}" == *"<"* ]]; then
         echo "run_testtimetrain_demo.sh: set $name (now ${!name}); or run with SMOKE=1 for the CPU smoke run" >&2
         exit 2
     fi
 done
 
+TRAIN_ARGS=()
+if [[ -n "$TRAIN_FILES" ]]; then
+    TRAIN_ARGS=(data.train_files="$TRAIN_FILES")
+fi
+
 # Official values (spec §3, TTT column), with ppo_mini_batch_size fixed as above.
 OFFICIAL_ARGS=(
+    "${TRAIN_ARGS[@]}"
     algorithm.adv_estimator=grpo
     custom_reward_function.path="$(realpath "$REWARD_FN")"
     +algorithm.val_ttt_ppo_update=True
     +algorithm.val_ttt_sft_update=True
-    data.train_files="$TRAIN_FILES"
     data.val_files="$VAL_FILES"
     data.prompt_key="$PROMPT_KEY"
     +data.answer_key="$ANSWER_KEY"
