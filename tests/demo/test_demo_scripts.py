@@ -81,7 +81,7 @@ def smoke_dir(tmp_path_factory):
     return out
 
 
-def record_command(tmp_path: Path, script: str, env: dict) -> list[str]:
+def record_command(tmp_path: Path, script: str, env: dict, *args: str) -> list[str]:
     """The overrides `script` passes to `python -m refine.main` under `env`."""
     shim = tmp_path / "python"
     shim.write_text(RECORD_ARGS)
@@ -89,7 +89,7 @@ def record_command(tmp_path: Path, script: str, env: dict) -> list[str]:
     args_out = tmp_path / f"{script}.args"
     full_env = {**os.environ, "PYTHON": str(shim), "REAL_PYTHON": sys.executable, "ARGS_OUT": str(args_out),
                 "MODEL_PATH": "data/demo/model", "CKPT_DIR": str(tmp_path / "ckpt"), **env}
-    done = subprocess.run(["bash", str(DEMO / script)], env=full_env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(["bash", str(DEMO / script), *args], env=full_env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     argv = args_out.read_text().split("\0")[:-1]
     assert argv[:2] == ["-m", "refine.main"]
@@ -104,6 +104,8 @@ def dry_runs(smoke_dir, tmp_path_factory):
     for phase, script in SCRIPTS.items():
         commands[phase] = record_command(tmp, script, {"SMOKE": "0", **FULL_ENV[phase]})
         commands[f"{phase}_smoke"] = record_command(tmp, script, {"SMOKE": "1", "SMOKE_DIR": str(smoke_dir)})
+    # Extra arguments come last, e.g. the per-batch TTT reset variant.
+    commands["ttt_reset"] = record_command(tmp, SCRIPTS["ttt"], {"SMOKE": "0"}, "refine.ttt_reset=batch")
     (tmp / "commands.json").write_text(json.dumps(commands))
     done = subprocess.run([sys.executable, str(Path(__file__).with_name("dry_run.py")), str(tmp / "commands.json")],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
@@ -143,6 +145,7 @@ def test_testtimetrain_task_ppo_batch_passes_the_worker_check(dry_runs):
     # verl's worker normalises ppo_mini_batch_size * rollout.n / world and asserts it divides by the micro-batch (Q24 d).
     got = dry_runs["ttt"]
     assert got["data.train_files"] is None and dry_runs["ttt_smoke"]["data.train_files"] is None  # no dummy file
+    assert dry_runs["ttt_reset"]["refine"]["ttt_reset"] == "batch" and got["refine"]["ttt_reset"] == "cumulative"
     per_gpu = got["actor_rollout_ref.actor.ppo_mini_batch_size"] * 1 // got["trainer.n_gpus_per_node"]
     assert per_gpu >= 1 and per_gpu % got["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu"] == 0
     assert got["data.val_batch_size"] >= got["refine"]["mini_batch_size"]
