@@ -121,3 +121,29 @@ def test_bad_arguments_fail_early(make_qa, eval_index, tiny_tokenizer):
         make_qa.build(args, tiny_tokenizer, eval_index)
     with pytest.raises(ValueError, match="RULER QA format"):
         make_qa.documents_of_prompt("no documents here")
+
+
+def test_shipped_files_load_as_post_training_data(shipped, tiny_tokenizer):
+    # The trainer's dataset reads them as the official RULER files: no truncation at the smoke max_prompt_length
+    # (480 = 512 - 32), the first answer as the SFT target.
+    from refine.data.dataset import RawTextDataset
+
+    dataset = RawTextDataset(str(SHIPPED["train"]), tiny_tokenizer, prompt_key="prompt", answer_key="answer",
+                             data_source_key="task", max_prompt_length=480, max_response_length=32)
+    for index in (0, len(dataset) - 1):
+        item = dataset[index]
+        row = shipped["train"].iloc[index]
+        assert int(item["attention_mask"].sum()) == row["prompt_length"]
+        target = item["ground_truth_ids"][item["ground_truth_attention_mask"].bool()].tolist()
+        assert tiny_tokenizer.decode(target) == row["answer"][0] and item["data_source"] == "ruler_synthqa"
+    assert dataset.truncated_count == 0
+
+
+def test_the_ruler_scorer_accepts_the_gold_answer_and_rejects_the_distractor(shipped):
+    from refine.scoring import ruler
+
+    for prompt, answer in zip(shipped["val"]["prompt"], shipped["val"]["answer"]):
+        distractors = [m["value"] for m in FACT.finditer(prompt) if m["value"] != answer[0]]
+        assert distractors
+        assert ruler.score(f" {answer[0]}\nmore text", list(answer)) == 1.0
+        assert all(ruler.score(d, list(answer)) == 0.0 for d in distractors)
