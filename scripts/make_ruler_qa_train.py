@@ -41,10 +41,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = REPO_ROOT / "data" / "corpus" / "python_docs.parquet"
 DEFAULT_OUT_DIR = REPO_ROOT / "data" / "ruler_train"
 DEFAULT_DEMO_MODEL = REPO_ROOT / "data" / "demo" / "model"
-DEFAULT_EVAL_GLOBS = (str(REPO_ROOT / "data" / "ruler" / "*.parquet"), str(REPO_ROOT / "data" / "longbench" / "*.parquet"))
+DEFAULT_EVAL_GLOBS = (
+    str(REPO_ROOT / "data" / "ruler" / "*.parquet"),
+    str(REPO_ROOT / "data" / "longbench" / "*.parquet"),
+)
 
 # The RULER QA template, as in the official test files.
-INSTRUCTION = "Answer the question based on the given passages. Only give me the answer and do not output any other words."
+INSTRUCTION = (
+    "Answer the question based on the given passages. Only give me the answer and do not output any other words."
+)
 HEAD = INSTRUCTION + "\n\nThe following are given passages.\n"
 DOCUMENT = "Document {i}:\n{text}\n\n"
 TAIL = INSTRUCTION + "\n\nQuestion: {question}\nAnswer:"
@@ -112,7 +117,9 @@ def documents_of_prompt(prompt: str) -> list[str]:
     start = prompt.find("Document 1:\n")
     end = prompt.rfind(INSTRUCTION)
     if start < 0 or end <= start:
-        raise ValueError(f"prompt is not in the RULER QA format (no 'Document 1:' before the final instruction): {prompt[:80]!r}")
+        raise ValueError(
+            f"prompt is not in the RULER QA format (no 'Document 1:' before the final instruction): {prompt[:80]!r}"
+        )
     body = prompt[start:end]
     return [doc.strip() for doc in DOCUMENT_SPLIT.split(body) if doc.strip()]
 
@@ -217,7 +224,8 @@ def corpus_sentences(corpus: Path, tokenizer, min_words: int) -> list[list[Sente
         for block in blocks:
             lines = block.splitlines()
             # Indented blocks are code or grammar; lines of * = - are heading underlines.
-            if not lines or lines[0].startswith((" ", "\t")) or any(re.fullmatch(r"[*=\-~^]+", ln.strip()) for ln in lines):
+            underlined = any(re.fullmatch(r"[*=\-~^]+", ln.strip()) for ln in lines)
+            if not lines or lines[0].startswith((" ", "\t")) or underlined:
                 continue
             prose = WHITESPACE.sub(" ", block).strip()
             if prose.endswith(":") or len(prose.split()) < min_words:
@@ -240,7 +248,8 @@ def make_passages(paragraphs: list[list[Sentence]], max_tokens: int, min_words: 
                 group.append(sentence)
                 continue
             if group and sum(len(s.text.split()) for s in group) >= min_words:
-                passages.append(Passage(group[0].section, tuple(s.text for s in group), sum(s.n_tokens + 1 for s in group)))
+                n_tokens = sum(s.n_tokens + 1 for s in group)
+                passages.append(Passage(group[0].section, tuple(s.text for s in group), n_tokens))
             group = [sentence] if sentence is not None and sentence.n_tokens <= max_tokens else []
     return passages
 
@@ -388,24 +397,31 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokenizer", default=None, help="local tokenizer/model folder, or 'tiny' (default: data/demo/model if present, else tiny)")
-    parser.add_argument("--corpus", default=str(DEFAULT_CORPUS), help="parquet with a `text` column (default: the bundled corpus)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--tokenizer", default=None,
+        help="local tokenizer/model folder, or 'tiny' (default: data/demo/model if present, else tiny)",
+    )
+    parser.add_argument(
+        "--corpus", default=str(DEFAULT_CORPUS), help="parquet with a `text` column (default: the bundled corpus)"
+    )
     parser.add_argument("--out-dir", default=str(DEFAULT_OUT_DIR))
     parser.add_argument("--name", default="tiny", help="tag in the file names, e.g. the model family (default: tiny)")
-    parser.add_argument("--max-seq-length", type=int, default=512, help="prompt_length + answer budget <= this (default 512)")
-    parser.add_argument("--answer-budget", type=int, default=32, help="tokens kept free for the answer (= max_response_length)")
-    parser.add_argument("--min-fill", type=float, default=0.5, help="prompts have at least this fraction of the prompt budget")
-    parser.add_argument("--max-passage-tokens", type=int, default=None, help="default: prompt budget // 8, in [40, 256]")
+    parser.add_argument("--max-seq-length", type=int, default=512, help="prompt_length + answer budget <= this")
+    parser.add_argument("--answer-budget", type=int, default=32, help="tokens kept for the answer (max_response_len)")
+    parser.add_argument("--min-fill", type=float, default=0.5, help="least fraction of the prompt budget to fill")
+    parser.add_argument("--max-passage-tokens", type=int, default=None, help="default: prompt budget // 8, 40..256")
     parser.add_argument("--distractor-facts", type=int, default=1, help="facts about other sections in each prompt")
     parser.add_argument("--train-rows", type=int, default=64)
     parser.add_argument("--val-rows", type=int, default=16, help="0: no val file")
     parser.add_argument("--val-fraction", type=float, default=0.25, help="fraction of corpus sections reserved for val")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--task", default="ruler_synthqa", help="value of the `task` column (data_source)")
-    parser.add_argument("--eval-files", nargs="+", default=list(DEFAULT_EVAL_GLOBS), help="files that must not share text")
-    parser.add_argument("--min-overlap-words", type=int, default=8, help="shortest sentence (words) that counts as shared text")
-    parser.add_argument("--check", nargs="+", metavar="FILE", help="only run the overlap check on these RULER-format files")
+    parser.add_argument("--eval-files", nargs="+", default=list(DEFAULT_EVAL_GLOBS), help="files sharing no text")
+    parser.add_argument("--min-overlap-words", type=int, default=8, help="shortest shared sentence (words) that counts")
+    parser.add_argument("--check", nargs="+", metavar="FILE", help="only check these RULER-format files for overlap")
     args = parser.parse_args(argv)
     budget = args.max_seq_length - args.answer_budget
     if args.answer_budget < 1:
@@ -435,7 +451,8 @@ def build(args: argparse.Namespace, tokenizer, index: EvalIndex) -> tuple[dict[s
     passages = [p for i, p in enumerate(passages) if str(i) not in shared]
     train_pool, val_pool = split_sections(passages, args.val_fraction if args.val_rows else 0.0, args.seed)
     print(
-        f"corpus {corpus.name}: {len(passages)} passages (<= {args.max_passage_tokens} tokens; {len(shared)} dropped for "
+        f"corpus {corpus.name}: {len(passages)} passages (<= {args.max_passage_tokens} tokens; {len(shared)} dropped "
+        "for "
         f"sharing text with {len(index.files)} eval files); train pool {len(train_pool)}, val pool {len(val_pool)}",
         file=sys.stderr,
     )
@@ -450,7 +467,11 @@ def build(args: argparse.Namespace, tokenizer, index: EvalIndex) -> tuple[dict[s
     outputs = {"train": build_rows(train_pool, tokenizer, n_rows=args.train_rows, split="train", **common)}
     if args.val_rows:
         outputs["val"] = build_rows(val_pool, tokenizer, n_rows=args.val_rows, split="val", **common)
-    texts = {f"{split}:{r}": documents_of_prompt(p) for split, frame in outputs.items() for r, p in enumerate(frame["prompt"])}
+    texts = {
+        f"{split}:{r}": documents_of_prompt(p)
+        for split, frame in outputs.items()
+        for r, p in enumerate(frame["prompt"])
+    }
     return outputs, index.overlapping(texts)
 
 

@@ -12,7 +12,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="session")
 def make_qa():
     """`scripts/make_ruler_qa_train.py` imported as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("make_ruler_qa_train", REPO_ROOT / "scripts" / "make_ruler_qa_train.py")
+    path = REPO_ROOT / "scripts" / "make_ruler_qa_train.py"
+    spec = importlib.util.spec_from_file_location("make_ruler_qa_train", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)

@@ -46,11 +46,12 @@ OFFICIAL = {
                 "trainer.save_freq": 20, "trainer.n_gpus_per_node": 8},
     ),
     "post": dict(
-        refine=dict(COMMON_REFINE, ttt_sft_update=True, ttt_ppo_update=True, task_sft_update=True, task_ppo_update=False,
-                    val_get_loss=False, reward="hybrid", ppo_coef=0.2, mini_batch_size=16, answer_key="answer",
-                    data_source_key="task"),
+        refine=dict(COMMON_REFINE, ttt_sft_update=True, ttt_ppo_update=True, task_sft_update=True,
+                    task_ppo_update=False, val_get_loss=False, reward="hybrid", ppo_coef=0.2, mini_batch_size=16,
+                    answer_key="answer", data_source_key="task"),
         config={"data.prompt_key": "prompt", "data.max_prompt_length": 8160, "data.max_response_length": 32,
-                "actor_rollout_ref.actor.ppo_mini_batch_size": 16, "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": 2,
+                "actor_rollout_ref.actor.ppo_mini_batch_size": 16,
+                "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": 2,
                 "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu": 2, "actor_rollout_ref.rollout.n": 1,
                 "trainer.val_before_train": False, "trainer.val_only": False, "trainer.test_freq": 24,
                 "trainer.save_freq": 24, "trainer.n_gpus_per_node": 8},
@@ -63,7 +64,8 @@ OFFICIAL = {
                 "data.train_batch_size": 8, "data.val_batch_size": 8,
                 "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": 2,
                 "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu": 2, "trainer.val_before_train": True,
-                "trainer.val_only": True, "trainer.test_freq": -1, "trainer.save_freq": -1, "trainer.n_gpus_per_node": 4},
+                "trainer.val_only": True, "trainer.test_freq": -1, "trainer.save_freq": -1,
+                "trainer.n_gpus_per_node": 4},
     ),
 }
 ALL_PHASES = {"adv_estimator": "grpo", "rollout": "hf", "epochs": 1, "logger": "console", "nnodes": 1}
@@ -89,7 +91,8 @@ def record_command(tmp_path: Path, script: str, env: dict, *args: str) -> list[s
     args_out = tmp_path / f"{script}.args"
     full_env = {**os.environ, "PYTHON": str(shim), "REAL_PYTHON": sys.executable, "ARGS_OUT": str(args_out),
                 "MODEL_PATH": "data/demo/model", "CKPT_DIR": str(tmp_path / "ckpt"), **env}
-    done = subprocess.run(["bash", str(DEMO / script), *args], env=full_env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(["bash", str(DEMO / script), *args], env=full_env, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     argv = args_out.read_text().split("\0")[:-1]
     assert argv[:2] == ["-m", "refine.main"]
@@ -142,7 +145,8 @@ def test_posttrain_batch_sizes_fix_q24(dry_runs):
 
 
 def test_testtimetrain_task_ppo_batch_passes_the_worker_check(dry_runs):
-    # verl's worker normalises ppo_mini_batch_size * rollout.n / world and asserts it divides by the micro-batch (Q24 d).
+    # verl's worker normalises ppo_mini_batch_size * rollout.n / world and asserts it divides by the micro-batch
+    # (Q24 d).
     got = dry_runs["ttt"]
     assert got["data.train_files"] is None and dry_runs["ttt_smoke"]["data.train_files"] is None  # no dummy file
     assert dry_runs["ttt_reset"]["refine"]["ttt_reset"] == "batch" and got["refine"]["ttt_reset"] == "cumulative"
@@ -189,10 +193,12 @@ def test_smoke_data_fits_the_smoke_prompt_length(smoke_dir, tiny_tokenizer):
 
 
 def test_top_level_verl_folder_never_shadows_the_installed_package():
-    files = [p.relative_to(REPO_ROOT) for p in (REPO_ROOT / "verl").rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    files = [p.relative_to(REPO_ROOT) for p in (REPO_ROOT / "verl").rglob("*")
+             if p.is_file() and "__pycache__" not in p.parts]
     assert files and all(p.parent == DEMO.relative_to(REPO_ROOT) for p in files), files
     assert not any(p.name == "__init__.py" for p in files)
-    where = subprocess.run([sys.executable, "-c", "import importlib.util; print(importlib.util.find_spec('verl').origin)"],
+    find_verl = "import importlib.util; print(importlib.util.find_spec('verl').origin)"
+    where = subprocess.run([sys.executable, "-c", find_verl],
                            cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
     assert "site-packages" in where, where
 
@@ -254,7 +260,8 @@ def run_smoke(phase: str, smoke_dir: Path, dry_runs: dict) -> tuple[list[dict], 
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
     runs = [d for d in (smoke_dir / "runs").iterdir() if (d / "metrics.jsonl").exists()]
-    run_dir = next(d for d in runs if d.name.startswith({"mid": "midtrain", "post": "posttrain", "ttt": "testtime"}[phase]))
+    prefix = {"mid": "midtrain", "post": "posttrain", "ttt": "testtime"}[phase]
+    run_dir = next(d for d in runs if d.name.startswith(prefix))
     return read_metrics(run_dir), output
 
 

@@ -13,7 +13,9 @@ SHIPPED = {
     "val": REPO_ROOT / "data/ruler_train/ruler_synthqa_tiny_512_16_val.parquet",
 }
 OFFICIAL = REPO_ROOT / "data/ruler/ruler_squadqa_lact_4096_200_test.parquet"
-FACT = re.compile(r'The (?P<attr>[a-z\' ]+) of the section "(?P<section>[^"]+)" is (?P<value>[A-Z][a-z]+ [A-Z][a-z]+ \d+)\.')
+FACT = re.compile(
+    r'The (?P<attr>[a-z\' ]+) of the section "(?P<section>[^"]+)" is (?P<value>[A-Z][a-z]+ [A-Z][a-z]+ \d+)\.'
+)
 QUESTION = re.compile(r'\nQuestion: What is the (?P<attr>[a-z\' ]+) of the section "(?P<section>[^"]+)"\?\nAnswer:$')
 
 
@@ -89,7 +91,8 @@ def test_overlap_check_finds_a_copied_passage(make_qa, tmp_path, shipped):
     passage = make_qa.documents_of_prompt(shipped["train"]["prompt"][5])[1]
     leaked = "Some other text. " + passage.upper().replace(" ", "\n", 3) + " More text."
     pd.DataFrame({"prompt": [leaked, "unrelated"]}).to_parquet(tmp_path / "leak.parquet")
-    pd.DataFrame({"prompt": ["unrelated words only, nothing from the corpus at all here today."]}).to_parquet(tmp_path / "clean.parquet")
+    clean = ["unrelated words only, nothing from the corpus at all here today."]
+    pd.DataFrame({"prompt": clean}).to_parquet(tmp_path / "clean.parquet")
     train = str(SHIPPED["train"])
     assert make_qa.main(["--check", train, "--eval-files", str(tmp_path / "leak.parquet")]) == 1
     assert make_qa.main(["--check", train, "--eval-files", str(tmp_path / "clean.parquet")]) == 0
@@ -105,7 +108,8 @@ def test_shipped_files_are_reproducible_and_seed_dependent(make_qa, tiny_tokeniz
         expected = pd.read_parquet(SHIPPED[split])
         expected["answer"] = expected["answer"].map(list)
         pd.testing.assert_frame_equal(frame, expected, check_dtype=False)
-    other, _ = make_qa.build(make_qa.parse_args(["--seed", "2", "--train-rows", "8", "--val-rows", "0"]), tiny_tokenizer, eval_index)
+    seed_2 = make_qa.parse_args(["--seed", "2", "--train-rows", "8", "--val-rows", "0"])
+    other, _ = make_qa.build(seed_2, tiny_tokenizer, eval_index)
     assert set(other) == {"train"}
     assert list(other["train"]["prompt"]) != list(outputs["train"]["prompt"][:8])
 

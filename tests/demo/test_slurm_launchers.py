@@ -54,7 +54,8 @@ def test_testtime_launcher_runs_once_per_task(tmp_path):
     calls = launch(tmp_path, "testtimetrain", TASKS="hotpotqa trec", GPUS_PER_NODE="2")
     assert [c["data.val_files"] for c in calls] == [
         str(REPO_ROOT / "data/longbench/hotpotqa_16384.parquet"), str(REPO_ROOT / "data/longbench/trec_16384.parquet")]
-    assert [c["trainer.experiment_name"] for c in calls] == ["testtimetrain_16k_tttrl_hotpotqa", "testtimetrain_16k_tttrl_trec"]
+    names = [c["trainer.experiment_name"] for c in calls]
+    assert names == ["testtimetrain_16k_tttrl_hotpotqa", "testtimetrain_16k_tttrl_trec"]
     assert all(c["trainer.n_gpus_per_node"] == "2" and c["trainer.val_only"] == "True" for c in calls)
     # Extra arguments reach every run (here the per-batch reset variant), after the official ones.
     calls = launch(tmp_path / "reset", "testtimetrain", "refine.ttt_reset=batch", TASKS="hotpotqa trec")

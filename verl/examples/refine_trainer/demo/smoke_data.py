@@ -82,11 +82,14 @@ def main(argv: list[str] | None = None) -> None:
     ruler = pd.concat([pd.read_parquet(REPO_ROOT / "data" / "ruler" / f).head(per_file) for f in RULER_SOURCES])
     ruler["prompt"] = [shorten_ruler(tokenizer, p, list(a), budget) for p, a in zip(ruler["prompt"], ruler["answer"])]
     ruler["prompt_length"] = [n_tokens(tokenizer, p) for p in ruler["prompt"]]
+    ruler["total_length"] = ruler["prompt_length"] + ruler["max_answer_length"]
     ruler.to_parquet(out / "ruler_val.parquet", index=False)
 
-    longbench = pd.concat([pd.read_parquet(REPO_ROOT / "data" / "longbench" / f).head(per_file) for f in LONGBENCH_SOURCES])
+    longbench_dir = REPO_ROOT / "data" / "longbench"
+    longbench = pd.concat([pd.read_parquet(longbench_dir / f).head(per_file) for f in LONGBENCH_SOURCES])
     longbench["prompt"] = [cut_middle(tokenizer, p, budget) for p in longbench["prompt"]]
     longbench["prompt_length"] = [n_tokens(tokenizer, p) for p in longbench["prompt"]]
+    longbench["total_length"] = longbench["prompt_length"] + longbench["max_answer_length"]
     longbench.to_parquet(out / "longbench_val.parquet", index=False)
     print(f"smoke data -> {out} (prompts <= {budget} tokens, {args.rows} rows per file)")
 
