@@ -60,3 +60,9 @@ def test_testtime_launcher_runs_once_per_task(tmp_path):
     # Extra arguments reach every run (here the per-batch reset variant), after the official ones.
     calls = launch(tmp_path / "reset", "testtimetrain", "refine.ttt_reset=batch", TASKS="hotpotqa trec")
     assert [c.get("refine.ttt_reset") for c in calls] == ["batch", "batch"]
+
+
+def test_testtime_launcher_covers_every_shipped_longbench_file(tmp_path):
+    calls = launch(tmp_path, "testtimetrain")
+    shipped = sorted(str(p) for p in (REPO_ROOT / "data" / "longbench").glob("*_16384.parquet"))
+    assert len(shipped) == 14 and sorted(c["data.val_files"] for c in calls) == shipped
