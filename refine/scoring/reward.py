@@ -21,7 +21,8 @@ from refine.scoring import longbench, ruler
 from refine.scoring.answers import split_answers
 from refine.scoring.inputs import check_answers
 
-RULER_QA_SOURCES = ("ruler_squadqa", "ruler_hotpotqa")
+# ruler_synthqa: the RULER-style QA sets built from the bundled corpus (scripts/make_ruler_qa_train.py)
+RULER_QA_SOURCES = ("ruler_squadqa", "ruler_hotpotqa", "ruler_synthqa")
 NIAH_SOURCES = ruler.NIAH_TASKS
 DATA_SOURCES = RULER_QA_SOURCES + NIAH_SOURCES + longbench.TASKS
 

@@ -14,6 +14,9 @@ def test_dispatch_picks_the_scorer_family():
     # RULER QA: official first-line substring match
     assert reward.score_response("ruler_squadqa", "Paris\nLondon", ["London"]) == 0.0
     assert reward.score_response("ruler_hotpotqa", "It is PARIS.", ["Paris"]) == 1.0
+    # the synthetic QA sets score like RULER QA: first line only
+    assert reward.score_response("ruler_synthqa", "Amber Falcon 42\nx", ["amber falcon 42"]) == 1.0
+    assert reward.score_response("ruler_synthqa", "\nAmber Falcon 42", ["amber falcon 42"]) == 0.0
     # NIAH: RULER string_match_all (fraction of values found, no first-line cut)
     assert reward.score_response("niah_multivalue", "1\n2", ["1", "2", "3", "4"]) == 0.5
     # LongBench: by dataset name, official ReFINE mode
