@@ -33,41 +33,46 @@ def test_post_training_two_steps_then_ruler_validation(make_trainer, params, rul
     last = steps[2]
     assert 0.0 <= last["val_reward"] <= 1.0 and last["val_n_scored"] == 4.0
     assert last["val_reward/ruler_squadqa"] == last["val_reward"]
-    assert (params(trainer) - before).abs().max() > 0
+    after_sft = params(trainer)
+    assert (after_sft - before).abs().max() > 0
+
+    # Task GRPO (off in the demos, implemented) on the same workers: one outer step with rollout.n = 2 answers per
+    # prompt, RULER reward, GRPO, upstream PPO update (mini-batch 2 prompts x 2 answers, micro 2).
+    import dataclasses
+
+    from omegaconf import open_dict
+    from verl import DataProto
+
+    with open_dict(trainer.config):
+        trainer.config.actor_rollout_ref.rollout.n = 2
+        trainer.config.actor_rollout_ref.actor.ppo_mini_batch_size = 2
+    trainer.rc = dataclasses.replace(trainer.rc, ttt_sft_update=False, ttt_ppo_update=False, task_sft_update=False,
+                                     task_ppo_update=True)
+    batch = DataProto.from_single_dict(next(iter(trainer.train_dataloader)))
+    record = trainer.train_step(batch)
+    for key in ("actor/pg_loss", "actor/grad_norm", "actor/lr", "critic/score/mean", "critic/advantages/max",
+                "response_length/mean", "timing_s/gen_task", "timing_s/old_log_prob_task", "timing_s/update_actor_task"):
+        assert key in record, key
+    assert 0.0 <= record["critic/score/mean"] <= 1.0
+    assert 1.0 <= record["response_length/mean"] <= 8.0
+    assert (params(trainer) - after_sft).abs().max() > 0
 
 
-def test_task_grpo_outer_update(make_trainer, params, ruler_files, tmp_path):
-    """Task GRPO (off in the demos, implemented): rollout.n answers per prompt, RULER reward, upstream update."""
-    trainer = make_trainer(ruler_overrides(ruler_files, tmp_path) + [
-        "refine.ttt_sft_update=false", "refine.ttt_ppo_update=false", "refine.task_ppo_update=true",
-        "trainer.total_training_steps=2", "actor_rollout_ref.rollout.n=2",
-        "actor_rollout_ref.actor.ppo_mini_batch_size=2", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
-        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=2"])
-    before = params(trainer)
-    trainer.fit()
-    steps = {r["step"]: r for r in trainer.history if "training/global_step" in r}
-    assert sorted(steps) == [1, 2]
-    for record in steps.values():
-        for key in ("actor/pg_loss", "actor/grad_norm", "actor/lr", "critic/score/mean", "critic/advantages/max",
-                    "response_length/mean", "timing_s/gen_task", "timing_s/old_log_prob_task",
-                    "timing_s/update_actor_task"):
-            assert key in record, key
-        assert 0.0 <= record["critic/score/mean"] <= 1.0
-        assert 1.0 <= record["response_length/mean"] <= 8.0
-    assert (params(trainer) - before).abs().max() > 0
 
 
-@pytest.mark.parametrize("reset", ["batch", "cumulative"])
-def test_test_time_training_reset_modes(make_trainer, params, ruler_files, tmp_path, reset):
+def test_test_time_training_reset_modes(make_trainer, params, ruler_files, tmp_path):
+    """`batch`: weights restored bit for bit after every batch; then `cumulative` (official, Q1) on the same
+    workers: the weights change with each batch and stay changed."""
+    import dataclasses
+
     trainer = make_trainer(ruler_overrides(ruler_files, tmp_path) + [
         "trainer.val_only=true", "trainer.val_before_train=true", "data.train_files=null",
         "refine.ttt_sft_update=false", "refine.ttt_ppo_update=false", "refine.val_get_loss=false",
-        "refine.val_ttt_sft_update=true", "refine.val_ttt_ppo_update=true", f"refine.ttt_reset={reset}",
+        "refine.val_ttt_sft_update=true", "refine.val_ttt_ppo_update=true", "refine.ttt_reset=batch",
         "refine.mini_batch_size=2", "data.val_batch_size=2"])
-    initial = params(trainer)
     seen = []  # weights when each batch is answered (after its TTT) and after each restore
     wg = trainer.actor_rollout_wg
-    generate, restore = wg.generate_greedy, getattr(wg, "restore_state")
+    generate, restore = wg.generate_greedy, wg.restore_state
 
     def generate_and_record(data):
         seen.append(("answer", params(trainer)))
@@ -80,22 +85,27 @@ def test_test_time_training_reset_modes(make_trainer, params, ruler_files, tmp_p
 
     wg.generate_greedy = generate_and_record
     wg.restore_state = restore_and_record
-    trainer.fit()
+
+    initial = params(trainer)
+    trainer.fit()  # val_only: TTT over the 2 validation batches, reset mode "batch"
     record = trainer.history[0]
     assert record["step"] == 0 and record["val_n_scored"] == 4.0 and 0.0 <= record["val_reward"] <= 1.0
     answers = [p for kind, p in seen if kind == "answer"]
-    assert len(answers) == 2
+    restored = [p for kind, p in seen if kind == "restored"]
+    assert len(answers) == 2 and len(restored) == 2
     assert all((p - initial).abs().max() > 0 for p in answers), "TTT did not change the weights"
-    if reset == "batch":
-        restored = [p for kind, p in seen if kind == "restored"]
-        assert len(restored) == 2
-        for p in restored:
-            assert torch.equal(p, initial)
-        assert torch.equal(params(trainer), initial)
-    else:
-        assert not any(kind == "restored" for kind, _ in seen)
-        assert (answers[1] - answers[0]).abs().max() > 0, "cumulative TTT stopped changing the weights"
-        assert torch.equal(params(trainer), answers[1])
+    assert all(torch.equal(p, initial) for p in restored)
+    assert torch.equal(params(trainer), initial)
+
+    seen.clear()
+    trainer.rc = dataclasses.replace(trainer.rc, ttt_reset="cumulative")
+    metrics = trainer._validate()
+    assert metrics["val_n_scored"] == 4.0
+    answers = [p for kind, p in seen if kind == "answer"]
+    assert len(answers) == 2 and not any(kind == "restored" for kind, _ in seen)
+    assert (answers[0] - initial).abs().max() > 0
+    assert (answers[1] - answers[0]).abs().max() > 0, "cumulative TTT stopped changing the weights"
+    assert torch.equal(params(trainer), answers[1])
 
 
 def test_generation_validation_with_row_max_gen_tokens(make_trainer, ruler_files, tmp_path):
