@@ -359,7 +359,10 @@ def check_generation_data(rc: RefineConfig, config: DictConfig) -> RefineConfig:
                 _fail("refine.use_row_max_gen_tokens", True, f"{path} has no max_gen_tokens column",
                       "use it with the LongBench files, or set it to False")
     from refine.scoring.reward import DATA_SOURCES
+    from refine.trainer.task_scorer import uses_refine_scorer
 
+    if not uses_refine_scorer(config):
+        return rc  # a custom reward function decides which data sources it knows
     for path in val_files:
         names = pq.read_schema(path).names
         if rc.data_source_key not in names:

@@ -26,8 +26,10 @@ def task_update(trainer, batch: DataProto) -> dict[str, float]:
 
 def task_rewards(trainer, responses, batch: DataProto) -> torch.Tensor:
     """Per-row task score (decoded with special tokens skipped, answers split on "|", scorer by data source)."""
-    from refine.scoring import score_response, split_answers
+    from refine.scoring import split_answers
+    from refine.trainer.task_scorer import task_scorer
 
+    score_response = task_scorer(trainer.config)
     texts = trainer.tokenizer.batch_decode(responses, skip_special_tokens=True)
     return torch.tensor([
         float(score_response(str(source), text, split_answers(answers)))

@@ -52,8 +52,10 @@ def validate_generation(trainer) -> dict[str, float]:
     Logs `val_reward` (official: mean over scored rows of full batches), `val_reward/<data_source>` means and
     `val_n_scored`.
     """
-    from refine.scoring import score_response, split_answers
+    from refine.scoring import split_answers
+    from refine.trainer.task_scorer import task_scorer
 
+    score_response = task_scorer(trainer.config)
     rc = trainer.rc
     wg = trainer.actor_rollout_wg
     ttt = rc.val_ttt_sft_update or rc.val_ttt_ppo_update

@@ -186,3 +186,30 @@ def test_phase_presets_validate(compose_config, ruler_files, preset):
     expected = {"midtrain": ("ttt_ppo_update", "val_get_loss"), "posttrain": ("ttt_ppo_update", "task_sft_update"),
                 "testtimetrain": ("val_ttt_sft_update", "val_ttt_ppo_update")}[preset]
     assert all(getattr(rc, flag) for flag in expected)
+
+
+def test_task_scorer_default_and_custom(tmp_path):
+    from omegaconf import OmegaConf
+
+    from refine.trainer.task_scorer import task_scorer, uses_refine_scorer
+
+    default = OmegaConf.create({"reward": {"custom_reward_function": {"path": None, "name": None}},
+                                "custom_reward_function": {"path": None, "name": None}})
+    assert uses_refine_scorer(default)
+    score = task_scorer(default)
+    assert score("ruler_squadqa", " William of Volpiano and John\nmore", ["william of volpiano"]) == 1.0
+    assert score("ruler_squadqa", "nobody", ["william of volpiano"]) == 0.0
+
+    official = tmp_path / "official_style.py"  # the official fork's signature: response=, answers=, data_source=
+    official.write_text("def compute_score(response, answers, data_source):\n"
+                        "    return float(response.strip() == answers[0]) + (0.5 if data_source == 'x' else 0.0)\n")
+    verl_style = tmp_path / "verl_style.py"  # verl 0.9.1's: solution_str=, ground_truth=, dict with "score"
+    verl_style.write_text("def my_score(data_source, solution_str, ground_truth, extra_info=None, bonus=0.0):\n"
+                          "    return {'score': float(solution_str in ground_truth) + bonus}\n")
+    cfg = OmegaConf.create({"reward": {"custom_reward_function": {"path": None}},
+                            "custom_reward_function": {"path": str(official), "name": "compute_score"}})
+    assert not uses_refine_scorer(cfg)
+    assert task_scorer(cfg)("x", " a ", ["a", "b"]) == 1.5
+    cfg = OmegaConf.create({"reward": {"custom_reward_function": {"path": str(verl_style), "name": "my_score",
+                                                                  "reward_kwargs": {"bonus": 0.25}}}})
+    assert task_scorer(cfg)("y", "b", ["a", "b"]) == 1.25
