@@ -199,6 +199,9 @@ def validate_refine(rc: RefineConfig, config: DictConfig) -> None:
             "no phase is switched on, so there is nothing to run",
             "set e.g. refine.ttt_sft_update=True refine.ttt_ppo_update=True refine.val_get_loss=True (mid-training)",
         )
+    if config.trainer.get("val_only", False) and not config.trainer.get("val_before_train", True):
+        _fail("trainer.val_only", True, "val_only acts through the validation before training, which is off "
+              "(the run would train instead)", "set trainer.val_before_train=True")
     if rc.task_sft_update and rc.task_ppo_update:
         _fail("refine.task_sft_update/task_ppo_update", (True, True), "exactly one outer update may be on",
               "switch one of them off")

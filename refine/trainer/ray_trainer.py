@@ -251,7 +251,7 @@ class RefineTrainer(RayPPOTrainer):
             print(f"Warning: could not write the plot: {exc}")
 
 
-_PROGRESS_KEYS = ("reward/cs_reward_mean", "actor/ntp_loss_raw_ttt", "val_loss")
+_PROGRESS_KEYS = ("reward/cs_reward_mean", "actor/ntp_loss_raw_ttt", "actor/sft_loss", "val_loss", "val_reward")
 
 
 def _read_metrics(path: Path, *, up_to_step: int) -> list[dict]:

@@ -77,6 +77,7 @@ def test_paths_become_absolute(compose_config):
         (["refine.task_sft_update=true"], r"refine\.answer_key=None: task SFT needs the gold answers"),
         (["refine.val_get_loss=false", "trainer.val_before_train=true"], r"refine\.answer_key=None: validation by"),
         (["refine.task_ppo_update=true"], r"refine\.answer_key=None: task GRPO scores rollouts"),
+        (["trainer.val_only=true", "trainer.val_before_train=false"], r"trainer\.val_only=True: val_only acts"),
         (["refine.task_ppo_update=true", "actor_rollout_ref.rollout.n=2", "actor_rollout_ref.actor.ppo_mini_batch_size=2",
           "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=3"], r"actor_rollout_ref\.actor\.ppo_mini_batch_size=2"),
     ],
