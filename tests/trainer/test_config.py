@@ -159,7 +159,7 @@ def test_post_training_bad_input(compose_config, ruler_files, tmp_path):
         prepare_config(compose_config(post + ["data.max_prompt_length=20", "refine.on_overlong=error",
                                               "refine.ttt_sft_update=false", "refine.ttt_ppo_update=false"]))
 
-    ttt = ["trainer.val_only=true", "refine.ttt_sft_update=false", "refine.ttt_ppo_update=false",
+    ttt = ["trainer.val_only=true", "trainer.val_before_train=true", "refine.ttt_sft_update=false", "refine.ttt_ppo_update=false",
            "refine.task_sft_update=false", "refine.val_ttt_sft_update=true", "refine.val_ttt_ppo_update=true",
            "data.val_batch_size=2", "refine.mini_batch_size=4", "data.train_files=null"]
     with pytest.raises(ValueError, match=r"data\.val_batch_size=2: smaller than refine\.mini_batch_size=4"):
