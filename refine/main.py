@@ -33,13 +33,16 @@ def prepare(config):
 
     from refine.trainer.config import prepare_config
 
-    rc = prepare_config(config)  # first: bad input fails before the heavy imports below
+    from refine.stack import check_device, check_stack
+
+    check_stack()  # pinned versions and an importable triton, before verl or fla is imported
+    rc = prepare_config(config)  # bad input fails before the heavy imports below
+    device = check_device(str(config.trainer.device))  # auto -> cuda/cpu; explicit cuda on a CPU host: error
     from refine.platform import platform_env_vars
 
     env = platform_env_vars()
     with open_dict(config):
-        if config.trainer.device == "cuda" and env.get("VERL_PLATFORM") == "cpu":
-            config.trainer.device = "cpu"  # no accelerator here: the CPU platform runs the workers
+        config.trainer.device = device
         ray_init = config.ray_kwargs.ray_init
         runtime_env = OmegaConf.to_container(ray_init.get("runtime_env") or {}, resolve=True)
         runtime_env["env_vars"] = {**env, "TOKENIZERS_PARALLELISM": "false", **(runtime_env.get("env_vars") or {})}
@@ -63,12 +66,14 @@ def run(config, *, prepared: bool = False) -> None:
 def _hydra_main() -> None:
     import hydra
 
+    from refine.stack import StackError
+
     @hydra.main(config_path=str(CONFIG_DIR), config_name=DEFAULT_CONFIG, version_base=None)
     def main(config) -> None:
         try:
             prepare(config)
-        except ValueError as exc:
-            # Bad input: one clear line (key, value, fix) instead of a traceback.
+        except (ValueError, StackError) as exc:
+            # Bad input or a wrong stack: one clear line (key, value, fix) instead of a traceback.
             print(f"refine: configuration error: {exc}", file=sys.stderr)
             sys.exit(2)
         run(config, prepared=True)

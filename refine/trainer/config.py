@@ -562,8 +562,16 @@ def prepare_config(config: DictConfig) -> RefineConfig:
     needs_tokens = rc.ttt_ppo_update or rc.val_ttt_ppo_update or rc.task_sft_update
     if needs_tokens or validates_by_generation(rc, config):
         from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path))
+        # The model classes are not registered yet in this light-weight check, so transformers would warn that
+        # config.json names an unknown model type; only the tokenizer is needed here.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path))
+        finally:
+            hf_logging.set_verbosity(verbosity)
         check_nsp_row_lengths(rc, config, tokenizer)
         check_overlong(rc, config, tokenizer)
     return rc

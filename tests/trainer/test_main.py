@@ -34,3 +34,35 @@ def test_main_runs_the_embedded_default_end_to_end(tmp_path):
     assert [r["step"] for r in records] == [0, 1]
     assert "val_loss" in records[0]["data"] and "reward/cs_reward_mean" in records[1]["data"]
     assert (tmp_path / "metrics.png").stat().st_size > 1000
+
+
+def test_device_auto_resolves_and_explicit_cuda_on_a_cpu_host_is_one_clear_error():
+    import torch
+
+    import refine.main as entry
+    from refine.stack import StackError
+
+    config = entry.compose(["+preset=embedded_demo", "trainer.device=auto"])
+    entry.prepare(config)
+    assert config.trainer.device == ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        pytest.skip("this host has a GPU")
+    config = entry.compose(["+preset=embedded_demo", "trainer.device=cuda"])
+    with pytest.raises(StackError, match=r"trainer.device=cuda was requested but .*set trainer.device=cpu"):
+        entry.prepare(config)
+
+
+def test_explicit_cuda_on_a_cpu_host_exits_with_one_line():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this host has a GPU")
+    import os
+
+    # a clean environment: earlier tests in this process may have exported the verl plugin variables
+    env = {name: value for name, value in os.environ.items() if not name.startswith("VERL_")}
+    result = subprocess.run([sys.executable, "-m", "refine.main", "+preset=embedded_demo", "trainer.device=cuda"],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "trainer.device=cuda" in lines[0] and "Traceback" not in result.stderr, result.stderr
