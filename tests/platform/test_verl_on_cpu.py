@@ -11,7 +11,6 @@ once instead of once per model.
 
 from __future__ import annotations
 
-import importlib
 
 import pytest
 import torch
@@ -52,15 +51,10 @@ def _deltanet_config():
     return tiny_deltanet_config(vocab_size=512)
 
 
-LACT_MISSING = "refine.models.lact.tiny_lact_config does not exist yet (LaCT is being written)"
-
-
 def _lact_config():
-    """None while `refine.models.lact.tiny_lact_config` does not exist (the test then skips with LACT_MISSING)."""
-    lact = importlib.import_module("refine.models.lact")
-    if not hasattr(lact, "tiny_lact_config"):
-        return None
-    return lact.tiny_lact_config(vocab_size=512)
+    from refine.models.lact import tiny_lact_config
+
+    return tiny_lact_config(vocab_size=512)
 
 
 MODEL_BUILDERS = {"llama": _llama_config, "deltanet": _deltanet_config, "lact": _lact_config}
@@ -254,14 +248,9 @@ def release(group, pool) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_model_dirs(tiny_tokenizer, tmp_path_factory) -> dict[str, str]:
-    """{builder: saved model dir} for every builder whose config exists."""
+    """{builder: saved model dir} for every builder."""
     root = tmp_path_factory.mktemp("tiny_models")
-    dirs = {}
-    for name, builder in MODEL_BUILDERS.items():
-        config = builder()
-        if config is not None:
-            dirs[name] = save_tiny_model(config, tiny_tokenizer, root / name)
-    return dirs
+    return {name: save_tiny_model(builder(), tiny_tokenizer, root / name) for name, builder in MODEL_BUILDERS.items()}
 
 
 @pytest.fixture(scope="module", params=[1, 2], ids=lambda world_size: f"world{world_size}")
@@ -284,8 +273,6 @@ def actor_groups(request, ray_cpu_cluster, tiny_model_dirs):
 @pytest.mark.parametrize("builder", list(MODEL_BUILDERS))
 def test_actor_worker_group_logprobs_and_update(builder, actor_groups, tiny_model_dirs):
     world_size, groups = actor_groups
-    if builder not in groups:
-        pytest.skip(LACT_MISSING)
     group = groups[builder]
     model_path = tiny_model_dirs[builder]
     batch = padded_batch()
