@@ -304,17 +304,6 @@ def validate_refine(rc: RefineConfig, config: DictConfig) -> None:
 
 # Phases whose driver code arrives with post-training / test-time training (issue 8). Refused up front so a run
 # never starts Ray only to fail at its first step; remove entries here as they are implemented.
-PENDING_PHASE_FLAGS: tuple[str, ...] = ()
-
-
-def check_implemented(rc: RefineConfig, config: DictConfig) -> None:
-    """ValueError for a phase this version does not run yet (task GRPO, off in every official demo)."""
-    for flag in PENDING_PHASE_FLAGS:
-        if getattr(rc, flag):
-            _fail(f"refine.{flag}", True, "task GRPO is not implemented in this version",
-                  f"set refine.{flag}=False (the official demos use task_sft_update)")
-
-
 def validates_by_generation(rc: RefineConfig, config: DictConfig) -> bool:
     """Whether validation runs (before training, every test_freq steps, or val_only) in the generation mode."""
     trainer = config.trainer
@@ -547,7 +536,6 @@ def prepare_config(config: DictConfig) -> RefineConfig:
         config.refine = OmegaConf.structured(rc)
     absolutize_paths(config)
     validate_refine(rc, config)
-    check_implemented(rc, config)
     validate_data(rc, config)
     rc = check_generation_data(rc, config)
     with open_dict(config):

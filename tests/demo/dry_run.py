@@ -23,40 +23,18 @@ KEYS = (
 
 
 def summary(overrides: list[str]) -> dict:
-    """The checked values of the prepared config for `overrides`.
-
-    While a phase is still being written, the trainer refuses it up front (`config.check_implemented`); that check is
-    recorded as `pending` and skipped here, so the command line is still validated in full.
-    """
+    """The checked values of the prepared config for `overrides`."""
     from omegaconf import OmegaConf
 
-    import refine.trainer.config as trainer_config
     from refine.main import compose, prepare
 
-    pending = None
-    check_implemented = getattr(trainer_config, "check_implemented", None)
-    if check_implemented is not None:
-
-        def record_pending(rc, config):
-            nonlocal pending
-            try:
-                check_implemented(rc, config)
-            except ValueError as exc:
-                pending = str(exc)
-
-        trainer_config.check_implemented = record_pending
-    try:
-        config = compose(overrides)
-        prepare(config)
-    finally:
-        if check_implemented is not None:
-            trainer_config.check_implemented = check_implemented
+    config = compose(overrides)
+    prepare(config)
     out = {}
     for key in KEYS:
         value = OmegaConf.select(config, key)
         out[key] = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
     out["refine"] = OmegaConf.to_container(config.refine, resolve=True)
-    out["pending"] = pending
     return out
 
 

@@ -3,7 +3,7 @@
 Dry runs (fast, no Ray): each script is run with a stand-in interpreter that records the arguments it passes to
 `python -m refine.main`; those are composed and validated by refine's own preparation (tests/demo/dry_run.py), and
 the resulting values are compared with the official tables (spec §3) and the Q24 fixes. Smoke runs: each script
-with SMOKE=1 runs to the end on CPU with the tiny demo model; skipped while the trainer does not support the phase.
+with SMOKE=1 runs to the end on CPU with the tiny demo model.
 """
 
 import json
@@ -75,8 +75,7 @@ ALL_PHASES = {"adv_estimator": "grpo", "rollout": "hf", "epochs": 1, "logger": "
 def smoke_dir(tmp_path_factory):
     """The tiny validation files of the smoke runs, built once (the scripts reuse a filled SMOKE_DIR)."""
     missing = [p for p in DEMO_ASSETS if not (REPO_ROOT / p).exists()]
-    if missing:
-        pytest.skip(f"the tiny demo model / data are not built yet: {missing} (scripts/build_demo_model.py)")
+    assert not missing, f"the tiny demo model / data are missing: {missing} (scripts/build_demo_model.py)"
     out = tmp_path_factory.mktemp("smoke")
     subprocess.run([sys.executable, str(DEMO / "smoke_data.py"), "--out", str(out)], check=True, cwd=REPO_ROOT,
                    capture_output=True, timeout=300)
@@ -121,8 +120,6 @@ def dry_runs(smoke_dir, tmp_path_factory):
 def test_official_command_line_validates_with_the_official_values(dry_runs, phase):
     got = dry_runs[phase]
     assert "error" not in got, got.get("error")
-    if phase == "mid":
-        assert got["pending"] is None  # mid-training is implemented: nothing refused
     expected = OFFICIAL[phase]
     assert {k: got["refine"][k] for k in expected["refine"]} == expected["refine"]
     assert {k: got[k] for k in expected["config"]} == expected["config"]
@@ -212,49 +209,13 @@ def test_placeholders_fail_early_with_a_clear_message(tmp_path):
 # ---- smoke runs ------------------------------------------------------------------------------------------------
 
 
-def unsupported_reason(phase: str, dry_run: dict) -> str | None:
-    """Why the trainer cannot run `phase` yet (None when it can): cheap probes, no Ray.
-
-    1. The trainer's own up-front refusal of pending phases, recorded by the dry run of the smoke command line.
-    2. Post-training needs the outer loop and validation by generation; test-time training needs validation with the
-       inner loop. Work in progress raises NotImplementedError there; any other error means the code path exists
-       (the stub simply lacks what a real trainer has).
-    """
-    if dry_run.get("pending"):
-        return f"the trainer refuses this phase for now: {dry_run['pending']}"
-    if phase == "mid":
-        return None
-    from types import SimpleNamespace
-
-    from refine.trainer import validation
-    from refine.trainer.config import RefineConfig
-    from refine.trainer.ray_trainer import RefineTrainer
-
-    flags = {"post": dict(task_sft_update=True), "ttt": dict(val_ttt_sft_update=True, val_ttt_ppo_update=True)}[phase]
-    stub = SimpleNamespace(rc=RefineConfig(**flags), val_dataloader=[], global_steps=0)
-    probes = [("validation", lambda: validation.validate(stub))]
-    if phase == "post":
-        probes.append(("outer loop", lambda: RefineTrainer.outer_loop(stub, None)))
-    for name, probe in probes:
-        try:
-            probe()
-        except NotImplementedError as exc:
-            return f"the trainer has no {name} for this phase yet: {exc}"
-        except Exception:  # noqa: BLE001 - the path exists; the stub is not a real trainer
-            pass
-    return None
-
-
 def read_metrics(run_dir: Path) -> list[dict]:
     """Records {step, data} of the run's metrics.jsonl (verl's file logger)."""
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines if line.strip()]
 
 
-def run_smoke(phase: str, smoke_dir: Path, dry_runs: dict) -> tuple[list[dict], str]:
-    reason = unsupported_reason(phase, dry_runs[f"{phase}_smoke"])
-    if reason:
-        pytest.skip(reason)
+def run_smoke(phase: str, smoke_dir: Path) -> tuple[list[dict], str]:
     env = {**os.environ, "SMOKE": "1", "SMOKE_DIR": str(smoke_dir), "PYTHON": sys.executable}
     done = subprocess.run(["bash", str(DEMO / SCRIPTS[phase])], env=env, capture_output=True, text=True, timeout=900)
     output = done.stdout + done.stderr
@@ -266,8 +227,8 @@ def run_smoke(phase: str, smoke_dir: Path, dry_runs: dict) -> tuple[list[dict], 
 
 
 @pytest.mark.slow
-def test_midtrain_smoke_run_finishes_on_cpu(smoke_dir, dry_runs):
-    records, _ = run_smoke("mid", smoke_dir, dry_runs)
+def test_midtrain_smoke_run_finishes_on_cpu(smoke_dir):
+    records, _ = run_smoke("mid", smoke_dir)
     steps = [r["step"] for r in records if "training/global_step" in r["data"]]
     assert steps == [1, 2]
     last = records[-1]["data"]
@@ -276,8 +237,8 @@ def test_midtrain_smoke_run_finishes_on_cpu(smoke_dir, dry_runs):
 
 
 @pytest.mark.slow
-def test_posttrain_smoke_run_finishes_on_cpu(smoke_dir, dry_runs):
-    records, _ = run_smoke("post", smoke_dir, dry_runs)
+def test_posttrain_smoke_run_finishes_on_cpu(smoke_dir):
+    records, _ = run_smoke("post", smoke_dir)
     steps = [r["step"] for r in records if "training/global_step" in r["data"]]
     assert steps == [1, 2]
     last = records[-1]["data"]
@@ -287,8 +248,8 @@ def test_posttrain_smoke_run_finishes_on_cpu(smoke_dir, dry_runs):
 
 
 @pytest.mark.slow
-def test_testtimetrain_smoke_run_finishes_on_cpu(smoke_dir, dry_runs):
-    records, _ = run_smoke("ttt", smoke_dir, dry_runs)
+def test_testtimetrain_smoke_run_finishes_on_cpu(smoke_dir):
+    records, _ = run_smoke("ttt", smoke_dir)
     assert not any("training/global_step" in r["data"] for r in records)  # val_only: no training step
     assert len(records) == 1 and records[0]["step"] == 0
     assert 0.0 <= records[0]["data"]["val_reward"] <= 1.0
