@@ -8,12 +8,11 @@ the same signature: (worker group, batch, RefineConfig, settings) -> metrics.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
-from time import perf_counter
 
 import torch
 from verl import DataProto
+from verl.utils.profiler import simple_timer
 
 from refine.trainer.config import RefineConfig
 
@@ -27,16 +26,6 @@ class StepSettings:
     seed: int
     sft: bool  # NTP part on (ttt_sft_update / val_ttt_sft_update)
     ppo: bool  # NSP-GRPO part on (ttt_ppo_update / val_ttt_ppo_update)
-
-
-@contextmanager
-def timed(timing: dict[str, float], name: str):
-    """Add the wall time of the block to `timing[name]` (seconds)."""
-    start = perf_counter()
-    try:
-        yield
-    finally:
-        timing[name] = timing.get(name, 0.0) + perf_counter() - start
 
 
 def rank0_metrics(output: DataProto) -> dict[str, float]:
@@ -93,7 +82,7 @@ def faithful_inner_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSe
 
     if not settings.ppo:
         sft_batch.meta_info = {"micro_batch_size": rc.micro_batch_size_per_gpu, "mask_pads": mask_pads}
-        with timed(timing, "update_actor_ttt"):
+        with simple_timer("update_actor_ttt", timing):
             out = wg.nsp_update_sft(sft_batch)
         metrics.update(rank0_metrics(out))
         return metrics | {f"timing_s/{k}": v for k, v in timing.items()}, extras
@@ -110,7 +99,7 @@ def faithful_inner_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSe
             "seed": settings.seed,
         },
     )
-    with timed(timing, "forward_ttt"):
+    with simple_timer("forward_ttt", timing):
         analysis = wg.nsp_analyse(analyse_in)
     positions = analysis.batch["positions"]
     uids = batch.non_tensor_batch.get("uid")
@@ -137,7 +126,7 @@ def faithful_inner_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSe
             "seed": settings.seed,
         },
     )
-    with timed(timing, "gen_ttt"):
+    with simple_timer("gen_ttt", timing):
         responses = wg.nsp_generate(gen_in).batch["responses"]
 
     # 4. old log-probs and response hidden states
@@ -145,7 +134,7 @@ def faithful_inner_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSe
         tensors={"input_ids": rollout.input_ids, "attention_mask": rollout.attention_mask, "responses": responses},
         meta_info={"temperature": rc.temperature, "micro_batch_size": micro_lp},
     )
-    with timed(timing, "old_log_prob_ttt"):
+    with simple_timer("old_log_prob_ttt", timing):
         lp_out = wg.nsp_old_log_prob(lp_in)
     old_log_probs, response_hidden = lp_out.batch["old_log_probs"], lp_out.batch["response_hidden"]
 
@@ -179,7 +168,7 @@ def faithful_inner_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSe
             "advantages": advantages,
         }
     )
-    with timed(timing, "update_actor_ttt"):
+    with simple_timer("update_actor_ttt", timing):
         update_out = wg.nsp_update(sft_batch, ppo_batch)
     metrics.update(rank0_metrics(update_out))
     extras.update(

@@ -17,9 +17,10 @@ import torch
 from omegaconf import OmegaConf
 from verl import DataProto
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer, Role
+from verl.utils.profiler import simple_timer
 
 from refine.trainer.config import RefineConfig, n_workers
-from refine.trainer.nsp_step import StepSettings, inner_step, timed
+from refine.trainer.nsp_step import StepSettings, inner_step
 
 REFINE_STATE_FILE = "refine_state.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -113,13 +114,13 @@ class RefineTrainer(RayPPOTrainer):
         batch.non_tensor_batch["uid"] = np.array(
             [f"{self.global_steps}-{i}" for i in range(len(batch))], dtype=object
         )
-        with timed(timing, "step"):
+        with simple_timer("step", timing):
             if self.rc.inner_enabled:
-                with timed(timing, "ttt_update"):
+                with simple_timer("ttt_update", timing):
                     inner_metrics, _ = self.inner_loop(batch)
                 metrics.update(inner_metrics)
             if self.rc.outer_enabled:
-                with timed(timing, "task_update"):
+                with simple_timer("task_update", timing):
                     metrics.update(self.outer_loop(batch))
         metrics.update({f"timing_s/{k}": v for k, v in timing.items()})
         return metrics
@@ -192,7 +193,7 @@ class RefineTrainer(RayPPOTrainer):
         try:
             if trainer_cfg.get("val_before_train", True):
                 timing: dict[str, float] = {}
-                with timed(timing, "testing"):
+                with simple_timer("testing", timing):
                     val_metrics = self._validate()
                 val_metrics.update({f"timing_s/{k}": v for k, v in timing.items()})
                 self._log(tracker, val_metrics, self.global_steps)
@@ -224,10 +225,10 @@ class RefineTrainer(RayPPOTrainer):
                 timing: dict[str, float] = {}
                 test_freq, save_freq = trainer_cfg.test_freq, trainer_cfg.save_freq
                 if test_freq > 0 and (is_last or self.global_steps % test_freq == 0):
-                    with timed(timing, "testing"):
+                    with simple_timer("testing", timing):
                         metrics.update(self._validate())
                 if save_freq > 0 and (is_last or self.global_steps % save_freq == 0):
-                    with timed(timing, "save_checkpoint"):
+                    with simple_timer("save_checkpoint", timing):
                         self._save_checkpoint()
                 metrics.update({f"timing_s/{k}": v for k, v in timing.items()})
                 metrics.update({"training/global_step": self.global_steps, "training/epoch": epoch})

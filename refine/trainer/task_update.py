@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import torch
 from verl import DataProto
+from verl.utils.profiler import simple_timer
 
-from refine.trainer.nsp_step import rank0_metrics, timed
+from refine.trainer.nsp_step import rank0_metrics
 
 
 def task_update(trainer, batch: DataProto) -> dict[str, float]:
@@ -19,7 +20,7 @@ def task_update(trainer, batch: DataProto) -> dict[str, float]:
         meta_info={"micro_batch_size": int(trainer.config.actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu)},
     )
     timing: dict[str, float] = {}
-    with timed(timing, "update_actor_task"):
+    with simple_timer("update_actor_task", timing):
         out = trainer.actor_rollout_wg.task_sft_update(data)
     return rank0_metrics(out) | {f"timing_s/{key}": value for key, value in timing.items()}
 
@@ -58,7 +59,7 @@ def task_grpo_update(trainer, batch: DataProto) -> dict[str, float]:
                    "temperature": float(rollout.temperature), "top_p": float(rollout.top_p),
                    "top_k": int(rollout.top_k), "seed": trainer.next_step_seed()},
     )
-    with timed(timing, "gen_task"):
+    with simple_timer("gen_task", timing):
         gen = wg.task_generate(gen_in)
     responses, response_mask = gen.batch["responses"], gen.batch["response_mask"]
     scores = task_rewards(trainer, responses, repeated)
@@ -69,7 +70,7 @@ def task_grpo_update(trainer, batch: DataProto) -> dict[str, float]:
                  "response_mask": response_mask},
         meta_info={"temperature": float(rollout.temperature), "micro_batch_size": micro_lp},
     )
-    with timed(timing, "old_log_prob_task"):
+    with simple_timer("old_log_prob_task", timing):
         old_log_probs = wg.task_old_log_prob(lp_in).batch["old_log_probs"]
     advantages, returns = grpo_advantages(token_rewards, response_mask.float(), repeated.non_tensor_batch["uid"])
     world = trainer.world_size
@@ -80,7 +81,7 @@ def task_grpo_update(trainer, batch: DataProto) -> dict[str, float]:
                    "micro_batch_size": int(actor.ppo_micro_batch_size_per_gpu), "epochs": int(actor.ppo_epochs),
                    "temperature": float(rollout.temperature)},
     )
-    with timed(timing, "update_actor_task"):
+    with simple_timer("update_actor_task", timing):
         out = wg.task_ppo_update(update_in)
     data = DataProto.from_dict(tensors={
         "prompts": prompts, "responses": responses, "response_mask": response_mask,
