@@ -129,11 +129,6 @@ def build_rollout_batch(
     ).to(attention_mask.dtype)
     prefix_ids = prefix_ids.to(input_ids.dtype)
 
-    doc_uids = [str(u) for u in source_uids] if source_uids is not None else [str(b) for b in range(batch)]
-    if ttt_n == 1:
-        uids = [doc_uids[b] for b in source_index.tolist()]
-    else:
-        uids = [f"{doc_uids[b]}/{j}" for b, j in zip(source_index.tolist(), chunk_index.tolist())]
     return RolloutBatch(
         input_ids=prefix_ids,
         attention_mask=prefix_mask,
@@ -141,5 +136,16 @@ def build_rollout_batch(
         positions=r,
         source_index=source_index,
         chunk_index=chunk_index,
-        uid=np.array(uids, dtype=object),
+        uid=rollout_uids(batch, n_chunks, ttt_n, source_uids),
     )
+
+
+def rollout_uids(batch: int, n_chunks: int, ttt_n: int, source_uids: Sequence | None = None) -> np.ndarray:
+    """GRPO group id of each rollout row (sequence-major): the document's uid when ttt_n = 1, "<uid>/<chunk>" (one
+    group per prefix) when ttt_n > 1 (Q3). Groups never cross documents."""
+    doc_uids = [str(u) for u in source_uids] if source_uids is not None else [str(b) for b in range(batch)]
+    if ttt_n == 1:
+        uids = [doc_uids[b] for b in range(batch) for _ in range(n_chunks)]
+    else:
+        uids = [f"{doc_uids[b]}/{j}" for b in range(batch) for j in range(n_chunks) for _ in range(ttt_n)]
+    return np.array(uids, dtype=object)

@@ -29,7 +29,7 @@ PHASE_FLAGS = (
 )
 SAMPLING_MODES = ("entropy", "uniform", "argmax", "argmin")
 REWARD_TYPES = ("cosine_similarity", "binary", "hybrid")
-NSP_MODES = ("faithful",)
+NSP_MODES = ("faithful", "fast")
 MAX_RESPONSE_LENGTH = 20  # the hard-coded clamp margin of the official selection (spec Q16)
 
 
@@ -56,7 +56,9 @@ class RefineConfig:
         `mask` = always mask pad positions (deviation flag).
     Data: answer_key / data_source_key (post-training and TTT; spec §4.1).
     Reproducibility: seed drives position selection and rollout sampling (the official code is unseeded, Q27).
-    nsp_mode: the NSP implementation behind `refine.trainer.nsp_step` (only `faithful` exists).
+    nsp_mode: the NSP implementation behind `refine.trainer.nsp_step`: `faithful` (the official algorithm) or
+      `fast` (rollouts and the PPO forward branch off the recurrent state at each position; DeltaNet / GDN; see
+      docs/fast_nsp.md).
     Issue-8 knobs (post-training / TTT): ttt_reset (cumulative | batch), on_overlong (truncate | error),
       use_row_max_gen_tokens.
     plot: write a PNG of rewards and losses per step into the run directory.
@@ -300,6 +302,10 @@ def validate_refine(rc: RefineConfig, config: DictConfig) -> None:
     if ppo and max_prompt < 2 * MAX_RESPONSE_LENGTH + 1:
         _fail("data.max_prompt_length", max_prompt, "too short for NSP: prefixes are clamped to [start+20, S-20]",
               f"use data.max_prompt_length >= {2 * MAX_RESPONSE_LENGTH + 1}")
+    if rc.nsp_mode == "fast":
+        from refine.trainer.nsp_mode_checks import check_fast_mode
+
+        check_fast_mode(rc, config)
 
 
 # Phases whose driver code arrives with post-training / test-time training (issue 8). Refused up front so a run

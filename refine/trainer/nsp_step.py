@@ -1,12 +1,15 @@
 """One NSP inner step (spec 2.A) as a sequence of worker calls and `refine.nsp` functions: the `nsp_mode` seam.
 
-`inner_step(mode)` returns the implementation for `refine.nsp_mode`; only "faithful" (the official algorithm,
-one RPC per worker-side step) exists. A faster implementation replaces the whole of `faithful_inner_step` behind
-the same signature: (worker group, batch, RefineConfig, settings) -> metrics.
+`inner_step(mode)` returns the implementation for `refine.nsp_mode`, each with the same signature
+(worker group, batch, RefineConfig, settings) -> (metrics, extras):
+- `faithful`: the official algorithm, one RPC per worker-side step, re-left-padded prefixes re-encoded in full;
+- `fast`: one RPC (`nsp_fast_step`) per step on the workers' own documents, rollouts branched off the recurrent
+  states (`refine.trainer.fast_ops`); the driver only turns the returned per-row scalars into the metrics.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +29,7 @@ class StepSettings:
     seed: int
     sft: bool  # NTP part on (ttt_sft_update / val_ttt_sft_update)
     ppo: bool  # NSP-GRPO part on (ttt_ppo_update / val_ttt_ppo_update)
+    extra_meta: dict = dataclasses.field(default_factory=dict)  # tests: e.g. injected fast-mode responses
 
 
 def rank0_metrics(output: DataProto) -> dict[str, float]:
@@ -81,11 +85,7 @@ def faithful_inner_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSe
     )
 
     if not settings.ppo:
-        sft_batch.meta_info = {"micro_batch_size": rc.micro_batch_size_per_gpu, "mask_pads": mask_pads}
-        with simple_timer("update_actor_ttt", timing):
-            out = wg.nsp_update_sft(sft_batch)
-        metrics.update(rank0_metrics(out))
-        return metrics | {f"timing_s/{k}": v for k, v in timing.items()}, extras
+        return ntp_only_step(wg, batch, rc, settings)
 
     k, n_chunks, ttt_n = rc.response_length, rc.n_chunks, rc.n_per_prefix
     # 1-2. analysis forward and position selection on the workers: positions and target hidden states only
@@ -184,7 +184,66 @@ def faithful_inner_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSe
     return metrics | {f"timing_s/{k_}": v for k_, v in timing.items()}, extras
 
 
-NSP_STEPS: dict[str, Callable] = {"faithful": faithful_inner_step}
+def ntp_only_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSettings) -> tuple[dict, dict]:
+    """The NTP-only inner update (ttt_ppo_update off): one RPC, the same in every NSP mode."""
+    timing: dict[str, float] = {}
+    sft_batch = DataProto.from_dict(
+        tensors={"input_ids": batch.batch["input_ids"], "attention_mask": batch.batch["attention_mask"]},
+        meta_info={"micro_batch_size": rc.micro_batch_size_per_gpu, "mask_pads": rc.ntp_pad_mask == "mask"},
+    )
+    with simple_timer("update_actor_ttt", timing):
+        out = wg.nsp_update_sft(sft_batch)
+    return rank0_metrics(out) | {f"timing_s/{k}": v for k, v in timing.items()}, {}
+
+
+def fast_inner_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSettings) -> tuple[dict, dict]:
+    """The inner step with rollouts branched off the recurrent states: one worker RPC (`nsp_fast_step`).
+
+    Same objective, metric names and update arithmetic as `faithful_inner_step`; see `refine.trainer.fast_ops`
+    for where the numerics differ. The driver sends the documents (int32 ids, bool mask) once.
+    """
+    from refine.nsp.rewards import REWARD_KINDS, reward_metrics
+
+    if not settings.ppo:
+        return ntp_only_step(wg, batch, rc, settings)
+    timing: dict[str, float] = {}
+    k, ttt_n = rc.response_length, rc.n_per_prefix
+    docs = DataProto.from_dict(
+        tensors={"input_ids": batch.batch["input_ids"].to(torch.int32),
+                 "attention_mask": batch.batch["attention_mask"].bool()},
+        non_tensors={key: value for key, value in batch.non_tensor_batch.items() if key == "uid"},
+        meta_info={
+            "n_chunks": rc.n_chunks, "n_per_prefix": ttt_n, "response_length": k, "sampling": rc.sampling,
+            "temperature": rc.temperature, "top_p": rc.top_p, "top_k": rc.top_k, "reward": rc.reward,
+            "log_prob_micro_batch_size": rc.log_prob_micro_batch_size_per_gpu, "seed": settings.seed,
+            "mini_batch_size": rc.mini_batch_size, "micro_batch_size": rc.micro_batch_size_per_gpu,
+            "sft_coef": rc.sft_coef, "ppo_coef": rc.ppo_coef, "mask_pads": rc.ntp_pad_mask == "mask",
+            "world_size": settings.world_size, **settings.extra_meta,
+        },
+    )
+    with simple_timer("update_actor_ttt", timing):
+        out = wg.nsp_fast_step(docs)
+    rows = out.batch
+    metrics = rank0_metrics(out)
+    rewards = {kind: rows[f"reward_{kind}"] for kind in REWARD_KINDS}
+    metrics.update(reward_metrics(rewards))
+    # compute_data_metrics reads prompt lengths off a mask: a right-aligned [N, S] bool mask from the lengths
+    seq_len = batch.batch["input_ids"].shape[1]
+    prompt_mask = torch.arange(seq_len).unsqueeze(0) >= (seq_len - rows["prompt_length"]).unsqueeze(1)
+    metrics.update(data_metrics_ttt(prompt_mask.long(), prompt_mask.long(), rows["responses"], rows["scores"],
+                                    rows["advantages"], rows["returns"]))
+    n_docs = len(batch)
+    extras = {
+        "positions": rows["position"].view(n_docs, rc.n_chunks, ttt_n)[:, :, 0],
+        "responses": rows["responses"],
+        "rewards": rewards,
+        "advantages": rows["advantages"],
+        "old_log_probs": rows["old_log_probs"],
+    }
+    return metrics | {f"timing_s/{k_}": v for k_, v in timing.items()}, extras
+
+
+NSP_STEPS: dict[str, Callable] = {"faithful": faithful_inner_step, "fast": fast_inner_step}
 
 
 def inner_step(mode: str) -> Callable:

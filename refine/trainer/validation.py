@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from verl import DataProto
 
-from refine.trainer.worker import worker_seed
+from refine.trainer.rpc import worker_seed
 
 
 def validate(trainer) -> dict[str, float]:

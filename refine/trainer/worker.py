@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 from verl import DataProto
-from verl.single_controller.base.decorator import Dispatch, make_nd_compute_dataproto_dispatch_fn, register
+from verl.single_controller.base.decorator import Dispatch, register
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
 from refine.nsp.update_plan import (
@@ -21,30 +21,11 @@ from refine.nsp.update_plan import (
     plan_ntp_only_update,
 )
 from refine.trainer import model_ops
-
-ACTOR_DISPATCH = make_nd_compute_dataproto_dispatch_fn(mesh_name="actor")
-
-
-def _memory_metrics(suffix: str) -> dict[str, float]:
-    """Official perf/* memory metrics (0 on CPU for the device figures)."""
-    import psutil
-    from verl.utils.device import get_torch_device
-
-    device = get_torch_device()
-    gib = 1024**3
-    return {
-        f"perf/max_memory_allocated_gb{suffix}": device.max_memory_allocated() / gib,
-        f"perf/max_memory_reserved_gb{suffix}": device.max_memory_reserved() / gib,
-        f"perf/cpu_memory_used_gb{suffix}": psutil.virtual_memory().used / gib,
-    }
+from refine.trainer.fast_worker import FastNspWorkerMixin
+from refine.trainer.rpc import ACTOR_DISPATCH, memory_metrics, worker_seed
 
 
-def worker_seed(base_seed: int, dp_rank: int, stream: int) -> int:
-    """Seed of one random stream on one rank for one step (positions, sampling, validation draws)."""
-    return (int(base_seed) * 1_000_003 + dp_rank * 7_919 + stream) % (2**63 - 1)
-
-
-class RefineActorWorker(ActorRolloutRefWorker):
+class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
     """Actor worker with the ReFINE inner-loop RPCs (run it with role "actor": no rollout engine is built)."""
 
     # ---- helpers -------------------------------------------------------------------------------------------
@@ -192,7 +173,7 @@ class RefineActorWorker(ActorRolloutRefWorker):
             lr = engine.lr_scheduler_step()
         metrics.update({key: [value] for key, value in combined_loss_metrics(sft_raw, pg_raw, plan).items()})
         metrics["actor/lr_ttt"] = [float(lr)]
-        metrics.update({key: [value] for key, value in _memory_metrics("_ttt").items()})
+        metrics.update({key: [value] for key, value in memory_metrics("_ttt").items()})
         return DataProto(meta_info={"metrics": metrics})
 
     @register(dispatch_mode=ACTOR_DISPATCH)
@@ -213,7 +194,7 @@ class RefineActorWorker(ActorRolloutRefWorker):
         metrics = {key: [value] for key, value in ntp_only_loss_metrics(raw, plan).items()}
         metrics["actor/grad_norm_ttt"] = [float(grad_norm)]
         metrics["actor/lr_ttt"] = [float(lr)]
-        metrics.update({key: [value] for key, value in _memory_metrics("_ttt").items()})
+        metrics.update({key: [value] for key, value in memory_metrics("_ttt").items()})
         return DataProto(meta_info={"metrics": metrics})
 
     # ---- post-training: outer task update (spec 2.B) ---------------------------------------------------------
@@ -240,7 +221,7 @@ class RefineActorWorker(ActorRolloutRefWorker):
         metrics = {key: [value] for key, value in losses.items()}
         metrics["actor/grad_norm"] = [float(grad_norm)]
         metrics["actor/lr"] = [float(lr)]
-        metrics.update({key: [value] for key, value in _memory_metrics("").items()})
+        metrics.update({key: [value] for key, value in memory_metrics("").items()})
         return DataProto(meta_info={"metrics": metrics})
 
     # ---- validation by generation and TTT state (spec 2.D, Q1) --------------------------------------------------
@@ -335,7 +316,7 @@ class RefineActorWorker(ActorRolloutRefWorker):
                     metrics.setdefault("actor/grad_norm", []).append(float(engine.optimizer_step()))
             lr = engine.lr_scheduler_step()
         metrics["actor/lr"] = [float(lr)]
-        metrics.update({key: [value] for key, value in _memory_metrics("").items()})
+        metrics.update({key: [value] for key, value in memory_metrics("").items()})
         return DataProto(meta_info={"metrics": metrics})
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)

@@ -76,7 +76,7 @@ def check_worker_path(trainer, flat_params):
     from refine.nsp.positions import select_positions
     from refine.nsp.rewards import sequence_reward
     from refine.trainer.nsp_step import StepSettings, faithful_inner_step
-    from refine.trainer.worker import worker_seed
+    from refine.trainer.rpc import worker_seed
 
     reference = AutoModelForCausalLM.from_pretrained(trainer.config.actor_rollout_ref.model.path).float().eval()
     torch.nn.utils.vector_to_parameters(flat_params, reference.parameters())

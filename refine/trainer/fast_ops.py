@@ -1,0 +1,248 @@
+"""What the actor worker computes in the fast NSP mode (`refine.nsp_mode=fast`), as plain functions of an fla
+DeltaNet / GatedDeltaNet causal LM (no Ray, no verl worker; tests call them on a plain model).
+
+Every rollout prefix doc[:r] is a prefix of its document, and the model's recurrent state after doc[:r-1]
+summarises it exactly (`refine.models.state_branching`). So, per document:
+
+- `run_document` reads the document once, segment by segment (cut at every r - 1), carrying the fla cache and
+  keeping a snapshot of it at each cut; with `shift_labels` it also returns the summed NTP cross-entropy of the
+  whole padded row (left pads in the first segment are masked exactly as the full-row forward masks them).
+- `branch_forward` continues all C * ttt_n rows of a document from their snapshots over (doc[r-1], y_1..y_k): the
+  k logits that score the response and the final-norm hidden states at the response tokens, in one batched call.
+  The same call (no grad) gives the old log-probs and, with grad in the update, the new ones, so the PPO ratio is
+  exactly 1 before the first optimiser step.
+- `decode_branches` samples exactly k tokens per row from the snapshots (`refine.nsp.sampling`: EOS suppressed,
+  temperature, top-k, top-p, as the faithful `generate`), all rows of a micro-batch of documents at once.
+- `fast_backward` is one (NTP mini-batch, PPO mini-batch) pair of the official plan: per document one forward with
+  gradients (main path + branches), the NTP term scaled sft_coef / GA_sft / (tokens of its NTP micro-batch) and the
+  PPO term split exactly along the official PPO micro-batches (token-mean x ppo_coef / GA_ppo), one backward per
+  document; the gradient reaches the prefix through the snapshots (official Q25).
+
+Numerics against the faithful mode: the prefix is read in segments (chunk boundaries move), the branch runs fla's
+recurrent kernel where the faithful re-encoding runs the chunked one, and the NTP loss is a sum / count instead of
+the model's mean. In fp32 on CPU these agree to ~1e-6 (tests/trainer/test_fast_nsp.py); nothing else differs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from refine.models.state_branching import branch_cache, snapshot
+from refine.nsp.logprobs import response_log_probs
+from refine.nsp.losses import IGNORE_INDEX, ntp_labels, ppo_clip_loss
+from refine.nsp.prefixes import expand_targets, gather_target_ids
+from refine.nsp.sampling import sample_next
+from refine.nsp.update_plan import CombinedUpdatePlan, MiniBatchPair
+
+
+def cut_points(positions: Sequence[int]) -> list[int]:
+    """Sorted distinct cuts r - 1: a branch starts from the state after doc[:r-1] and re-reads token r - 1, so its
+    first logit (which scores y_1) comes from the branch itself."""
+    return sorted({int(r) - 1 for r in positions})
+
+
+def segment_bounds(positions: Sequence[int]) -> list[int]:
+    """Boundaries [0, ..., last cut] of exactly C = len(positions) segments that include every cut.
+
+    Where positions coincide (the clamp can collapse them) the longest segments are halved until there are C, so
+    every document, on every FSDP rank, runs the same number of forwards (their all-gathers stay in lockstep).
+    """
+    cuts = cut_points(positions)
+    bounds = [0, *cuts]
+    if cuts[-1] < len(positions):
+        raise ValueError(f"the last cut {cuts[-1]} is too short to hold C={len(positions)} segments")
+    while len(bounds) - 1 < len(positions):
+        i = max(range(len(bounds) - 1), key=lambda j: bounds[j + 1] - bounds[j])
+        bounds.insert(i + 1, (bounds[i] + bounds[i + 1]) // 2)
+    return bounds
+
+
+@contextlib.contextmanager
+def cache_friendly(module):
+    """Switch off transformers' per-layer activation checkpointing for the duration: it forces `use_cache=False`
+    in training, and the fast mode carries the fla cache through the graph."""
+    layers = [m for m in module.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    for m in layers:
+        m.gradient_checkpointing = False
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.gradient_checkpointing = True
+
+
+def shifted_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, *, mask_pads: bool) -> torch.Tensor:
+    """[B, S] target of each position (token i + 1, or -100), as the model's own loss shifts `labels`."""
+    labels = ntp_labels(input_ids, attention_mask, mask_pad_in_ntp=mask_pads)
+    return torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], IGNORE_INDEX)], dim=1)
+
+
+def run_document(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: Sequence[int], *,
+                 shift_labels: torch.Tensor | None = None) -> tuple[dict[int, list[dict]], torch.Tensor | None]:
+    """One [S] document read segment by segment. Returns ({cut: state snapshot}, summed NTP CE or None).
+
+    Without `shift_labels` (no NTP) only the C segments up to the last cut run and only the last logit is kept;
+    with it, one more segment reads the tail. Both passes cut the prefix identically (`segment_bounds`), so their
+    states agree bit for bit. Snapshots are copied when gradients are off (a later single-token step may update a
+    cache in place).
+    """
+    seq_len = input_ids.shape[0]
+    cuts = set(cut_points(positions))
+    if any(not 0 < c < seq_len for c in cuts):
+        raise ValueError(f"positions must lie in [2, {seq_len}]; got {list(positions)}")
+    bounds = segment_bounds(positions) + ([seq_len] if shift_labels is not None else [])
+    grad = torch.is_grad_enabled()
+    snapshots, loss_sum, cache = {}, None, None
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        mask = attention_mask[start:stop]
+        # a one-token segment without grad would take fla's in-place decoding step, whose arithmetic differs from
+        # the convolution the update runs; keep the old and new log-probs bit-identical
+        with torch.enable_grad() if stop - start == 1 else contextlib.nullcontext():
+            out = module(
+                input_ids=input_ids[start:stop].unsqueeze(0),
+                attention_mask=None if bool(mask.all()) else mask.unsqueeze(0),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=0 if shift_labels is not None else 1,
+            )
+        cache = out.past_key_values
+        if shift_labels is not None:
+            part = F.cross_entropy(out.logits[0].float(), shift_labels[start:stop], ignore_index=IGNORE_INDEX,
+                                   reduction="sum")
+            loss_sum = part if loss_sum is None else loss_sum + part
+        if stop in cuts:
+            snapshots[stop] = snapshot(cache, detach_clone=not grad)
+    return snapshots, loss_sum
+
+
+def row_snapshots(snapshots: dict[int, list[dict]], positions: Sequence[int], ttt_n: int) -> list[list[dict]]:
+    """The snapshot of each rollout row of one document, in rollout-row order (chunk-major, ttt_n interleaved)."""
+    return [snapshots[int(r) - 1] for r in positions for _ in range(ttt_n)]
+
+
+def branch_forward(module, snaps: list[list[dict]], first_tokens: torch.Tensor, responses: torch.Tensor, *,
+                   temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probs [N, k] of `responses` at `temperature`, final-norm hidden states [N, k, H] at the response
+    tokens) for N rows continuing from `snaps` over (first_tokens = doc[r - 1], y_1..y_k)."""
+    ids = torch.cat([first_tokens.unsqueeze(1), responses], dim=1)
+    out = module(input_ids=ids, past_key_values=branch_cache(snaps), use_cache=True, output_hidden_states=True)
+    log_probs = response_log_probs(out.logits, responses, temperature=temperature)
+    return log_probs, out.hidden_states[-1][:, 1:]
+
+
+@torch.no_grad()
+def decode_branches(module, snaps: list[list[dict]], first_tokens: torch.Tensor, *, response_length: int,
+                    processors, generator: torch.Generator | None) -> torch.Tensor:
+    """Exactly k sampled tokens [N, k] per row, decoding from the snapshots one token at a time."""
+    cache, token, tokens = branch_cache(snaps), first_tokens, []
+    for _ in range(response_length):
+        out = module(input_ids=token.unsqueeze(1), past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        token = sample_next(out.logits[:, -1], processors, generator)
+        tokens.append(token)
+    return torch.stack(tokens, dim=1)
+
+
+@dataclass
+class FastRollout:
+    """The rollouts of one worker's documents (rows sequence-major, as `build_rollout_batch`)."""
+
+    responses: torch.Tensor  # [N, k]
+    old_log_probs: torch.Tensor  # [N, k]
+    response_hidden: torch.Tensor  # [N, k, H]
+    ground_truth_ids: torch.Tensor  # [N, k]
+
+
+def first_tokens_of(input_ids: torch.Tensor, positions: torch.Tensor, ttt_n: int) -> torch.Tensor:
+    """[N] token r - 1 of each rollout row (the token its branch re-reads)."""
+    return expand_targets(torch.gather(input_ids, 1, positions - 1).unsqueeze(-1), ttt_n).squeeze(-1)
+
+
+@torch.no_grad()
+def fast_rollout(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor, *,
+                 ttt_n: int, response_length: int, temperature: float, processors, micro_batch_size: int,
+                 generator: torch.Generator | None, responses: torch.Tensor | None = None) -> FastRollout:
+    """Rollouts, old log-probs and response hidden states off the states at each r, per micro-batch of documents.
+
+    `responses` [N, k], when given, replaces sampling (tests inject the faithful rollouts).
+    """
+    n_docs, n_chunks = positions.shape
+    rows = n_chunks * ttt_n
+    first = first_tokens_of(input_ids, positions, ttt_n)
+    sampled, old_lp, hidden = [], [], []
+    for lo in range(0, n_docs, max(1, micro_batch_size)):
+        docs = range(lo, min(lo + micro_batch_size, n_docs))
+        per_doc = []
+        for d in docs:
+            snaps, _ = run_document(module, input_ids[d], attention_mask[d], positions[d].tolist())
+            per_doc.append(row_snapshots(snaps, positions[d].tolist(), ttt_n))
+        span = slice(docs.start * rows, docs.stop * rows)
+        if responses is None:
+            chunk = decode_branches(module, [s for snaps in per_doc for s in snaps], first[span],
+                                    response_length=response_length, processors=processors, generator=generator)
+        else:
+            chunk = responses[span].to(input_ids.device)
+        sampled.append(chunk)
+        for i, d in enumerate(docs):
+            rows_d = slice(i * rows, (i + 1) * rows)
+            lp, h = branch_forward(module, per_doc[i], first[d * rows:(d + 1) * rows], chunk[rows_d],
+                                   temperature=temperature)
+            old_lp.append(lp)
+            hidden.append(h)
+    ground_truth = expand_targets(gather_target_ids(input_ids, positions, response_length), ttt_n)
+    return FastRollout(torch.cat(sampled), torch.cat(old_lp), torch.cat(hidden), ground_truth)
+
+
+def _micro_of(index: int, micro: tuple[slice, ...]) -> slice:
+    return next(sl for sl in micro if sl.start <= index < sl.stop)
+
+
+def fast_backward(module, docs: dict[str, torch.Tensor], ppo: dict[str, torch.Tensor], pair: MiniBatchPair,
+                  plan: CombinedUpdatePlan, *, n_rows_per_doc: int, ttt_n: int, temperature: float,
+                  mask_pads: bool) -> tuple[list[float], list[float], dict[str, list[float]]]:
+    """Backward of one (NTP, PPO) mini-batch pair: the same objective as `model_ops.combined_backward`.
+
+    docs: input_ids / attention_mask [B, S]; ppo: positions [B, C], responses, old_log_probs, advantages [N, k].
+    Returns the raw NTP and pg losses per micro-batch and the per-micro-batch PPO metrics, as the faithful one.
+    """
+    ids, mask = docs["input_ids"], docs["attention_mask"]
+    if pair.ppo.start != pair.sft.start * n_rows_per_doc or pair.ppo.stop != pair.sft.stop * n_rows_per_doc:
+        raise ValueError(f"PPO rows {pair.ppo} do not cover exactly the documents {pair.sft} (fast mode needs "
+                         "mini-batches that never split a document's rows)")
+    labels = shifted_labels(ids, mask, mask_pads=mask_pads)
+    counts = {sl.start: int((labels[sl] != IGNORE_INDEX).sum()) for sl in pair.sft_micro}
+    first = first_tokens_of(ids, ppo["positions"], ttt_n)
+    new_lp = torch.empty_like(ppo["old_log_probs"])
+    ntp_raw = {sl.start: 0.0 for sl in pair.sft_micro}
+    for d in range(pair.sft.start, pair.sft.stop):
+        micro = _micro_of(d, pair.sft_micro)
+        positions = ppo["positions"][d].tolist()
+        snaps, loss_sum = run_document(module, ids[d], mask[d], positions, shift_labels=labels[d])
+        ntp = loss_sum / counts[micro.start]
+        rows = slice(d * n_rows_per_doc, (d + 1) * n_rows_per_doc)
+        lp, _ = branch_forward(module, row_snapshots(snaps, positions, ttt_n), first[rows], ppo["responses"][rows],
+                               temperature=temperature)
+        objective = ntp * plan.sft_scale
+        for sl in pair.ppo_micro:  # the PPO token-mean of each micro-batch, split along this document's rows
+            lo, hi = max(sl.start, rows.start), min(sl.stop, rows.stop)
+            if lo >= hi:
+                continue
+            part, _ = ppo_clip_loss(ppo["old_log_probs"][lo:hi], lp[lo - rows.start:hi - rows.start],
+                                    ppo["advantages"][lo:hi], torch.ones_like(lp[lo - rows.start:hi - rows.start]))
+            objective = objective + part * ((hi - lo) / (sl.stop - sl.start)) * plan.ppo_scale
+        objective.backward()
+        new_lp[rows] = lp.detach()
+        ntp_raw[micro.start] += float(ntp.detach())
+    pg_raw, pg_metrics = [], {}
+    for sl in pair.ppo_micro:
+        loss, metrics = ppo_clip_loss(ppo["old_log_probs"][sl], new_lp[sl], ppo["advantages"][sl],
+                                      torch.ones_like(new_lp[sl]))
+        pg_raw.append(float(loss))
+        for key, value in metrics.items():
+            pg_metrics.setdefault(key, []).append(float(value))
+    return [ntp_raw[sl.start] for sl in pair.sft_micro], pg_raw, pg_metrics

@@ -1,0 +1,55 @@
+"""Up-front checks of `refine.nsp_mode=fast` (before Ray): a model that can branch off its recurrent state, and
+mini-batches that never split a document's rollout rows (the fast update runs document by document)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from omegaconf import DictConfig
+
+from refine.models.state_branching import branch_refusal
+
+
+def _fail(key: str, value, problem: str, fix: str) -> None:
+    from refine.trainer.config import _fail as fail
+
+    fail(key, value, problem, fix)
+
+
+def model_type_at(path: str) -> str | None:
+    """`model_type` of the local HF config at `path` (None when there is none to read)."""
+    config_file = os.path.join(str(path), "config.json")
+    if not os.path.isfile(config_file):
+        return None
+    with open(config_file, encoding="utf-8") as handle:
+        return json.load(handle).get("model_type")
+
+
+def check_fast_mode(rc, config: DictConfig) -> None:
+    """ValueError (one line: key, value, fix) when the fast NSP mode cannot run this config."""
+    if rc.nsp_mode != "fast":
+        return
+    model_type = model_type_at(config.actor_rollout_ref.model.path)
+    if model_type is not None:
+        reason = branch_refusal(model_type)
+        if reason is not None:
+            _fail("refine.nsp_mode", "fast", reason, "use refine.nsp_mode=faithful for this model")
+    from refine.nsp.update_plan import normalized_ppo_mini_batch_rows
+    from refine.trainer.config import n_workers
+
+    w = n_workers(config)
+    rows_per_doc = rc.n_chunks * rc.n_per_prefix if rc.n_chunks and rc.n_per_prefix else None
+    for key, on, batch in (("data.train_batch_size", rc.ttt_ppo_update, config.data.get("train_batch_size")),
+                           ("data.val_batch_size", rc.val_ttt_ppo_update, config.data.get("val_batch_size"))):
+        if not on or batch is None or rows_per_doc is None:
+            continue
+        m_rows = normalized_ppo_mini_batch_rows(rc.mini_batch_size, n_chunks=rc.n_chunks, ttt_n=rc.n_per_prefix,
+                                                world_size=w)
+        mini = min(int(batch) // w * rows_per_doc, m_rows)
+        if mini % rows_per_doc:
+            _fail("refine.mini_batch_size", rc.mini_batch_size,
+                  f"with {key}={batch} on {w} worker(s) a PPO mini-batch holds {mini} rollout rows, which splits a "
+                  f"document's n_chunks * n_per_prefix = {rows_per_doc} rows across mini-batches (nsp_mode=fast "
+                  "updates document by document)",
+                  f"use a refine.mini_batch_size that is a multiple of {w} (the number of workers)")

@@ -1,0 +1,32 @@
+"""What every actor-worker RPC shares: its dispatch, the per-rank random streams and the memory metrics.
+
+Kept apart from `worker.py` so the driver (validation) and the fast-NSP mixin can use them without importing
+verl's worker engine.
+"""
+
+from __future__ import annotations
+
+from verl.single_controller.base.decorator import make_nd_compute_dataproto_dispatch_fn
+
+# rows split evenly over the data-parallel ranks, outputs concatenated in rank order; metrics in
+# meta_info["metrics"] become one entry per rank
+ACTOR_DISPATCH = make_nd_compute_dataproto_dispatch_fn(mesh_name="actor")
+
+
+def worker_seed(base_seed: int, dp_rank: int, stream: int) -> int:
+    """Seed of one random stream on one rank for one step (positions, sampling, validation draws)."""
+    return (int(base_seed) * 1_000_003 + dp_rank * 7_919 + stream) % (2**63 - 1)
+
+
+def memory_metrics(suffix: str) -> dict[str, float]:
+    """Official perf/* memory metrics (0 on CPU for the device figures)."""
+    import psutil
+    from verl.utils.device import get_torch_device
+
+    device = get_torch_device()
+    gib = 1024**3
+    return {
+        f"perf/max_memory_allocated_gb{suffix}": device.max_memory_allocated() / gib,
+        f"perf/max_memory_reserved_gb{suffix}": device.max_memory_reserved() / gib,
+        f"perf/cpu_memory_used_gb{suffix}": psutil.virtual_memory().used / gib,
+    }
