@@ -163,13 +163,28 @@ def first_tokens_of(input_ids: torch.Tensor, positions: torch.Tensor, ttt_n: int
     return expand_targets(torch.gather(input_ids, 1, positions - 1).unsqueeze(-1), ttt_n).squeeze(-1)
 
 
+@contextlib.contextmanager
+def timed(timing: dict[str, float] | None, key: str):
+    """Add the wall time of the block to timing[key] (seconds; accumulates over calls)."""
+    import time
+
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        if timing is not None:
+            timing[key] = timing.get(key, 0.0) + time.perf_counter() - start
+
+
 @torch.no_grad()
 def fast_rollout(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor, *,
                  ttt_n: int, response_length: int, temperature: float, processors, micro_batch_size: int,
-                 generator: torch.Generator | None, responses: torch.Tensor | None = None) -> FastRollout:
+                 generator: torch.Generator | None, responses: torch.Tensor | None = None,
+                 timing: dict[str, float] | None = None) -> FastRollout:
     """Rollouts, old log-probs and response hidden states off the states at each r, per micro-batch of documents.
 
-    `responses` [N, k], when given, replaces sampling (tests inject the faithful rollouts).
+    `responses` [N, k], when given, replaces sampling (tests inject the faithful rollouts). `timing` collects
+    `state_pass` (reading the prefixes), `gen` (decoding) and `old_log_prob` (teacher-forced branches) seconds.
     """
     n_docs, n_chunks = positions.shape
     rows = n_chunks * ttt_n
@@ -178,22 +193,26 @@ def fast_rollout(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     for lo in range(0, n_docs, max(1, micro_batch_size)):
         docs = range(lo, min(lo + micro_batch_size, n_docs))
         per_doc = []
-        for d in docs:
-            snaps, _ = run_document(module, input_ids[d], attention_mask[d], positions[d].tolist())
-            per_doc.append(row_snapshots(snaps, positions[d].tolist(), ttt_n))
+        with timed(timing, "state_pass"):
+            for d in docs:
+                snaps, _ = run_document(module, input_ids[d], attention_mask[d], positions[d].tolist())
+                per_doc.append(row_snapshots(snaps, positions[d].tolist(), ttt_n))
         span = slice(docs.start * rows, docs.stop * rows)
-        if responses is None:
-            chunk = decode_branches(module, [s for snaps in per_doc for s in snaps], first[span],
-                                    response_length=response_length, processors=processors, generator=generator)
-        else:
-            chunk = responses[span].to(input_ids.device)
+        with timed(timing, "gen"):
+            if responses is None:
+                chunk = decode_branches(module, [s for snaps in per_doc for s in snaps], first[span],
+                                        response_length=response_length, processors=processors,
+                                        generator=generator)
+            else:
+                chunk = responses[span].to(input_ids.device)
         sampled.append(chunk)
-        for i, d in enumerate(docs):
-            rows_d = slice(i * rows, (i + 1) * rows)
-            lp, h = branch_forward(module, per_doc[i], first[d * rows:(d + 1) * rows], chunk[rows_d],
-                                   temperature=temperature)
-            old_lp.append(lp)
-            hidden.append(h)
+        with timed(timing, "old_log_prob"):
+            for i, d in enumerate(docs):
+                rows_d = slice(i * rows, (i + 1) * rows)
+                lp, h = branch_forward(module, per_doc[i], first[d * rows:(d + 1) * rows], chunk[rows_d],
+                                       temperature=temperature)
+                old_lp.append(lp)
+                hidden.append(h)
     ground_truth = expand_targets(gather_target_ids(input_ids, positions, response_length), ttt_n)
     return FastRollout(torch.cat(sampled), torch.cat(old_lp), torch.cat(hidden), ground_truth)
 

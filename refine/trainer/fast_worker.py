@@ -48,10 +48,12 @@ class FastNspWorkerMixin:
         lp_micro = meta["log_prob_micro_batch_size"]
         device = ids.device
 
+        timing: dict[str, float] = {}
         with engine.eval_mode():
             gen = torch.Generator(device=device).manual_seed(worker_seed(meta["seed"], self._dp_rank, 0))
-            analysis = model_ops.analyse(module, ids, mask, n_chunks=n_chunks, response_length=k,
-                                         sampling=meta["sampling"], micro_batch_size=lp_micro, generator=gen)
+            with fast_ops.timed(timing, "forward"):
+                analysis = model_ops.analyse(module, ids, mask, n_chunks=n_chunks, response_length=k,
+                                             sampling=meta["sampling"], micro_batch_size=lp_micro, generator=gen)
             positions = analysis.positions
             eos, _ = self._special_ids()
             processors = sampling_processors(temperature=meta["temperature"], top_k=meta["top_k"],
@@ -62,6 +64,7 @@ class FastNspWorkerMixin:
                 module, ids, mask, positions, ttt_n=ttt_n, response_length=k, temperature=meta["temperature"],
                 processors=processors, micro_batch_size=lp_micro, generator=gen,
                 responses=None if injected is None else self._rank_rows(injected, n_docs * n_chunks * ttt_n),
+                timing=timing,
             )
 
         target_hidden = analysis.target_hidden.flatten(0, 1).repeat_interleave(ttt_n, dim=0)
@@ -73,7 +76,10 @@ class FastNspWorkerMixin:
         uids = rollout_uids(n_docs, n_chunks, ttt_n, list(uid) if uid is not None else None)
         advantages, returns = grpo_advantages(scores, response_mask, uids)
 
-        metrics = self._fast_update(meta, ids, mask, positions, rollout, advantages)
+        with fast_ops.timed(timing, "update_actor"):
+            metrics = self._fast_update(meta, ids, mask, positions, rollout, advantages)
+        # the faithful phase names, measured on the worker (`state_pass` is the fast mode's own phase)
+        metrics.update({f"timing_s/{key}_ttt": [value] for key, value in timing.items()})
         metrics.update({key: [value] for key, value in memory_metrics("_ttt").items()})
 
         starts = (mask == 0).sum(dim=1, keepdim=True)

@@ -221,7 +221,7 @@ def fast_inner_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSettin
             "world_size": settings.world_size, **settings.extra_meta,
         },
     )
-    with simple_timer("update_actor_ttt", timing):
+    with simple_timer("nsp_step_ttt", timing):  # the phases are timed on the workers (rank 0's figures)
         out = wg.nsp_fast_step(docs)
     rows = out.batch
     metrics = rank0_metrics(out)

@@ -214,3 +214,34 @@ def test_task_scorer_default_and_custom(tmp_path):
     cfg = OmegaConf.create({"reward": {"custom_reward_function": {"path": str(verl_style), "name": "my_score",
                                                                   "reward_kwargs": {"bonus": 0.25}}}})
     assert task_scorer(cfg)("y", "b", ["a", "b"]) == 1.25
+
+
+def test_fast_nsp_mode_refuses_models_without_a_branchable_state(compose_config, tmp_path):
+    """A LaCT or Llama model directory with refine.nsp_mode=fast: one line naming the key, before Ray."""
+    import json
+    import shutil
+
+    from refine.trainer.config import REPO_ROOT
+
+    demo = REPO_ROOT / "data" / "demo" / "model"
+    assert prepare_config(compose_config(["refine.nsp_mode=fast"])).nsp_mode == "fast"  # the demo DeltaNet runs
+    for model_type, pattern in (("lact", "lact_exact_padding"), ("llama", "no recurrent state")):
+        model_dir = tmp_path / model_type
+        shutil.copytree(demo, model_dir)
+        config_file = model_dir / "config.json"
+        config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "model_type": model_type}))
+        with pytest.raises(ValueError, match=rf"refine\.nsp_mode.*{pattern}.*nsp_mode=faithful") as err:
+            prepare_config(compose_config(["refine.nsp_mode=fast", f"actor_rollout_ref.model.path={model_dir}"]))
+        assert "\n" not in str(err.value)
+
+
+def test_fast_nsp_mode_refuses_mini_batches_that_split_a_document(compose_config):
+    """2 workers, mini-batch 3 documents of 2 chunks: 3 rollout rows per rank per mini-batch, so the second
+    document of each rank is split across two mini-batches."""
+    overrides = ["refine.nsp_mode=fast", "trainer.n_gpus_per_node=2", "data.train_batch_size=6",
+                 "refine.n_chunks=2", "refine.mini_batch_size=3", "refine.micro_batch_size_per_gpu=1",
+                 "refine.log_prob_micro_batch_size_per_gpu=1", "data.val_batch_size=6"]
+    with pytest.raises(ValueError, match=r"refine\.mini_batch_size.*splits a document"):
+        prepare_config(compose_config(overrides))
+    # the same sizes are valid in the faithful mode (the official arithmetic allows them)
+    assert prepare_config(compose_config(overrides[1:])).nsp_mode == "faithful"

@@ -1,0 +1,213 @@
+"""Fast NSP mode (`refine.trainer.fast_ops`) against the faithful one (`refine.trainer.model_ops`), no Ray.
+
+Tiny fla DeltaNet and GatedDeltaNet in fp32 on CPU. The faithful reference re-encodes every re-left-padded prefix
+(`build_rollout_batch` + full forwards), exactly as the official code; the fast mode branches off the recurrent
+state. With the same documents, positions and responses both must give the same old log-probs, hidden states,
+rewards, losses and parameter gradients.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from refine.nsp.prefixes import build_rollout_batch, gather_target_hidden
+from refine.nsp.rewards import all_sequence_rewards
+from refine.nsp.update_plan import normalized_ppo_mini_batch_rows, plan_combined_update
+from refine.trainer import fast_ops, model_ops
+
+S, K, PAD = 160, 5, 2
+# row 0: 30 left pads, so the clamp bounds are [50, 140]; positions at both bounds and two adjacent ones.
+# row 1: no pads, bounds [20, 140]; two positions collapsed onto the lower bound (as the clamp can do).
+POSITIONS = torch.tensor([[50, 51, 140], [20, 20, 97]])
+C = POSITIONS.shape[1]
+
+
+def build_model(kind: str):
+    import refine.models  # noqa: F401
+    from transformers import AutoModelForCausalLM
+
+    from refine.models.tiny import tiny_deltanet_config, tiny_gated_deltanet_config
+
+    torch.manual_seed(0)
+    config = tiny_deltanet_config() if kind == "delta_net" else tiny_gated_deltanet_config()
+    model = AutoModelForCausalLM.from_config(config).float()
+    model.train()
+    return model
+
+
+def documents():
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 512, (2, S), generator=gen)
+    mask = torch.ones(2, S, dtype=torch.long)
+    mask[0, :30] = 0
+    ids[0, :30] = PAD
+    return ids, mask
+
+
+@pytest.fixture(scope="module", params=["delta_net", "gated_deltanet"])
+def case(request):
+    model = build_model(request.param)
+    ids, mask = documents()
+    return model, ids, mask
+
+
+def faithful_rollout_inputs(ids, mask, ttt_n):
+    return build_rollout_batch(ids, mask, POSITIONS, response_length=K, pad_token_id=PAD, ttt_n=ttt_n)
+
+
+def random_responses(n_rows, seed=2):
+    return torch.randint(3, 512, (n_rows, K), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("ttt_n", [1, 2])
+def test_old_log_probs_hidden_and_rewards_equal_faithful(case, ttt_n):
+    model, ids, mask = case
+    rollout = faithful_rollout_inputs(ids, mask, ttt_n)
+    responses = random_responses(len(rollout))
+    with torch.no_grad():
+        old_ref, hidden_ref = model_ops.old_log_probs_and_hidden(
+            model, rollout.input_ids, rollout.attention_mask, responses, temperature=0.7, micro_batch_size=4)
+        fast = fast_ops.fast_rollout(model, ids, mask, POSITIONS, ttt_n=ttt_n, response_length=K, temperature=0.7,
+                                     processors=None, micro_batch_size=2, generator=None, responses=responses)
+        full = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+    targets = gather_target_hidden(full, POSITIONS, K).flatten(0, 1).repeat_interleave(ttt_n, dim=0)
+    assert torch.equal(fast.ground_truth_ids, rollout.ground_truth_ids)
+    assert (fast.old_log_probs - old_ref).abs().max() <= 1e-5
+    assert (fast.response_hidden - hidden_ref).abs().max() <= 1e-5
+    ref_rewards = all_sequence_rewards(hidden_ref, targets, responses, rollout.ground_truth_ids)
+    fast_rewards = all_sequence_rewards(fast.response_hidden, targets, responses, fast.ground_truth_ids)
+    for kind, value in ref_rewards.items():
+        assert (fast_rewards[kind] - value).abs().max() <= 1e-5, kind
+
+
+def plan_for(ttt_n, micro):
+    rows = normalized_ppo_mini_batch_rows(2, n_chunks=C, ttt_n=ttt_n, world_size=1)
+    return plan_combined_update(2, 2 * C * ttt_n, ppo_mini_batch_rows=rows, micro_batch_size=micro, n_chunks=C,
+                                ttt_n=ttt_n, sft_loss_coef=0.7, ppo_loss_coef=1.3)
+
+
+def gradients(model):
+    return {name: p.grad.detach().clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("ttt_n,micro,mask_pads", [(1, 2, False), (1, 3, True), (2, 4, False)])
+def test_loss_and_every_gradient_equal_faithful(case, ttt_n, micro, mask_pads):
+    """Same documents, positions and (injected) responses; old log-probs moved off the current ones so that the
+    clip and the dual clip are reached; PPO micro-batches that split a document's rows (micro 4 with 6 rows)."""
+    model, ids, mask = case
+    rollout = faithful_rollout_inputs(ids, mask, ttt_n)
+    n = len(rollout)
+    responses = random_responses(n)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        current, _ = model_ops.old_log_probs_and_hidden(model, rollout.input_ids, rollout.attention_mask, responses,
+                                                        temperature=1.0, micro_batch_size=n)
+    old = current + 0.4 * torch.randn(n, K, generator=gen)
+    advantages = torch.randn(n, 1, generator=gen).expand(n, K).clone()
+    plan = plan_for(ttt_n, micro)
+    pair = plan.mini_batches[0]
+    docs = {"input_ids": ids, "attention_mask": mask}
+
+    model.zero_grad()
+    ref = model_ops.combined_backward(
+        model, docs, {"prompts": rollout.input_ids, "prompt_mask": rollout.attention_mask, "responses": responses,
+                      "old_log_probs": old, "advantages": advantages},
+        pair, plan, temperature=1.0, mask_pads=mask_pads)
+    ref_grads = gradients(model)
+    model.zero_grad()
+    fast = fast_ops.fast_backward(
+        model, docs, {"positions": POSITIONS, "responses": responses, "old_log_probs": old, "advantages": advantages},
+        pair, plan, n_rows_per_doc=C * ttt_n, ttt_n=ttt_n, temperature=1.0, mask_pads=mask_pads)
+    fast_grads = gradients(model)
+    model.zero_grad()
+
+    ref_sft, ref_pg, ref_metrics = ref
+    fast_sft, fast_pg, fast_metrics = fast
+    assert fast_sft == pytest.approx(ref_sft, rel=1e-5)
+    assert fast_pg == pytest.approx(ref_pg, rel=1e-4, abs=1e-6)
+    assert max(ref_metrics["actor/pg_clipfrac_ttt"]) > 0, "the test should reach the clip"
+    for key, values in ref_metrics.items():
+        assert fast_metrics[key] == pytest.approx(values, abs=1e-5), key
+    for name, grad in ref_grads.items():
+        rel = (fast_grads[name] - grad).norm() / grad.norm().clamp_min(1e-12)
+        assert rel <= 1e-4, f"{name}: relative gradient difference {rel:.2e}"
+
+
+def test_branch_state_equals_the_prefix_run_alone(case):
+    """Every layer's delta-rule state and short-convolution caches at r - 1 equal those of the (re-left-padded)
+    prefix run by itself."""
+    model, ids, mask = case
+    rollout = build_rollout_batch(ids, mask, POSITIONS - 1, response_length=K, pad_token_id=PAD)
+    with torch.no_grad():
+        for b in range(2):
+            snaps, _ = fast_ops.run_document(model, ids[b], mask[b], POSITIONS[b].tolist())
+            for j, r in enumerate(POSITIONS[b].tolist()):
+                row = b * C + j
+                alone = model(input_ids=rollout.input_ids[row:row + 1], attention_mask=rollout.attention_mask[row:row + 1],
+                              use_cache=True).past_key_values
+                for layer, (mine, ref) in enumerate(zip(snaps[r - 1], alone)):
+                    assert (mine["recurrent_state"] - ref["recurrent_state"]).abs().max() <= 1e-5, (b, r, layer)
+                    for mine_conv, ref_conv in zip(mine["conv_state"], ref["conv_state"]):
+                        assert (mine_conv - ref_conv).abs().max() <= 1e-5, (b, r, layer)
+
+
+def test_update_log_probs_equal_old_log_probs_bit_for_bit(case):
+    """Before any optimiser step the update's forward gives exactly the old log-probs (PPO ratio exactly 1)."""
+    model, ids, mask = case
+    responses = random_responses(2 * C)
+    with torch.no_grad():
+        old = fast_ops.fast_rollout(model, ids, mask, POSITIONS, ttt_n=1, response_length=K, temperature=0.9,
+                                    processors=None, micro_batch_size=2, generator=None, responses=responses)
+    labels = fast_ops.shifted_labels(ids, mask, mask_pads=False)
+    first = fast_ops.first_tokens_of(ids, POSITIONS, 1)
+    for b in range(2):
+        positions = POSITIONS[b].tolist()
+        snaps, loss_sum = fast_ops.run_document(model, ids[b], mask[b], positions, shift_labels=labels[b])
+        assert loss_sum.requires_grad
+        rows = slice(b * C, (b + 1) * C)
+        new, _ = fast_ops.branch_forward(model, fast_ops.row_snapshots(snaps, positions, 1), first[rows],
+                                         responses[rows], temperature=0.9)
+        assert new.requires_grad
+        assert torch.equal(new.detach(), old.old_log_probs[rows])
+
+
+def test_segments_are_the_same_count_for_every_document():
+    """C segments up to the last cut whatever the positions, so FSDP ranks run the same number of forwards."""
+    assert fast_ops.segment_bounds([20, 20, 97]) == [0, 19, 57, 96]  # [19, 96) halved
+    assert fast_ops.segment_bounds([50, 51, 140]) == [0, 49, 50, 139]
+    assert fast_ops.segment_bounds([30, 30, 30]) == [0, 14, 21, 29]  # [0, 29) halved, then [14, 29)
+    with pytest.raises(ValueError, match="too short"):
+        fast_ops.segment_bounds([3, 3, 3, 3])
+
+
+def test_sampling_follows_the_faithful_generate_distribution():
+    """Token frequencies of fast rollouts from one prefix vs HF `generate` on the re-left-padded prefix (the
+    faithful rollout), with temperature, top-k and top-p on; every rollout is exactly k tokens, never EOS."""
+    from refine.nsp.sampling import sampling_processors
+
+    model = build_model("delta_net")
+    model.eval()
+    ids, mask = documents()
+    draws, k, r = 4000, 2, 80
+    rollout = build_rollout_batch(ids[:1], mask[:1], torch.tensor([[r]]), response_length=k, pad_token_id=PAD)
+    settings = dict(temperature=0.7, top_k=4, top_p=0.9)  # small support: frequencies settle in 4000 draws
+    torch.manual_seed(5)
+    faithful = model_ops.generate_responses(
+        model, rollout.input_ids.expand(draws, -1), rollout.attention_mask.expand(draws, -1), response_length=k,
+        micro_batch_size=draws, eos_token_id=PAD, pad_token_id=PAD, **settings)
+    with torch.no_grad():
+        snaps, _ = fast_ops.run_document(model, ids[0], mask[0], [r])
+        fast = fast_ops.decode_branches(
+            model, [snaps[r - 1]] * draws, ids[0, r - 1].expand(draws), response_length=k,
+            processors=sampling_processors(**settings, suppress_ids=[PAD]), generator=torch.Generator().manual_seed(6))
+    assert fast.shape == (draws, k) and not (fast == PAD).any()
+    for step in range(k):
+        a = torch.bincount(faithful[:, step], minlength=512).float() / draws
+        b = torch.bincount(fast[:, step], minlength=512).float() / draws
+        assert (a > 0).sum() > 3, "the distribution should not be degenerate"
+        assert 0.5 * (a - b).abs().sum() < 0.06, f"step {step}: total variation {0.5 * (a - b).abs().sum():.3f}"
+    # the first token is drawn only from the top-4 of the prefix's next-token logits
+    with torch.no_grad():
+        logits = model(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask).logits[0, -1]
+    assert set(fast[:, 0].tolist()) <= set(torch.topk(logits, 4).indices.tolist())

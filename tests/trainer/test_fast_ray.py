@@ -1,0 +1,101 @@
+"""`refine.nsp_mode=fast` end to end through Ray on CPU (tiny demo DeltaNet, fp32): the same step as the faithful
+mode through the workers, FSDP world size 2 with kill-and-resume, post-training and test-time training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.trainer.test_e2e_ray import COMPARED_PREFIXES, check_steps, step_records
+from tests.trainer.test_post_ttt_ray import ruler_overrides
+
+pytestmark = pytest.mark.slow
+
+FAST = ["refine.nsp_mode=fast"]
+
+
+def test_fast_step_equals_the_faithful_step_through_the_workers(make_trainer, tmp_path):
+    """From the same weights, batch and seed: the same positions; with the faithful rollouts injected, the same
+    old log-probs, rewards, advantages, losses, clip fractions and gradient norm."""
+    from verl import DataProto
+
+    from refine.trainer.nsp_step import StepSettings, fast_inner_step, faithful_inner_step
+
+    trainer = make_trainer(FAST + [f"trainer.default_local_dir={tmp_path}"])
+    wg, rc = trainer.actor_rollout_wg, trainer.rc
+    batch = DataProto.from_single_dict(next(iter(trainer.train_dataloader)))
+    inner = DataProto.from_dict(tensors={"input_ids": batch.batch["input_ids"],
+                                         "attention_mask": batch.batch["attention_mask"]},
+                                non_tensors={"uid": np.array(["a", "b"], dtype=object)})
+    settings = StepSettings(world_size=1, pad_token_id=trainer.pad_token_id, seed=11, sft=True, ppo=True)
+    wg.snapshot_state()
+    ref_metrics, ref = faithful_inner_step(wg, inner, rc, settings)
+    wg.restore_state()
+    settings.extra_meta = {"responses": ref["responses"]}
+    fast_metrics, fast = fast_inner_step(wg, inner, rc, settings)
+
+    assert torch.equal(fast["positions"], ref["positions"])
+    assert torch.equal(fast["responses"], ref["responses"])
+    torch.testing.assert_close(fast["old_log_probs"], ref["old_log_probs"], rtol=0, atol=1e-5)
+    for kind, value in ref["rewards"].items():
+        torch.testing.assert_close(fast["rewards"][kind], value, rtol=0, atol=1e-5)
+    torch.testing.assert_close(fast["advantages"], ref["advantages"], rtol=1e-4, atol=1e-4)
+    for key in ("actor/sft_loss_ttt", "actor/pg_loss_ttt", "actor/pg_clipfrac_ttt", "actor/grad_norm_ttt",
+                "reward/cs_reward_mean", "critic/advantages/max_ttt", "prompt_length/mean_ttt",
+                "response_length/mean_ttt"):
+        assert fast_metrics[key] == pytest.approx(ref_metrics[key], rel=1e-4, abs=1e-6), key
+    for key in ("timing_s/forward_ttt", "timing_s/gen_ttt", "timing_s/old_log_prob_ttt", "timing_s/update_actor_ttt"):
+        assert fast_metrics[key] > 0, key
+
+
+RESUME = FAST + ["trainer.n_gpus_per_node=2", "trainer.save_freq=2", "trainer.resume_mode=auto",
+                 "trainer.val_before_train=true", "trainer.test_freq=4"]
+
+
+def test_fast_world_size_2_kill_and_resume_matches_uninterrupted(make_trainer, params, close, tmp_path):
+    """Two FSDP ranks stay in lockstep (documents with different positions run the same number of forwards), the
+    weights move, and a run cut after step 2 and resumed reproduces the uninterrupted one."""
+    full = make_trainer(RESUME + ["trainer.total_training_steps=4", f"trainer.default_local_dir={tmp_path / 'full'}"])
+    before = params(full)
+    full.fit()
+    expected = check_steps(full, 4)
+    assert (params(full) - before).abs().max() > 0
+    close(full)
+    first = make_trainer(RESUME + ["trainer.total_training_steps=2", f"trainer.default_local_dir={tmp_path / 'cut'}"])
+    first.fit()
+    close(first)
+    resumed = make_trainer(RESUME + ["trainer.total_training_steps=4", f"trainer.default_local_dir={tmp_path / 'cut'}"])
+    resumed.fit()
+    got = step_records(resumed)
+    for step in (3, 4):
+        for key, value in expected[step].items():
+            if key.startswith(COMPARED_PREFIXES) and "memory" not in key:
+                assert got[step][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (step, key)
+
+
+def test_fast_post_training_then_test_time_training(make_trainer, params, ruler_files, tmp_path):
+    """Post-training (inner fast NSP + task SFT) for 2 steps with RULER-scored validation, then test-time training
+    (fast NSP on each validation batch, then greedy answers) on the same workers."""
+    import dataclasses
+
+    trainer = make_trainer(FAST + ruler_overrides(ruler_files, tmp_path) + [
+        "refine.task_sft_update=true", "refine.val_get_loss=false", "trainer.total_training_steps=2",
+        "trainer.test_freq=2", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2"])
+    before = params(trainer)
+    trainer.fit()
+    steps = step_records(trainer)
+    assert sorted(steps) == [1, 2]
+    for record in steps.values():
+        for key in ("actor/sft_loss", "actor/sft_loss_ttt", "actor/pg_loss_ttt", "reward/cs_reward_mean",
+                    "timing_s/gen_ttt"):
+            assert key in record, key
+    assert 0.0 <= steps[2]["val_reward"] <= 1.0 and steps[2]["val_n_scored"] == 4.0
+    after_post = params(trainer)
+    assert (after_post - before).abs().max() > 0
+
+    trainer.rc = dataclasses.replace(trainer.rc, ttt_sft_update=False, ttt_ppo_update=False, task_sft_update=False,
+                                     val_ttt_sft_update=True, val_ttt_ppo_update=True)
+    metrics = trainer._validate()
+    assert metrics["val_n_scored"] == 4.0 and 0.0 <= metrics["val_reward"] <= 1.0
+    assert (params(trainer) - after_post).abs().max() > 0, "test-time training did not change the weights"
