@@ -11,11 +11,22 @@ from __future__ import annotations
 import torch
 
 
+ENTROPY_ROWS_PER_CHUNK = 256
+
+
 def position_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """[B, S] entropy from [B, S, V] logits (dtype kept, as under the official bf16 autocast)."""
+    """[B, S] entropy from [B, S, V] logits (dtype kept, as under the official bf16 autocast).
+
+    verl's `entropy_from_logits` on 256 positions at a time: each row's result is bit-identical to one call on the
+    whole tensor (the reductions run along the vocabulary only), while the softmax temporaries stay cache-sized
+    (about 4x faster on CPU at V = 4096, and a [B, S, V] temporary less on a GPU).
+    """
     from verl.utils.torch_functional import entropy_from_logits
 
-    return entropy_from_logits(logits)
+    flat = logits.reshape(-1, logits.shape[-1])
+    parts = [entropy_from_logits(flat[i:i + ENTROPY_ROWS_PER_CHUNK])
+             for i in range(0, flat.shape[0], ENTROPY_ROWS_PER_CHUNK)]
+    return torch.cat(parts).view(logits.shape[:-1])
 
 
 def response_log_probs(logits: torch.Tensor, response_ids: torch.Tensor, *, temperature: float = 1.0) -> torch.Tensor:

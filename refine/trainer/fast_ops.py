@@ -13,10 +13,8 @@ summarises it exactly (`refine.models.state_branching`). So, per document:
   exactly 1 before the first optimiser step.
 - `decode_branches` samples exactly k tokens per row from the snapshots (`refine.nsp.sampling`: EOS suppressed,
   temperature, top-k, top-p, as the faithful `generate`), all rows of a micro-batch of documents at once.
-- `fast_backward` is one (NTP mini-batch, PPO mini-batch) pair of the official plan: per document one forward with
-  gradients (main path + branches), the NTP term scaled sft_coef / GA_sft / (tokens of its NTP micro-batch) and the
-  PPO term split exactly along the official PPO micro-batches (token-mean x ppo_coef / GA_ppo), one backward per
-  document; the gradient reaches the prefix through the snapshots (official Q25).
+- `fast_rollout` runs these (no grad) for documents whose update comes after an optimiser step; the update itself
+  is `refine.trainer.fast_update`.
 
 Numerics against the faithful mode: the prefix is read in segments (chunk boundaries move), the branch runs fla's
 recurrent kernel where the faithful re-encoding runs the chunked one, and the NTP loss is a sum / count instead of
@@ -34,10 +32,9 @@ import torch.nn.functional as F
 
 from refine.models.state_branching import branch_cache, snapshot
 from refine.nsp.logprobs import response_log_probs
-from refine.nsp.losses import IGNORE_INDEX, ntp_labels, ppo_clip_loss
+from refine.nsp.losses import IGNORE_INDEX, ntp_labels
 from refine.nsp.prefixes import expand_targets, gather_target_ids
 from refine.nsp.sampling import sample_next
-from refine.nsp.update_plan import CombinedUpdatePlan, MiniBatchPair
 
 
 def cut_points(positions: Sequence[int]) -> list[int]:
@@ -215,53 +212,3 @@ def fast_rollout(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
                 hidden.append(h)
     ground_truth = expand_targets(gather_target_ids(input_ids, positions, response_length), ttt_n)
     return FastRollout(torch.cat(sampled), torch.cat(old_lp), torch.cat(hidden), ground_truth)
-
-
-def _micro_of(index: int, micro: tuple[slice, ...]) -> slice:
-    return next(sl for sl in micro if sl.start <= index < sl.stop)
-
-
-def fast_backward(module, docs: dict[str, torch.Tensor], ppo: dict[str, torch.Tensor], pair: MiniBatchPair,
-                  plan: CombinedUpdatePlan, *, n_rows_per_doc: int, ttt_n: int, temperature: float,
-                  mask_pads: bool) -> tuple[list[float], list[float], dict[str, list[float]]]:
-    """Backward of one (NTP, PPO) mini-batch pair: the same objective as `model_ops.combined_backward`.
-
-    docs: input_ids / attention_mask [B, S]; ppo: positions [B, C], responses, old_log_probs, advantages [N, k].
-    Returns the raw NTP and pg losses per micro-batch and the per-micro-batch PPO metrics, as the faithful one.
-    """
-    ids, mask = docs["input_ids"], docs["attention_mask"]
-    if pair.ppo.start != pair.sft.start * n_rows_per_doc or pair.ppo.stop != pair.sft.stop * n_rows_per_doc:
-        raise ValueError(f"PPO rows {pair.ppo} do not cover exactly the documents {pair.sft} (fast mode needs "
-                         "mini-batches that never split a document's rows)")
-    labels = shifted_labels(ids, mask, mask_pads=mask_pads)
-    counts = {sl.start: int((labels[sl] != IGNORE_INDEX).sum()) for sl in pair.sft_micro}
-    first = first_tokens_of(ids, ppo["positions"], ttt_n)
-    new_lp = torch.empty_like(ppo["old_log_probs"])
-    ntp_raw = {sl.start: 0.0 for sl in pair.sft_micro}
-    for d in range(pair.sft.start, pair.sft.stop):
-        micro = _micro_of(d, pair.sft_micro)
-        positions = ppo["positions"][d].tolist()
-        snaps, loss_sum = run_document(module, ids[d], mask[d], positions, shift_labels=labels[d])
-        ntp = loss_sum / counts[micro.start]
-        rows = slice(d * n_rows_per_doc, (d + 1) * n_rows_per_doc)
-        lp, _ = branch_forward(module, row_snapshots(snaps, positions, ttt_n), first[rows], ppo["responses"][rows],
-                               temperature=temperature)
-        objective = ntp * plan.sft_scale
-        for sl in pair.ppo_micro:  # the PPO token-mean of each micro-batch, split along this document's rows
-            lo, hi = max(sl.start, rows.start), min(sl.stop, rows.stop)
-            if lo >= hi:
-                continue
-            part, _ = ppo_clip_loss(ppo["old_log_probs"][lo:hi], lp[lo - rows.start:hi - rows.start],
-                                    ppo["advantages"][lo:hi], torch.ones_like(lp[lo - rows.start:hi - rows.start]))
-            objective = objective + part * ((hi - lo) / (sl.stop - sl.start)) * plan.ppo_scale
-        objective.backward()
-        new_lp[rows] = lp.detach()
-        ntp_raw[micro.start] += float(ntp.detach())
-    pg_raw, pg_metrics = [], {}
-    for sl in pair.ppo_micro:
-        loss, metrics = ppo_clip_loss(ppo["old_log_probs"][sl], new_lp[sl], ppo["advantages"][sl],
-                                      torch.ones_like(new_lp[sl]))
-        pg_raw.append(float(loss))
-        for key, value in metrics.items():
-            pg_metrics.setdefault(key, []).append(float(value))
-    return [ntp_raw[sl.start] for sl in pair.sft_micro], pg_raw, pg_metrics

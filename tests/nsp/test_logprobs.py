@@ -28,3 +28,15 @@ def test_response_log_probs_use_the_k_predicting_positions_and_temperature():
         response_log_probs(logits, response, temperature=0.0)
     with pytest.raises(ValueError, match=r"\[N, S \+ k, V\]"):
         response_log_probs(logits[:, :2], response)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_position_entropy_in_chunks_equals_the_whole_tensor_bit_for_bit(dtype):
+    """More positions than one chunk (3 x 200 > 256): the chunked computation equals one verl call exactly,
+    in the logits' dtype."""
+    from verl.utils.torch_functional import entropy_from_logits
+
+    logits = (3 * torch.randn(3, 200, 97, generator=torch.Generator().manual_seed(0))).to(dtype)
+    got = position_entropy(logits)
+    assert got.dtype == dtype and got.shape == (3, 200)
+    assert torch.equal(got, entropy_from_logits(logits))

@@ -14,7 +14,7 @@ import torch
 from refine.nsp.prefixes import build_rollout_batch, gather_target_hidden
 from refine.nsp.rewards import all_sequence_rewards
 from refine.nsp.update_plan import normalized_ppo_mini_batch_rows, plan_combined_update
-from refine.trainer import fast_ops, model_ops
+from refine.trainer import fast_ops, fast_update, model_ops
 
 S, K, PAD = 160, 5, 2
 # row 0: 30 left pads, so the clamp bounds are [50, 140]; positions at both bounds and two adjacent ones.
@@ -116,7 +116,7 @@ def test_loss_and_every_gradient_equal_faithful(case, ttt_n, micro, mask_pads):
         pair, plan, temperature=1.0, mask_pads=mask_pads)
     ref_grads = gradients(model)
     model.zero_grad()
-    fast = fast_ops.fast_backward(
+    fast = fast_update.fast_backward(
         model, docs, {"positions": POSITIONS, "responses": responses, "old_log_probs": old, "advantages": advantages},
         pair, plan, n_rows_per_doc=C * ttt_n, ttt_n=ttt_n, temperature=1.0, mask_pads=mask_pads)
     fast_grads = gradients(model)
@@ -211,3 +211,45 @@ def test_sampling_follows_the_faithful_generate_distribution():
     with torch.no_grad():
         logits = model(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask).logits[0, -1]
     assert set(fast[:, 0].tolist()) <= set(torch.topk(logits, 4).indices.tolist())
+
+
+def test_rollouts_made_inside_the_update_give_the_faithful_gradients(case):
+    """The first update pair rolls out from its own states (`InlineRollout`): with the same responses and the same
+    advantages, loss and every gradient equal the faithful update whose old log-probs come from its own
+    re-encoding (ratio 1 up to numerics)."""
+    model, ids, mask = case
+    rollout = faithful_rollout_inputs(ids, mask, 1)
+    n = len(rollout)
+    responses = random_responses(n, seed=4)
+    advantages = torch.randn(n, 1, generator=torch.Generator().manual_seed(5)).expand(n, K).clone()
+    with torch.no_grad():
+        old, _ = model_ops.old_log_probs_and_hidden(model, rollout.input_ids, rollout.attention_mask, responses,
+                                                    temperature=1.0, micro_batch_size=n)
+    plan = plan_for(1, 2)
+    docs = {"input_ids": ids, "attention_mask": mask}
+    model.zero_grad()
+    ref = model_ops.combined_backward(
+        model, docs, {"prompts": rollout.input_ids, "prompt_mask": rollout.attention_mask, "responses": responses,
+                      "old_log_probs": old, "advantages": advantages}, plan.mini_batches[0], plan,
+        temperature=1.0, mask_pads=False)
+    ref_grads = gradients(model)
+
+    seen = []
+    inline = fast_update.InlineRollout(
+        decode=lambda branches, first: responses[len(seen) * C:(len(seen) + 1) * C],
+        score=lambda rows, hidden, resp: (seen.append(rows), advantages[rows])[1])
+    ppo = {"positions": POSITIONS, "responses": torch.zeros_like(responses), "old_log_probs": torch.zeros(n, K),
+           "advantages": torch.zeros(n, K)}
+    model.zero_grad()
+    fast = fast_update.fast_backward(model, docs, ppo, plan.mini_batches[0], plan, n_rows_per_doc=C, ttt_n=1,
+                                     temperature=1.0, mask_pads=False, inline=inline)
+    fast_grads = gradients(model)
+    model.zero_grad()
+    assert seen == [slice(0, C), slice(C, 2 * C)]
+    assert torch.equal(ppo["responses"], responses) and torch.equal(ppo["advantages"], advantages)
+    assert (ppo["old_log_probs"] - old).abs().max() <= 1e-5
+    assert fast[2]["actor/ppo_kl_ttt"] == [0.0] * len(fast[2]["actor/ppo_kl_ttt"])  # ratio exactly 1
+    assert fast[0] == pytest.approx(ref[0], rel=1e-5) and fast[1] == pytest.approx(ref[1], rel=1e-4, abs=1e-6)
+    for name, grad in ref_grads.items():
+        rel = (fast_grads[name] - grad).norm() / grad.norm().clamp_min(1e-12)
+        assert rel <= 1e-4, f"{name}: relative gradient difference {rel:.2e}"
