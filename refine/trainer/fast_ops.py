@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from refine.models.last_hidden import capture_last_hidden
 from refine.models.state_branching import branch_cache, snapshot
 from refine.nsp.logprobs import response_log_probs
 from refine.nsp.losses import IGNORE_INDEX, ntp_labels
@@ -94,15 +95,15 @@ def run_document(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
         raise ValueError(f"positions must lie in [2, {seq_len}]; got {list(positions)}")
     bounds = segment_bounds(positions) + ([seq_len] if shift_labels is not None else [])
     grad = torch.is_grad_enabled()
+    padded = bool((attention_mask[: bounds[1]] == 0).any())  # left pads can only be in the first segment
     snapshots, loss_sum, cache = {}, None, None
     for start, stop in zip(bounds[:-1], bounds[1:]):
-        mask = attention_mask[start:stop]
         # a one-token segment without grad would take fla's in-place decoding step, whose arithmetic differs from
         # the convolution the update runs; keep the old and new log-probs bit-identical
         with torch.enable_grad() if stop - start == 1 else contextlib.nullcontext():
             out = module(
                 input_ids=input_ids[start:stop].unsqueeze(0),
-                attention_mask=None if bool(mask.all()) else mask.unsqueeze(0),
+                attention_mask=attention_mask[start:stop].unsqueeze(0) if padded and start == 0 else None,
                 past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=0 if shift_labels is not None else 1,
@@ -127,9 +128,10 @@ def branch_forward(module, snaps: list[list[dict]], first_tokens: torch.Tensor, 
     """(log-probs [N, k] of `responses` at `temperature`, final-norm hidden states [N, k, H] at the response
     tokens) for N rows continuing from `snaps` over (first_tokens = doc[r - 1], y_1..y_k)."""
     ids = torch.cat([first_tokens.unsqueeze(1), responses], dim=1)
-    out = module(input_ids=ids, past_key_values=branch_cache(snaps), use_cache=True, output_hidden_states=True)
+    with capture_last_hidden(module) as last_hidden:
+        out = module(input_ids=ids, past_key_values=branch_cache(snaps), use_cache=True)
     log_probs = response_log_probs(out.logits, responses, temperature=temperature)
-    return log_probs, out.hidden_states[-1][:, 1:]
+    return log_probs, last_hidden[0][:, 1:]
 
 
 @torch.no_grad()

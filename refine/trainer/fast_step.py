@@ -125,6 +125,7 @@ def _update(engine, module, meta, plan, ids, mask, positions, step, inline) -> d
                 metrics.setdefault(key, []).extend(values)
             metrics.setdefault("actor/grad_norm_ttt", []).append(float(engine.optimizer_step()))
         lr = engine.lr_scheduler_step()
+    metrics = {key: [float(v) for v in values] for key, values in metrics.items()}  # one host sync per step
     metrics.update({key: [value] for key, value in combined_loss_metrics(sft_raw, pg_raw, plan).items()})
     metrics["actor/lr_ttt"] = [float(lr)]
     return metrics

@@ -71,7 +71,8 @@ def fast_backward(module, docs: dict[str, torch.Tensor], ppo: dict[str, torch.Te
 
     docs: input_ids / attention_mask [B, S]; ppo: positions [B, C], responses, old_log_probs, advantages [N, k]
     (with `inline`, this pair's rows of the last three are written here). Returns the raw NTP and pg losses per
-    micro-batch and the per-micro-batch PPO metrics, as the faithful one.
+    micro-batch and the per-micro-batch PPO metrics, as the faithful one (0-d tensors or floats: no host sync per
+    document; the caller converts once).
     """
     ids, mask = docs["input_ids"], docs["attention_mask"]
     if pair.ppo.start != pair.sft.start * n_rows_per_doc or pair.ppo.stop != pair.sft.stop * n_rows_per_doc:
@@ -81,7 +82,7 @@ def fast_backward(module, docs: dict[str, torch.Tensor], ppo: dict[str, torch.Te
     counts = {sl.start: int((labels[sl] != IGNORE_INDEX).sum()) for sl in pair.sft_micro}
     first = first_tokens_of(ids, ppo["positions"], ttt_n)
     new_lp = torch.empty_like(ppo["old_log_probs"])
-    ntp_raw = {sl.start: 0.0 for sl in pair.sft_micro}
+    ntp_raw = {sl.start: torch.zeros(()) for sl in pair.sft_micro}
     for d in range(pair.sft.start, pair.sft.stop):
         micro = _micro_of(d, pair.sft_micro)
         positions = ppo["positions"][d].tolist()
@@ -100,12 +101,12 @@ def fast_backward(module, docs: dict[str, torch.Tensor], ppo: dict[str, torch.Te
                                                           plan)
         objective.backward()
         new_lp[rows] = lp.detach()
-        ntp_raw[micro.start] += float(ntp.detach())
+        ntp_raw[micro.start] = ntp_raw[micro.start].to(ntp.device) + ntp.detach()
     pg_raw, pg_metrics = [], {}
     for sl in pair.ppo_micro:
         loss, metrics = ppo_clip_loss(ppo["old_log_probs"][sl], new_lp[sl], ppo["advantages"][sl],
                                       torch.ones_like(new_lp[sl]))
-        pg_raw.append(float(loss))
+        pg_raw.append(loss)
         for key, value in metrics.items():
-            pg_metrics.setdefault(key, []).append(float(value))
+            pg_metrics.setdefault(key, []).append(value)
     return [ntp_raw[sl.start] for sl in pair.sft_micro], pg_raw, pg_metrics

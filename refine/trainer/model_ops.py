@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from refine.models.last_hidden import capture_last_hidden
 from refine.nsp.logprobs import position_entropy, response_log_probs
 from refine.nsp.losses import ntp_labels, ppo_clip_loss
 from refine.nsp.positions import select_positions
@@ -73,7 +74,8 @@ def analyse(
     """
     positions, targets, entropies = [], [], []
     for sl in micro_slices(input_ids.shape[0], micro_batch_size):
-        out = _forward(module, input_ids[sl], attention_mask[sl], output_hidden_states=True)
+        with capture_last_hidden(module) as last_hidden:
+            out = _forward(module, input_ids[sl], attention_mask[sl])
         entropy = position_entropy(out.logits)  # model dtype, as officially
         r = select_positions(
             entropy,
@@ -84,7 +86,7 @@ def analyse(
             generator=generator,
         )
         positions.append(r)
-        targets.append(gather_target_hidden(out.hidden_states[-1], r, response_length))
+        targets.append(gather_target_hidden(last_hidden[0], r, response_length))
         if return_entropies:
             entropies.append(entropy)
     return Analysis(
@@ -155,9 +157,10 @@ def old_log_probs_and_hidden(
     for sl in micro_slices(prompts.shape[0], micro_batch_size):
         ids = torch.cat([prompts[sl], responses[sl]], dim=1)
         mask = torch.cat([prompt_mask[sl], response_mask[sl]], dim=1)
-        out = _forward(module, ids, mask, output_hidden_states=True, **_last_logits_kwargs(module, k + 1))
+        with capture_last_hidden(module) as last_hidden:
+            out = _forward(module, ids, mask, **_last_logits_kwargs(module, k + 1))
         log_probs.append(response_log_probs(out.logits[:, -k - 1 :].float(), responses[sl], temperature=temperature))
-        hidden.append(out.hidden_states[-1][:, -k:])
+        hidden.append(last_hidden[0][:, -k:])
     return torch.cat(log_probs), torch.cat(hidden)
 
 
@@ -182,13 +185,14 @@ def combined_backward(
     NTP: loss x sft_coef / GA_sft per micro-batch; PPO: dual-clip pg x ppo_coef / GA_ppo per micro-batch (scales
     from `refine.nsp.update_plan`). The PPO forward runs the full S + k row with gradients (Q25). Gradients
     accumulate in `module`; the caller zeroes them before and steps the optimiser after. Returns the raw NTP and pg
-    losses per micro-batch and the per-micro-batch PPO metrics (clip fractions, KL).
+    losses per micro-batch and the per-micro-batch PPO metrics (clip fractions, KL), as 0-d tensors or floats
+    (no host sync per micro-batch; the caller converts once).
     """
     sft_raw, pg_raw, pg_metrics = [], [], {}
     for sl in pair.sft_micro:
         loss = ntp_forward_loss(module, sft["input_ids"][sl], sft["attention_mask"][sl], mask_pads=mask_pads)
         (loss * plan.sft_scale).backward()
-        sft_raw.append(float(loss.detach()))
+        sft_raw.append(loss.detach())
     for sl in pair.ppo_micro:
         responses = ppo["responses"][sl]
         ids = torch.cat([ppo["prompts"][sl], responses], dim=1)
@@ -199,9 +203,9 @@ def combined_backward(
         response_mask = torch.ones_like(log_prob)
         loss, metrics = ppo_clip_loss(ppo["old_log_probs"][sl], log_prob, ppo["advantages"][sl], response_mask)
         (loss * plan.ppo_scale).backward()
-        pg_raw.append(float(loss.detach()))
+        pg_raw.append(loss.detach())
         for key, value in metrics.items():
-            pg_metrics.setdefault(key, []).append(float(value))
+            pg_metrics.setdefault(key, []).append(value)
     return sft_raw, pg_raw, pg_metrics
 
 

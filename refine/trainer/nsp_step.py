@@ -65,122 +65,105 @@ def data_metrics_ttt(prompts, prompt_mask, responses, token_rewards, advantages,
     return {f"{key}_ttt": value for key, value in compute_data_metrics(batch, use_critic=False).items()}
 
 
+def wire_documents(batch: DataProto) -> dict[str, torch.Tensor]:
+    """The documents as they cross to the workers: int32 ids and a bool mask (the workers widen them)."""
+    return {"input_ids": batch.batch["input_ids"].to(torch.int32), "attention_mask": batch.batch["attention_mask"].bool()}
+
+
+def prompt_mask_from_lengths(prompt_length: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """[N, S] right-aligned 0/1 mask of `prompt_length` real tokens: what verl's data metrics read prompt
+    lengths from, without materialising the prefixes."""
+    return (torch.arange(seq_len).unsqueeze(0) >= (seq_len - prompt_length).unsqueeze(1)).long()
+
+
 def faithful_inner_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSettings) -> tuple[dict, dict]:
     """The official inner loop on `batch` (input_ids, attention_mask; non-tensor `uid`), one worker RPC per step.
 
+    The official semantics are kept (every re-left-padded prefix re-encoded in full by `generate`, the old-log-prob
+    forward and the update), but the prefixes are built on the workers from the documents and positions
+    (`build_rollout_batch`), so nothing of size [B * C, S] crosses the driver-worker boundary. Per-row tensors
+    travel per document ([B, C * ttt_n, ...]) so they split over the ranks with their documents.
+
     Returns (metrics, extras): metrics with the official names and `timing_s/*`; extras holds the tensors a test
-    may compare against the pure functions (positions, rewards, advantages, uids).
+    may compare against the pure functions (positions, responses, rewards, advantages, uids, ...).
     """
     from refine.nsp.advantages import grpo_advantages
-    from refine.nsp.prefixes import build_rollout_batch, expand_targets
+    from refine.nsp.prefixes import expand_targets, gather_target_ids, rollout_uids
     from refine.nsp.rewards import all_sequence_rewards, reward_metrics, token_level_rewards
-
-    timing: dict[str, float] = {}
-    metrics: dict[str, float] = {}
-    extras: dict = {}
-    micro_lp = rc.log_prob_micro_batch_size_per_gpu
-    mask_pads = rc.ntp_pad_mask == "mask"
-    sft_batch = DataProto.from_dict(
-        tensors={"input_ids": batch.batch["input_ids"], "attention_mask": batch.batch["attention_mask"]}
-    )
 
     if not settings.ppo:
         return ntp_only_step(wg, batch, rc, settings)
-
+    timing: dict[str, float] = {}
+    metrics: dict[str, float] = {}
     k, n_chunks, ttt_n = rc.response_length, rc.n_chunks, rc.n_per_prefix
+    n_docs, seq_len = batch.batch["input_ids"].shape
+    rows_per_doc = n_chunks * ttt_n
+    micro_lp = rc.log_prob_micro_batch_size_per_gpu
+    docs = wire_documents(batch)
+    rollout_meta = {"response_length": k, "n_per_prefix": ttt_n, "pad_token_id": settings.pad_token_id,
+                    "micro_batch_size": micro_lp, "temperature": rc.temperature}
+
+    def per_doc(rows: torch.Tensor) -> torch.Tensor:  # [N, ...] -> [B, C * ttt_n, ...]
+        return rows.reshape(n_docs, rows_per_doc, *rows.shape[1:])
+
     # 1-2. analysis forward and position selection on the workers: positions and target hidden states only
-    analyse_in = DataProto.from_dict(
-        tensors={"input_ids": batch.batch["input_ids"], "attention_mask": batch.batch["attention_mask"]},
-        meta_info={
-            "n_chunks": n_chunks,
-            "response_length": k,
-            "sampling": rc.sampling,
-            "micro_batch_size": micro_lp,
-            "seed": settings.seed,
-        },
-    )
+    analyse_in = DataProto.from_dict(tensors=docs, meta_info={
+        "n_chunks": n_chunks, "response_length": k, "sampling": rc.sampling, "micro_batch_size": micro_lp,
+        "seed": settings.seed})
     with simple_timer("forward_ttt", timing):
         analysis = wg.nsp_analyse(analyse_in)
     positions = analysis.batch["positions"]
-    uids = batch.non_tensor_batch.get("uid")
-    rollout = build_rollout_batch(
-        batch.batch["input_ids"],
-        batch.batch["attention_mask"],
-        positions,
-        response_length=k,
-        pad_token_id=settings.pad_token_id,
-        ttt_n=ttt_n,
-        source_uids=list(uids) if uids is not None else None,
-    )
     target_hidden = expand_targets(analysis.batch["target_hidden"], ttt_n)
+    uid = batch.non_tensor_batch.get("uid")
+    uids = rollout_uids(n_docs, n_chunks, ttt_n, list(uid) if uid is not None else None)
+    ground_truth = expand_targets(gather_target_ids(batch.batch["input_ids"], positions, k), ttt_n)
 
-    # 3. rollouts: exactly k sampled tokens per prefix
-    gen_in = DataProto.from_dict(
-        tensors={"input_ids": rollout.input_ids, "attention_mask": rollout.attention_mask},
-        meta_info={
-            "response_length": k,
-            "temperature": rc.temperature,
-            "top_p": rc.top_p,
-            "top_k": rc.top_k,
-            "micro_batch_size": micro_lp,
-            "seed": settings.seed,
-        },
-    )
+    # 3. rollouts: exactly k sampled tokens per (worker-built) prefix
+    gen_in = DataProto.from_dict(tensors={**docs, "positions": positions}, meta_info={
+        **rollout_meta, "top_p": rc.top_p, "top_k": rc.top_k, "seed": settings.seed})
     with simple_timer("gen_ttt", timing):
-        responses = wg.nsp_generate(gen_in).batch["responses"]
+        responses = wg.nsp_generate(gen_in).batch["responses"].flatten(0, 1)
 
     # 4. old log-probs and response hidden states
-    lp_in = DataProto.from_dict(
-        tensors={"input_ids": rollout.input_ids, "attention_mask": rollout.attention_mask, "responses": responses},
-        meta_info={"temperature": rc.temperature, "micro_batch_size": micro_lp},
-    )
+    lp_in = DataProto.from_dict(tensors={**docs, "positions": positions, "responses": per_doc(responses)},
+                                meta_info=rollout_meta)
     with simple_timer("old_log_prob_ttt", timing):
         lp_out = wg.nsp_old_log_prob(lp_in)
-    old_log_probs, response_hidden = lp_out.batch["old_log_probs"], lp_out.batch["response_hidden"]
+    old_log_probs = lp_out.batch["old_log_probs"].flatten(0, 1)
+    response_hidden = lp_out.batch["response_hidden"].flatten(0, 1)
 
     # 5-6. rewards (all three logged) and GRPO advantages over the uid groups
-    rewards = all_sequence_rewards(response_hidden, target_hidden, responses, rollout.ground_truth_ids)
+    rewards = all_sequence_rewards(response_hidden, target_hidden, responses, ground_truth)
     response_mask = torch.ones_like(responses, dtype=torch.float32)
     scores = token_level_rewards(rewards[rc.reward], response_mask)
-    advantages, returns = grpo_advantages(scores, response_mask, rollout.uid)
+    advantages, returns = grpo_advantages(scores, response_mask, uids)
     metrics.update(reward_metrics(rewards))
-    metrics.update(data_metrics_ttt(rollout.input_ids, rollout.attention_mask, responses, scores, advantages, returns))
+    starts = (batch.batch["attention_mask"] == 0).sum(dim=1, keepdim=True)
+    prompt_mask = prompt_mask_from_lengths(expand_targets(positions - starts, ttt_n), seq_len)
+    metrics.update(data_metrics_ttt(prompt_mask, prompt_mask, responses, scores, advantages, returns))
 
     # 7. combined NTP + PPO update
-    sft_batch.meta_info = {
-        "mini_batch_size": rc.mini_batch_size,
-        "n_chunks": n_chunks,
-        "n_per_prefix": ttt_n,
-        "micro_batch_size": rc.micro_batch_size_per_gpu,
-        # official: with PPO on, the NTP part always runs with its coefficient (update_policy_ppo_ttt)
-        "sft_coef": rc.sft_coef,
-        "ppo_coef": rc.ppo_coef,
-        "temperature": rc.temperature,
-        "mask_pads": mask_pads,
-        "world_size": settings.world_size,
-    }
-    ppo_batch = DataProto.from_dict(
-        tensors={
-            "input_ids": rollout.input_ids,
-            "attention_mask": rollout.attention_mask,
-            "responses": responses,
-            "old_log_probs": old_log_probs,
-            "advantages": advantages,
-        }
+    update_in = DataProto.from_dict(
+        tensors={**docs, "positions": positions, "responses": per_doc(responses),
+                 "old_log_probs": per_doc(old_log_probs), "advantages": per_doc(advantages)},
+        meta_info={
+            **rollout_meta,
+            "mini_batch_size": rc.mini_batch_size,
+            "n_chunks": n_chunks,
+            "micro_batch_size": rc.micro_batch_size_per_gpu,
+            # official: with PPO on, the NTP part always runs with its coefficient (update_policy_ppo_ttt)
+            "sft_coef": rc.sft_coef,
+            "ppo_coef": rc.ppo_coef,
+            "mask_pads": rc.ntp_pad_mask == "mask",
+            "world_size": settings.world_size,
+        },
     )
     with simple_timer("update_actor_ttt", timing):
-        update_out = wg.nsp_update(sft_batch, ppo_batch)
+        update_out = wg.nsp_update(update_in)
     metrics.update(rank0_metrics(update_out))
-    extras.update(
-        positions=positions,
-        rollout=rollout,
-        responses=responses,
-        response_hidden=response_hidden,
-        target_hidden=target_hidden,
-        rewards=rewards,
-        advantages=advantages,
-        old_log_probs=old_log_probs,
-    )
+    extras = dict(positions=positions, ground_truth_ids=ground_truth, uid=uids, responses=responses,
+                  response_hidden=response_hidden, target_hidden=target_hidden, rewards=rewards,
+                  advantages=advantages, old_log_probs=old_log_probs)
     return metrics | {f"timing_s/{k_}": v for k_, v in timing.items()}, extras
 
 
@@ -188,7 +171,7 @@ def ntp_only_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSettings
     """The NTP-only inner update (ttt_ppo_update off): one RPC, the same in every NSP mode."""
     timing: dict[str, float] = {}
     sft_batch = DataProto.from_dict(
-        tensors={"input_ids": batch.batch["input_ids"], "attention_mask": batch.batch["attention_mask"]},
+        tensors=wire_documents(batch),
         meta_info={"micro_batch_size": rc.micro_batch_size_per_gpu, "mask_pads": rc.ntp_pad_mask == "mask"},
     )
     with simple_timer("update_actor_ttt", timing):
@@ -209,8 +192,7 @@ def fast_inner_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSettin
     timing: dict[str, float] = {}
     k, ttt_n = rc.response_length, rc.n_per_prefix
     docs = DataProto.from_dict(
-        tensors={"input_ids": batch.batch["input_ids"].to(torch.int32),
-                 "attention_mask": batch.batch["attention_mask"].bool()},
+        tensors=wire_documents(batch),
         non_tensors={key: value for key, value in batch.non_tensor_batch.items() if key == "uid"},
         meta_info={
             "n_chunks": rc.n_chunks, "n_per_prefix": ttt_n, "response_length": k, "sampling": rc.sampling,
@@ -227,11 +209,9 @@ def fast_inner_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSettin
     metrics = rank0_metrics(out)
     rewards = {kind: rows[f"reward_{kind}"] for kind in REWARD_KINDS}
     metrics.update(reward_metrics(rewards))
-    # compute_data_metrics reads prompt lengths off a mask: a right-aligned [N, S] bool mask from the lengths
-    seq_len = batch.batch["input_ids"].shape[1]
-    prompt_mask = torch.arange(seq_len).unsqueeze(0) >= (seq_len - rows["prompt_length"]).unsqueeze(1)
-    metrics.update(data_metrics_ttt(prompt_mask.long(), prompt_mask.long(), rows["responses"], rows["scores"],
-                                    rows["advantages"], rows["returns"]))
+    prompt_mask = prompt_mask_from_lengths(rows["prompt_length"], batch.batch["input_ids"].shape[1])
+    metrics.update(data_metrics_ttt(prompt_mask, prompt_mask, rows["responses"], rows["scores"], rows["advantages"],
+                                    rows["returns"]))
     n_docs = len(batch)
     extras = {
         "positions": rows["position"].view(n_docs, rc.n_chunks, ttt_n)[:, :, 0],

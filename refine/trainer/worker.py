@@ -66,7 +66,7 @@ class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
         Returns positions [b, C] and target_hidden [b, C, k, H] (and entropies [b, S] if asked).
         """
         meta = data.meta_info
-        input_ids, attention_mask = self._tensors(data, "input_ids", "attention_mask")
+        input_ids, attention_mask = (t.long() for t in self._tensors(data, "input_ids", "attention_mask"))
         generator = torch.Generator(device=input_ids.device).manual_seed(worker_seed(meta["seed"], self._dp_rank, 0))
         with self.actor.engine.eval_mode():
             result = model_ops.analyse(
@@ -85,12 +85,28 @@ class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
             tensors["entropies"] = result.entropies.cpu()
         return DataProto.from_dict(tensors=tensors)
 
+    def _rollout_prefixes(self, data: DataProto):
+        """This rank's re-left-padded prefixes [b * C * ttt_n, S] built from its documents and positions
+        (`build_rollout_batch`: the official layout, built here instead of shipped from the driver)."""
+        from refine.nsp.prefixes import build_rollout_batch
+
+        meta = data.meta_info
+        ids, mask, positions = self._tensors(data, "input_ids", "attention_mask", "positions")
+        rollout = build_rollout_batch(ids.long(), mask.long(), positions, response_length=meta["response_length"],
+                                      pad_token_id=meta["pad_token_id"], ttt_n=meta["n_per_prefix"])
+        return rollout.input_ids, rollout.attention_mask
+
+    def _rollout_rows(self, data: DataProto, key: str) -> torch.Tensor:
+        """A per-document [b, C * ttt_n, ...] tensor as rollout rows [b * C * ttt_n, ...]."""
+        return data.batch[key].to(self._device()).flatten(0, 1)
+
     @register(dispatch_mode=ACTOR_DISPATCH)
     def nsp_generate(self, data: DataProto) -> DataProto:
-        """Exactly k sampled tokens per prefix (spec 2.A step 3). meta_info: response_length, temperature, top_p,
-        top_k, micro_batch_size, seed. Returns responses [n, k]."""
+        """Exactly k sampled tokens per prefix (spec 2.A step 3). data: input_ids, attention_mask [b, S], positions
+        [b, C]; meta_info: response_length, n_per_prefix, pad_token_id, temperature, top_p, top_k,
+        micro_batch_size, seed. Returns responses [b, C * ttt_n, k]."""
         meta = data.meta_info
-        prompts, prompt_mask = self._tensors(data, "input_ids", "attention_mask")
+        prompts, prompt_mask = self._rollout_prefixes(data)
         eos, pad = self._special_ids()
         torch.manual_seed(worker_seed(meta["seed"], self._dp_rank, 1))
         with self.actor.engine.eval_mode():
@@ -106,14 +122,18 @@ class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
                 eos_token_id=eos,
                 pad_token_id=pad,
             )
-        return DataProto.from_dict(tensors={"responses": responses.cpu()})
+        n_docs = data.batch["input_ids"].shape[0]
+        return DataProto.from_dict(tensors={"responses": responses.view(n_docs, -1, responses.shape[1]).cpu()})
 
     @register(dispatch_mode=ACTOR_DISPATCH)
     def nsp_old_log_prob(self, data: DataProto) -> DataProto:
         """Old log-probs and response hidden states from a full forward of (prefix, response) (spec 2.A step 4).
-        meta_info: temperature, micro_batch_size."""
+        data: input_ids, attention_mask, positions, responses [b, C * ttt_n, k]; meta_info: response_length,
+        n_per_prefix, pad_token_id, temperature, micro_batch_size. Returns both per document."""
         meta = data.meta_info
-        prompts, prompt_mask, responses = self._tensors(data, "input_ids", "attention_mask", "responses")
+        prompts, prompt_mask = self._rollout_prefixes(data)
+        responses = self._rollout_rows(data, "responses")
+        k = responses.shape[1]
         with self.actor.engine.eval_mode():
             old_log_probs, hidden = model_ops.old_log_probs_and_hidden(
                 self._module,
@@ -123,22 +143,22 @@ class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
                 temperature=meta["temperature"],
                 micro_batch_size=meta["micro_batch_size"],
             )
-        return DataProto.from_dict(tensors={"old_log_probs": old_log_probs.cpu(), "response_hidden": hidden.cpu()})
+        n_docs = data.batch["input_ids"].shape[0]
+        return DataProto.from_dict(tensors={"old_log_probs": old_log_probs.view(n_docs, -1, k).cpu(),
+                                            "response_hidden": hidden.view(n_docs, -1, k, hidden.shape[-1]).cpu()})
 
     @register(dispatch_mode=ACTOR_DISPATCH)
-    def nsp_update(self, sft_data: DataProto, ppo_data: DataProto) -> DataProto:
+    def nsp_update(self, data: DataProto) -> DataProto:
         """Combined NTP + PPO-clip update, one optimiser step per (NTP, PPO) mini-batch pair (spec 2.C).
 
-        sft_data: input_ids, attention_mask [b, S]. ppo_data: input_ids/attention_mask (prefixes), responses,
-        old_log_probs, advantages. meta_info (on sft_data): mini_batch_size, n_chunks, n_per_prefix,
+        data: input_ids, attention_mask [b, S], positions [b, C], responses, old_log_probs, advantages
+        [b, C * ttt_n, k]. meta_info: response_length, n_per_prefix, pad_token_id, mini_batch_size, n_chunks,
         micro_batch_size, sft_coef, ppo_coef, temperature, mask_pads, world_size.
         """
-        meta = sft_data.meta_info
+        meta = data.meta_info
         engine = self.actor.engine
-        sft_ids, sft_mask = self._tensors(sft_data, "input_ids", "attention_mask")
-        prompts, prompt_mask, responses, old_lp, adv = self._tensors(
-            ppo_data, "input_ids", "attention_mask", "responses", "old_log_probs", "advantages"
-        )
+        sft_ids, sft_mask = self._tensors(data, "input_ids", "attention_mask")
+        prompts, prompt_mask = self._rollout_prefixes(data)
         m_rows = normalized_ppo_mini_batch_rows(
             meta["mini_batch_size"],
             n_chunks=meta["n_chunks"],
@@ -155,9 +175,9 @@ class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
             sft_loss_coef=meta["sft_coef"],
             ppo_loss_coef=meta["ppo_coef"],
         )
-        sft = {"input_ids": sft_ids, "attention_mask": sft_mask}
-        ppo = {"prompts": prompts, "prompt_mask": prompt_mask, "responses": responses, "old_log_probs": old_lp,
-               "advantages": adv}
+        sft = {"input_ids": sft_ids.long(), "attention_mask": sft_mask.long()}
+        ppo = {"prompts": prompts, "prompt_mask": prompt_mask,
+               **{key: self._rollout_rows(data, key) for key in ("responses", "old_log_probs", "advantages")}}
         sft_raw, pg_raw, metrics = [], [], {}
         with engine.train_mode():
             for pair in plan.mini_batches:
@@ -171,6 +191,7 @@ class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
                     metrics.setdefault(key, []).extend(values)
                 metrics.setdefault("actor/grad_norm_ttt", []).append(float(engine.optimizer_step()))
             lr = engine.lr_scheduler_step()
+        metrics = {key: [float(v) for v in values] for key, values in metrics.items()}  # one host sync per call
         metrics.update({key: [value] for key, value in combined_loss_metrics(sft_raw, pg_raw, plan).items()})
         metrics["actor/lr_ttt"] = [float(lr)]
         metrics.update({key: [value] for key, value in memory_metrics("_ttt").items()})
@@ -182,7 +203,7 @@ class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
         meta_info: micro_batch_size, mask_pads."""
         meta = sft_data.meta_info
         engine = self.actor.engine
-        sft_ids, sft_mask = self._tensors(sft_data, "input_ids", "attention_mask")
+        sft_ids, sft_mask = (t.long() for t in self._tensors(sft_data, "input_ids", "attention_mask"))
         plan = plan_ntp_only_update(sft_ids.shape[0], micro_batch_size=meta["micro_batch_size"])
         with engine.train_mode():
             engine.optimizer_zero_grad()

@@ -110,20 +110,23 @@ def check_worker_path(trainer, flat_params):
                                 non_tensors={"uid": np.array(["a", "b"], dtype=object)})
     settings = StepSettings(world_size=1, pad_token_id=trainer.pad_token_id, seed=5, sft=True, ppo=True)
     _, extras = faithful_inner_step(trainer.actor_rollout_wg, inner, rc, settings)
-    rollout = extras["rollout"]
+    # the ground truth is the document's own tokens [r, r + k) (an independent gather, by hand)
+    by_row = [ids[b, r:r + rc.response_length] for b in range(ids.shape[0]) for r in extras["positions"][b].tolist()]
+    assert torch.equal(extras["ground_truth_ids"], torch.stack(by_row))
     expected_reward = sequence_reward(extras["response_hidden"], extras["target_hidden"], extras["responses"],
-                                      rollout.ground_truth_ids, rc.reward)
+                                      extras["ground_truth_ids"], rc.reward)
     torch.testing.assert_close(extras["rewards"][rc.reward], expected_reward)
     # hand GRPO: (r - group mean) / (unbiased group std + 1e-6), groups = documents (ttt_n = 1)
     by_hand = torch.empty_like(expected_reward)
-    for uid in set(rollout.uid.tolist()):
-        sel = torch.tensor([u == uid for u in rollout.uid.tolist()])
+    assert extras["uid"].tolist() == ["a"] * rc.n_chunks + ["b"] * rc.n_chunks  # one group per document
+    for uid in set(extras["uid"].tolist()):
+        sel = torch.tensor([u == uid for u in extras["uid"].tolist()])
         group = expected_reward[sel]
         by_hand[sel] = (group - group.mean()) / (group.std() + 1e-6)
     torch.testing.assert_close(extras["advantages"][:, -1], by_hand, rtol=1e-5, atol=1e-6)
     token_rewards = torch.zeros(len(expected_reward), k)
     token_rewards[:, -1] = expected_reward
-    pure, _ = grpo_advantages(token_rewards, torch.ones(len(expected_reward), k), rollout.uid)
+    pure, _ = grpo_advantages(token_rewards, torch.ones(len(expected_reward), k), extras["uid"])
     torch.testing.assert_close(extras["advantages"], pure)
 
 
