@@ -229,25 +229,36 @@ def measure(name, model, seq_len, args, *, memory: bool):
 
 
 def boundary_bytes(seq_len=16384, chunks=8, hidden=2048, k=5) -> dict[str, float]:
-    """MiB crossing the driver<->worker boundary per document, from the RPC messages' shapes and dtypes."""
-    i64, i32, f32, b = 8, 4, 4, 1
+    """MiB crossing the driver<->worker boundary per document (B = 1), from the tensors of the RPC messages as
+    `refine.trainer.nsp_step` builds them (documents via `wire_documents`; per-row tensors in their dtypes)."""
+    from verl import DataProto
+
+    from refine.trainer.nsp_step import wire_documents
+
     rows = chunks
-    faithful = (
-        2 * seq_len * i64                                   # nsp_analyse in: ids, mask
-        + rows * i64 + rows * k * hidden * f32              # out: positions, target hidden
-        + 2 * rows * seq_len * i64                          # nsp_generate in: prefix ids, mask
-        + rows * k * i64                                    # out: responses
-        + 2 * rows * seq_len * i64 + rows * k * i64         # nsp_old_log_prob in: prefixes, responses
-        + rows * k * f32 + rows * k * hidden * f32          # out: old log-probs, response hidden
-        + 2 * seq_len * i64 + 2 * rows * seq_len * i64      # nsp_update in: documents, prefixes
-        + rows * k * (i64 + 2 * f32)                        # responses, old log-probs, advantages
-    )
-    fast = (
-        seq_len * (i32 + b)                                 # nsp_fast_step in: ids (int32), mask (bool)
-        + rows * (3 * i64 + 3 * f32)                        # out: position, prompt_length, 3 rewards
-        + rows * k * (i64 + 4 * f32)                        # responses, old log-probs, scores, adv, returns
-    )
-    return {"faithful": faithful / 2**20, "fast": fast / 2**20}
+    docs = wire_documents(DataProto.from_dict(tensors={
+        "input_ids": torch.zeros(1, seq_len, dtype=torch.long), "attention_mask": torch.ones(1, seq_len, dtype=torch.long)}))
+    positions = {"positions": torch.zeros(1, chunks, dtype=torch.long)}
+    per_row = lambda *shape, dtype=torch.float32: torch.zeros(1, rows, *shape, dtype=dtype)  # noqa: E731
+    faithful = [
+        docs, {"positions": positions["positions"], "target_hidden": torch.zeros(1, chunks, k, hidden)},  # analyse
+        {**docs, **positions}, {"responses": per_row(k, dtype=torch.long)},  # generate
+        {**docs, **positions, "responses": per_row(k, dtype=torch.long)},  # old log-probs in
+        {"old_log_probs": per_row(k), "response_hidden": per_row(k, hidden)},  # out
+        {**docs, **positions, "responses": per_row(k, dtype=torch.long), "old_log_probs": per_row(k),
+         "advantages": per_row(k)},  # update
+    ]
+    fast = [
+        docs,  # nsp_fast_step in; out: per-row scalars
+        {"responses": per_row(k, dtype=torch.long), "old_log_probs": per_row(k), "scores": per_row(k),
+         "advantages": per_row(k), "returns": per_row(k), "prompt_length": per_row(dtype=torch.long),
+         "position": per_row(dtype=torch.long), **{f"reward_{i}": per_row() for i in range(3)}},
+    ]
+
+    def mib(messages):
+        return sum(t.numel() * t.element_size() for message in messages for t in message.values()) / 2**20
+
+    return {"faithful": mib(faithful), "fast": mib(fast)}
 
 
 def main(argv=None) -> None:
@@ -277,8 +288,8 @@ def main(argv=None) -> None:
             print(f"\n{name} ({params / 1e6:.2f}M params) S={seq_len} B={args.batch} C={args.chunks} k={args.k}")
             for mode, res in results.items():
                 shares = ", ".join(f"{key} {100 * value / res['wall']:.0f}%" for key, value in res["phases"].items())
-                print(f"  {mode:9s} {res['wall']:7.3f} s  x{res['wall'] / ntp:5.2f}  peak {peaks[mode]:7.1f} MiB  "
-                      f"[{shares}]")
+                peak = f"{peaks[mode]:7.1f}" if peaks[mode] >= 1 else "     <1"  # below what RSS sampling sees
+                print(f"  {mode:9s} {res['wall']:7.3f} s  x{res['wall'] / ntp:5.2f}  peak {peak} MiB  [{shares}]")
                 if mode != "ntp":
                     key = "generate" if mode == "faithful" else "gen"
                     decode[(name, mode, seq_len)] = res["phases"][key] / res["generated"]
