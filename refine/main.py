@@ -22,9 +22,18 @@ def compose(overrides: list[str] | None = None, config_name: str = DEFAULT_CONFI
     """The composed config (no validation) from `configs/`, as `python -m refine.main` would build it."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        return hydra_compose(config_name=config_name, overrides=list(overrides or []))
+    # also callable inside `@hydra.main` (the unknown-key check composes the base config): set the running
+    # Hydra aside and put it back
+    outer = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            return hydra_compose(config_name=config_name, overrides=list(overrides or []))
+    finally:
+        if outer is not None:
+            GlobalHydra.instance().initialize(outer)
 
 
 def prepare(config):
@@ -63,6 +72,24 @@ def run(config, *, prepared: bool = False) -> None:
     run_ppo(config, task_runner_class=RefineTaskRunner)
 
 
+def run_stop_reason(exc: BaseException) -> str | None:
+    """The one-line reason when `exc` is (or wraps, e.g. as Ray's task error) a ReFINE stop: training that no
+    longer trains, or a checkpoint that could not be written. None for anything else."""
+    from refine.trainer.checkpoints import CheckpointError
+    from refine.trainer.health import TrainingStopped
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        cause = getattr(exc, "cause", None)  # Ray's RayTaskError keeps the worker-side exception here
+        if isinstance(cause, (TrainingStopped, CheckpointError)):
+            return str(cause)
+        if isinstance(exc, (TrainingStopped, CheckpointError)) and type(exc) in (TrainingStopped, CheckpointError):
+            return str(exc)
+        exc = cause if isinstance(cause, BaseException) else exc.__cause__
+    return None
+
+
 def _hydra_main() -> None:
     import hydra
 
@@ -76,7 +103,14 @@ def _hydra_main() -> None:
             # Bad input or a wrong stack: one clear line (key, value, fix) instead of a traceback.
             print(f"refine: configuration error: {exc}", file=sys.stderr)
             sys.exit(2)
-        run(config, prepared=True)
+        try:
+            run(config, prepared=True)
+        except Exception as exc:  # noqa: BLE001 - only ReFINE's own stops are turned into one line
+            stop = run_stop_reason(exc)
+            if stop is None:
+                raise
+            print(f"refine: {stop}", file=sys.stderr)
+            sys.exit(3)
 
     main()
 

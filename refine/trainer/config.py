@@ -9,6 +9,7 @@ whole config and the data files and raises one `ValueError` naming the key/colum
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,8 @@ class RefineConfig:
     Issue-8 knobs (post-training / TTT): ttt_reset (cumulative | batch), on_overlong (truncate | error),
       use_row_max_gen_tokens.
     plot: write a PNG of rewards and losses per step into the run directory.
+    max_consecutive_skips: stop the run (non-zero exit) after this many global steps in a row that did not train
+      (every optimiser step skipped for a non-finite gradient norm, or a non-finite loss).
     """
 
     ttt_sft_update: bool = False
@@ -99,6 +102,7 @@ class RefineConfig:
     use_row_max_gen_tokens: bool = False
 
     plot: bool = True
+    max_consecutive_skips: int = 3
 
     @property
     def inner_enabled(self) -> bool:
@@ -215,6 +219,16 @@ def validate_refine(rc: RefineConfig, config: DictConfig) -> None:
         _fail("refine.ntp_pad_mask", rc.ntp_pad_mask, "must be 'model' or 'mask'", "pick one of those")
     if rc.ttt_reset not in ("cumulative", "batch"):
         _fail("refine.ttt_reset", rc.ttt_reset, "must be 'cumulative' or 'batch'", "pick one of those")
+    if not isinstance(rc.max_consecutive_skips, int) or rc.max_consecutive_skips < 1:
+        _fail("refine.max_consecutive_skips", rc.max_consecutive_skips, "must be an int >= 1", "use e.g. 3")
+    for name in ("sft_coef", "ppo_coef", "temperature", "top_p"):
+        value = getattr(rc, name)
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+            _fail(f"refine.{name}", value, "must be a finite number", "use a finite value")
+    for key in ("actor_rollout_ref.actor.optim.lr", "actor_rollout_ref.actor.optim.weight_decay"):
+        value = OmegaConf.select(config, key)
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+            _fail(key, value, "must be a finite number", "use a finite value")
     if rc.on_overlong not in ("truncate", "error"):
         _fail("refine.on_overlong", rc.on_overlong, "must be 'truncate' or 'error'", "pick one of those")
 
@@ -536,6 +550,9 @@ def prepare_config(config: DictConfig) -> RefineConfig:
     Mutates `config` (aliases moved, paths absolute, `refine` group completed with defaults) and returns the
     typed `RefineConfig`.
     """
+    from refine.trainer.unknown_keys import check_unknown_keys
+
+    check_unknown_keys(config)  # typos (`+trainer.save_freqq=1`) would otherwise be accepted silently
     apply_official_aliases(config)
     rc = refine_config_from(config)
     with open_dict(config):

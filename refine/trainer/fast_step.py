@@ -20,7 +20,7 @@ from refine.nsp.sampling import eos_ids, sampling_processors
 from refine.nsp.update_plan import combined_loss_metrics, normalized_ppo_mini_batch_rows, plan_combined_update
 from refine.trainer import fast_ops, model_ops
 from refine.trainer.fast_update import InlineRollout, fast_backward
-from refine.trainer.rpc import worker_seed
+from refine.trainer.rpc import step_optimizer, worker_seed
 
 
 def run_fast_step(engine, module, ids: torch.Tensor, mask: torch.Tensor, meta: dict, *, uids=None, rank: int = 0,
@@ -123,7 +123,7 @@ def _update(engine, module, meta, plan, ids, mask, positions, step, inline) -> d
             pg_raw += p_raw
             for key, values in pg_metrics.items():
                 metrics.setdefault(key, []).extend(values)
-            metrics.setdefault("actor/grad_norm_ttt", []).append(float(engine.optimizer_step()))
+            step_optimizer(engine, metrics, "_ttt")
         lr = engine.lr_scheduler_step()
     metrics = {key: [float(v) for v in values] for key, values in metrics.items()}  # one host sync per step
     metrics.update({key: [value] for key, value in combined_loss_metrics(sft_raw, pg_raw, plan).items()})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 PANELS = (
@@ -32,7 +33,13 @@ def plot_history(history: list[dict], path: str | Path) -> Path:
         if ax.lines:
             ax.legend(fontsize=7)
     fig.tight_layout()
+    # through a temporary file and a rename: an interrupted or failed write never leaves a 0-byte plot behind
     path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        plt.close(fig)
     return path

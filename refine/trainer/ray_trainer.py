@@ -20,9 +20,17 @@ from verl.trainer.ppo.ray_trainer import RayPPOTrainer, Role
 from verl.utils.profiler import simple_timer
 
 from refine.trainer.config import RefineConfig, n_workers
+from refine.trainer.checkpoints import (
+    REFINE_STATE_FILE,
+    CheckpointError,
+    describe_save_failure,
+    repair_latest,
+    save_refine_state,
+    set_latest,
+)
+from refine.trainer.health import StepHealth, TrainingStopped
 from refine.trainer.nsp_step import StepSettings, inner_step
 
-REFINE_STATE_FILE = "refine_state.pt"
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "metrics.png"
 
@@ -136,11 +144,20 @@ class RefineTrainer(RayPPOTrainer):
         return os.path.join(self.config.trainer.default_local_dir, f"global_step_{step}")
 
     def _save_checkpoint(self):
-        super()._save_checkpoint()
+        """verl's checkpoint, complete before the latest pointer moves (refine_state.pt first), the pointer
+        rewritten atomically after; a failure names the folder, the cause and the free space."""
+        folder = Path(self._step_folder(self.global_steps))
         state = {"nsp_rng": self.nsp_rng.get_state(), "seed": torch.tensor(int(self.rc.seed))}
-        torch.save(state, os.path.join(self._step_folder(self.global_steps), REFINE_STATE_FILE))
+        try:
+            save_refine_state(folder, state)
+            super()._save_checkpoint()
+            set_latest(self.run_dir, self.global_steps)
+        except Exception as exc:  # noqa: BLE001 - any failure here (disk full, permissions, a worker) is reported
+            raise CheckpointError(describe_save_failure(exc, folder)) from exc
 
     def _load_checkpoint(self):
+        if self.config.trainer.resume_mode == "auto":
+            repair_latest(self.run_dir)
         super()._load_checkpoint()
         if self.global_steps <= 0:
             return
@@ -217,22 +234,30 @@ class RefineTrainer(RayPPOTrainer):
         steps_per_epoch = len(self.train_dataloader)
         self.global_steps += 1
         start_epoch = (self.global_steps - 1) // steps_per_epoch
+        health = StepHealth(max_consecutive_skips=self.rc.max_consecutive_skips, vocab_size=len(self.tokenizer))
         for epoch in range(start_epoch, trainer_cfg.total_epochs):
             for batch_dict in self.train_dataloader:
                 batch = DataProto.from_single_dict(batch_dict)
                 metrics = self.train_step(batch)
+                trained = health.record(metrics, self.global_steps)
                 is_last = self.global_steps >= total
                 timing: dict[str, float] = {}
                 test_freq, save_freq = trainer_cfg.test_freq, trainer_cfg.save_freq
                 if test_freq > 0 and (is_last or self.global_steps % test_freq == 0):
                     with simple_timer("testing", timing):
                         metrics.update(self._validate())
-                if save_freq > 0 and (is_last or self.global_steps % save_freq == 0):
+                # a step that did not train is never checkpointed: the latest stays the last good one
+                if trained and save_freq > 0 and (is_last or self.global_steps % save_freq == 0):
                     with simple_timer("save_checkpoint", timing):
                         self._save_checkpoint()
                 metrics.update({f"timing_s/{k}": v for k, v in timing.items()})
                 metrics.update({"training/global_step": self.global_steps, "training/epoch": epoch})
                 self._log(tracker, metrics, self.global_steps)
+                if health.must_stop:
+                    progress.close()
+                    latest = self.run_dir / "latest_checkpointed_iteration.txt"
+                    raise TrainingStopped(health.stop_message(
+                        self.global_steps, self._step_folder(int(latest.read_text())) if latest.exists() else None))
                 progress.set_postfix({k: f"{metrics[k]:.3f}" for k in _PROGRESS_KEYS if k in metrics})
                 progress.update(1)
                 if is_last:

@@ -6,6 +6,8 @@ verl's worker engine.
 
 from __future__ import annotations
 
+import math
+
 from verl.single_controller.base.decorator import make_nd_compute_dataproto_dispatch_fn
 
 # rows split evenly over the data-parallel ranks, outputs concatenated in rank order; metrics in
@@ -30,3 +32,15 @@ def memory_metrics(suffix: str) -> dict[str, float]:
         f"perf/max_memory_reserved_gb{suffix}": device.max_memory_reserved() / gib,
         f"perf/cpu_memory_used_gb{suffix}": psutil.virtual_memory().used / gib,
     }
+
+
+def step_optimizer(engine, metrics: dict[str, list], suffix: str) -> None:
+    """One optimiser step through verl's engine (clip; a non-finite gradient norm skips the update), recorded in
+    `metrics`: `actor/grad_norm{suffix}` (one entry per step), `actor/optimizer_steps{suffix}` and
+    `actor/skipped_optimizer_steps{suffix}` (counts of this call, as one entry each: the driver sums them)."""
+    norm = float(engine.optimizer_step())
+    metrics.setdefault(f"actor/grad_norm{suffix}", []).append(norm)
+    steps = metrics.setdefault(f"actor/optimizer_steps{suffix}", [0])
+    skipped = metrics.setdefault(f"actor/skipped_optimizer_steps{suffix}", [0])
+    steps[0] += 1
+    skipped[0] += 0 if math.isfinite(norm) else 1

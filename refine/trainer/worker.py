@@ -22,7 +22,7 @@ from refine.nsp.update_plan import (
 )
 from refine.trainer import model_ops
 from refine.trainer.fast_worker import FastNspWorkerMixin
-from refine.trainer.rpc import ACTOR_DISPATCH, memory_metrics, worker_seed
+from refine.trainer.rpc import ACTOR_DISPATCH, memory_metrics, step_optimizer, worker_seed
 
 
 class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
@@ -189,7 +189,7 @@ class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
                 pg_raw += p_raw
                 for key, values in pg_metrics.items():
                     metrics.setdefault(key, []).extend(values)
-                metrics.setdefault("actor/grad_norm_ttt", []).append(float(engine.optimizer_step()))
+                step_optimizer(engine, metrics, "_ttt")
             lr = engine.lr_scheduler_step()
         metrics = {key: [float(v) for v in values] for key, values in metrics.items()}  # one host sync per call
         metrics.update({key: [value] for key, value in combined_loss_metrics(sft_raw, pg_raw, plan).items()})
@@ -210,10 +210,9 @@ class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
             raw = model_ops.sft_only_backward(
                 self._module, {"input_ids": sft_ids, "attention_mask": sft_mask}, plan, mask_pads=meta["mask_pads"]
             )
-            grad_norm = engine.optimizer_step()
+            metrics = {key: [value] for key, value in ntp_only_loss_metrics(raw, plan).items()}
+            step_optimizer(engine, metrics, "_ttt")
             lr = engine.lr_scheduler_step()
-        metrics = {key: [value] for key, value in ntp_only_loss_metrics(raw, plan).items()}
-        metrics["actor/grad_norm_ttt"] = [float(grad_norm)]
         metrics["actor/lr_ttt"] = [float(lr)]
         metrics.update({key: [value] for key, value in memory_metrics("_ttt").items()})
         return DataProto(meta_info={"metrics": metrics})
@@ -236,11 +235,10 @@ class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
         with engine.train_mode():
             engine.optimizer_zero_grad()
             raw = model_ops.task_sft_backward(self._module, batch, plan)
-            grad_norm = engine.optimizer_step()
+            losses = ntp_only_loss_metrics(raw, plan, key="actor/sft_loss", raw_key="actor/sft_loss_raw")
+            metrics = {key: [value] for key, value in losses.items()}
+            step_optimizer(engine, metrics, "")
             lr = engine.lr_scheduler_step()
-        losses = ntp_only_loss_metrics(raw, plan, key="actor/sft_loss", raw_key="actor/sft_loss_raw")
-        metrics = {key: [value] for key, value in losses.items()}
-        metrics["actor/grad_norm"] = [float(grad_norm)]
         metrics["actor/lr"] = [float(lr)]
         metrics.update({key: [value] for key, value in memory_metrics("").items()})
         return DataProto(meta_info={"metrics": metrics})
@@ -334,7 +332,7 @@ class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
                     metrics.setdefault("actor/pg_loss", []).extend(raw)
                     for key, values in pg_metrics.items():
                         metrics.setdefault(key, []).extend(values)
-                    metrics.setdefault("actor/grad_norm", []).append(float(engine.optimizer_step()))
+                    step_optimizer(engine, metrics, "")
             lr = engine.lr_scheduler_step()
         metrics["actor/lr"] = [float(lr)]
         metrics.update({key: [value] for key, value in memory_metrics("").items()})

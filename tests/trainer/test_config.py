@@ -245,3 +245,26 @@ def test_fast_nsp_mode_refuses_mini_batches_that_split_a_document(compose_config
         prepare_config(compose_config(overrides))
     # the same sizes are valid in the faithful mode (the official arithmetic allows them)
     assert prepare_config(compose_config(overrides[1:])).nsp_mode == "faithful"
+
+
+@pytest.mark.parametrize("override,suggestion", [
+    ("+foo_bar=1", None),
+    ("+trainer.save_freqq=1", "trainer.save_freq"),
+    ("+actor_rollout_ref.actor.ttt_n_chunk=8", "actor_rollout_ref.actor.ttt_n_chunks"),
+])
+def test_unknown_and_misspelt_keys_are_refused_with_a_suggestion(compose_config, override, suggestion):
+    key = override[1:].split("=")[0]
+    with pytest.raises(ValueError, match=rf"^{key}=.*unknown key") as err:
+        prepare_config(compose_config([override]))
+    assert "\n" not in str(err.value)
+    if suggestion:
+        assert f"did you mean {suggestion}?" in str(err.value)
+
+
+def test_free_form_sections_and_official_keys_are_not_unknown(compose_config):
+    rc = prepare_config(compose_config([
+        "+actor_rollout_ref.model.override_config.lact_exact_padding=True",
+        "+actor_rollout_ref.actor.ttt_n_chunks=2",
+        "+ray_kwargs.ray_init.num_gpus=0",
+    ]))
+    assert rc.n_chunks == 2
