@@ -457,6 +457,12 @@ def validate_data(rc: RefineConfig, config: DictConfig) -> None:
             _check_parquet(key, path, prompt_key)
             import pyarrow.parquet as pq
 
+            from refine.data.checks import check_prompts
+
+            try:  # a column of ints or lists would otherwise fail inside Ray, or pass as "too short"
+                check_prompts(pq.read_table(path, columns=[prompt_key]).column(0).to_pylist(), prompt_key=prompt_key)
+            except ValueError as exc:
+                _fail(f"{key} {path}", "rows", str(exc), "store one document string per row in that column")
             names = pq.read_schema(path).names
             for opt_key in ("answer_key", "data_source_key"):
                 col = getattr(rc, opt_key)
@@ -497,18 +503,26 @@ def check_nsp_row_lengths(rc: RefineConfig, config: DictConfig, tokenizer) -> No
     if int(config.data.max_prompt_length) < need:
         _fail("data.max_prompt_length", int(config.data.max_prompt_length),
               f"rows need >= {need} real tokens for NSP (20 + k, and >= C)", f"use data.max_prompt_length >= {need}")
-    surely_long = need * _max_token_chars(tokenizer)
+    # rows shorter than C * (20 + k) still run, but their first prefixes collapse onto the lower clamp
+    full = rc.n_chunks * (MAX_RESPONSE_LENGTH + rc.response_length)
+    chars = _max_token_chars(tokenizer)
     for key, value in groups:
         for path in _files(value):
             texts = pq.read_table(path, columns=[config.data.prompt_key]).column(0).to_pylist()
+            collapsed = 0
             for row, text in enumerate(texts):
-                if isinstance(text, str) and len(text) >= surely_long:
+                if isinstance(text, str) and len(text) >= full * chars:
                     continue
                 n = len(tokenizer(text or "", add_special_tokens=False)["input_ids"])
                 if n < need:
                     _fail(key, path, f"row {row} of column {config.data.prompt_key!r} has {n} tokens; NSP needs "
                           f">= {need} (20 + refine.response_length, and >= refine.n_chunks)",
                           "drop or merge short rows (or lower refine.response_length / refine.n_chunks)")
+                collapsed += min(n, int(config.data.max_prompt_length)) < full
+            if collapsed:
+                print(f"WARNING: {key}: {collapsed} of {len(texts)} rows of {path} have fewer than n_chunks * "
+                      f"(20 + k) = {full} tokens, so some of their {rc.n_chunks} prefixes collapse onto the lower "
+                      "clamp (20 real tokens); merge short rows or lower refine.n_chunks", flush=True)
 
 
 def absolutize_paths(config: DictConfig, base: Path | None = None) -> None:
@@ -570,6 +584,11 @@ def prepare_config(config: DictConfig) -> RefineConfig:
     ):
         _fail("actor_rollout_ref.model.path", model.path, "no local HF model/tokenizer directory there",
               "point it at a local HF model directory (the demo's is built by scripts/build_demo_model.py)")
+    from refine.trainer.model_checks import check_model_dir, check_tokenizer, check_writable
+
+    check_model_dir(str(model.path))
+    check_tokenizer(str(tokenizer_path))
+    check_writable("trainer.default_local_dir", str(config.trainer.default_local_dir))
     needs_tokens = rc.ttt_ppo_update or rc.val_ttt_ppo_update or rc.task_sft_update
     if needs_tokens or validates_by_generation(rc, config):
         from transformers import AutoTokenizer

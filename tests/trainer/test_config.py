@@ -268,3 +268,87 @@ def test_free_form_sections_and_official_keys_are_not_unknown(compose_config):
         "+ray_kwargs.ray_init.num_gpus=0",
     ]))
     assert rc.n_chunks == 2
+
+
+def broken_model_dir(tmp_path, damage: str):
+    """A copy of the demo model with one defect."""
+    import json
+    import shutil
+
+    from refine.trainer.config import REPO_ROOT
+
+    model_dir = tmp_path / damage
+    shutil.copytree(REPO_ROOT / "data" / "demo" / "model", model_dir)
+    weights = model_dir / "model.safetensors"
+    if damage == "no_config":
+        (model_dir / "config.json").unlink()
+        (model_dir / "tokenizer_config.json").write_text((model_dir / "tokenizer_config.json").read_text())
+    elif damage == "no_weights":
+        weights.unlink()
+    elif damage == "truncated_weights":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "wrong_architecture":
+        config = json.loads((model_dir / "config.json").read_text())
+        (model_dir / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 3}))
+    elif damage == "unknown_model_type":
+        config = json.loads((model_dir / "config.json").read_text())
+        (model_dir / "config.json").write_text(json.dumps({**config, "model_type": "not_a_model"}))
+    elif damage == "no_tokenizer":
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            (model_dir / name).unlink(missing_ok=True)
+    elif damage == "no_eos_no_pad":
+        tok = json.loads((model_dir / "tokenizer_config.json").read_text())
+        tok.pop("eos_token", None), tok.pop("pad_token", None)
+        (model_dir / "tokenizer_config.json").write_text(json.dumps(tok))
+        (model_dir / "special_tokens_map.json").unlink(missing_ok=True)
+    return model_dir
+
+
+@pytest.mark.parametrize("damage,pattern", [
+    ("no_config", "no config.json"),
+    ("no_weights", "no weights"),
+    ("truncated_weights", "model.safetensors is unreadable"),
+    ("wrong_architecture", "do not match the delta_net architecture"),
+    ("unknown_model_type", "config.json does not load"),
+    ("no_tokenizer", "no tokenizer loads from this folder"),
+    ("no_eos_no_pad", "neither an EOS nor a pad token"),
+])
+def test_broken_model_folders_fail_before_ray_naming_the_path(compose_config, tmp_path, damage, pattern):
+    model_dir = broken_model_dir(tmp_path, damage)
+    with pytest.raises(ValueError, match=pattern) as err:
+        prepare_config(compose_config([f"actor_rollout_ref.model.path={model_dir}"]))
+    assert str(model_dir) in str(err.value) and "Fix:" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_checkpoint_folder_that_cannot_be_written_fails_before_ray(compose_config, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match=r"trainer.default_local_dir=.*is not a folder"):
+        prepare_config(compose_config([f"trainer.default_local_dir={blocker / 'run'}"]))
+
+
+@pytest.mark.parametrize("cells,pattern", [([1, 2, 3], "expected a string, got int"),
+                                           ([["a", "b"], ["c"]], "expected a string, got list")])
+def test_text_columns_of_the_wrong_type_name_file_column_and_row(compose_config, tmp_path, cells, pattern):
+    path = tmp_path / "bad.parquet"
+    pd.DataFrame({"text": cells}).to_parquet(path)
+    with pytest.raises(ValueError, match=rf"data.train_files {path}.*column 'text' row 0: {pattern}"):
+        prepare_config(compose_config([f"data.train_files={path}"]))
+
+
+def test_rows_too_short_for_c_prefixes_are_counted_in_a_warning(compose_config, tmp_path, capsys):
+    """C = 2, k = 3: rows under 2 * 23 = 46 tokens run, but their first prefix sits on the clamp: a warning with
+    the count (the long row is not counted)."""
+    from transformers import AutoTokenizer
+
+    from refine.trainer.config import REPO_ROOT
+
+    tokenizer = AutoTokenizer.from_pretrained(REPO_ROOT / "data" / "demo" / "model")
+    text = "def f(x):\n    return x + 1\n"
+    short = " ".join([text] * 2)
+    assert 23 <= len(tokenizer(short)["input_ids"]) < 46  # long enough to run, too short for 2 full prefixes
+    path = tmp_path / "mixed.parquet"
+    pd.DataFrame({"text": [short, text * 40, short]}).to_parquet(path)
+    prepare_config(compose_config([f"data.train_files={path}"]))
+    out = capsys.readouterr().out
+    assert f"2 of 3 rows of {path} have fewer than n_chunks * (20 + k) = 46 tokens" in out
