@@ -45,8 +45,8 @@ def prepare(config):
     from refine.stack import check_device, check_stack
 
     check_stack()  # pinned versions and an importable triton, before verl or fla is imported
-    rc = prepare_config(config)  # bad input fails before the heavy imports below
     device = check_device(str(config.trainer.device))  # auto -> cuda/cpu; explicit cuda on a CPU host: error
+    rc = prepare_config(config)  # bad input fails before Ray and the heavy imports below
     from refine.platform import platform_env_vars
 
     env = platform_env_vars()
@@ -90,6 +90,33 @@ def run_stop_reason(exc: BaseException) -> str | None:
     return None
 
 
+def worker_died(exc: BaseException) -> bool:
+    """Whether `exc` (or what it wraps) is Ray's report of a dead worker process (killed, out of memory, ...)."""
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, WorkerCrashedError
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (ActorDiedError, ActorUnavailableError, WorkerCrashedError)):
+            return True
+        cause = getattr(exc, "cause", None)
+        exc = cause if isinstance(cause, BaseException) else exc.__cause__
+    return False
+
+
+def dead_worker_message(exc: BaseException, config) -> str:
+    """What died, where the run can resume from, and the command to do it."""
+    from refine.trainer.checkpoints import complete_steps
+
+    run_dir = Path(str(config.trainer.default_local_dir))
+    steps = complete_steps(run_dir)
+    where = (f"the latest complete checkpoint is {run_dir / f'global_step_{steps[0]}'}" if steps
+             else f"no complete checkpoint in {run_dir} yet")
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (f"a worker process died ({first}); {where}. To resume, run the same command again with "
+            "trainer.resume_mode=auto (the default) and the same trainer.default_local_dir")
+
+
 def _hydra_main() -> None:
     import hydra
 
@@ -105,11 +132,11 @@ def _hydra_main() -> None:
             sys.exit(2)
         try:
             run(config, prepared=True)
-        except Exception as exc:  # noqa: BLE001 - only ReFINE's own stops are turned into one line
+        except Exception as exc:  # noqa: BLE001 - only ReFINE's own stops and dead workers get one line
             stop = run_stop_reason(exc)
-            if stop is None:
+            if stop is None and not worker_died(exc):
                 raise
-            print(f"refine: {stop}", file=sys.stderr)
+            print(f"refine: {stop or dead_worker_message(exc, config)}", file=sys.stderr)
             sys.exit(3)
 
     main()

@@ -57,10 +57,14 @@ def weight_names(model_dir: Path) -> set[str]:
 
 def check_model_dir(model_path: str) -> None:
     """ModelCheckError unless `model_path` holds a loadable config, matching weights (see module docstring)."""
+    import warnings
+
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    import refine.models  # noqa: F401 - registers DeltaNet / GDN / LaCT with the Auto classes
+    with warnings.catch_warnings():  # fla's "Triton is not supported on current platform" on CPU hosts
+        warnings.filterwarnings("ignore", message="Triton is not supported")
+        import refine.models  # noqa: F401 - registers DeltaNet / GDN / LaCT with the Auto classes
 
     model_dir = Path(model_path)
     if not (model_dir / "config.json").is_file():
