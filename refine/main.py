@@ -47,6 +47,9 @@ def prepare(config):
     check_stack()  # pinned versions and an importable triton, before verl or fla is imported
     device = check_device(str(config.trainer.device))  # auto -> cuda/cpu; explicit cuda on a CPU host: error
     rc = prepare_config(config)  # bad input fails before Ray and the heavy imports below
+    from refine.trainer.run_record import check_resume_matches, record_config
+
+    check_resume_matches(config)  # never continue another run's checkpoint silently
     from refine.platform import platform_env_vars
 
     env = platform_env_vars()
@@ -58,6 +61,8 @@ def prepare(config):
         ray_init.runtime_env = runtime_env
     for name, value in env.items():
         os.environ.setdefault(name, value)
+    path = record_config(config, Path(str(config.trainer.default_local_dir)))
+    print(f"refine: resolved config written to {path}", flush=True)
     return rc
 
 

@@ -7,6 +7,9 @@ import numpy as np
 import torch
 from verl import DataProto
 
+from tqdm import tqdm
+
+from refine.trainer.predictions import PredictionWriter, prediction_paths
 from refine.trainer.rpc import worker_seed
 
 
@@ -66,9 +69,15 @@ def validate_generation(trainer) -> dict[str, float]:
     batch_size = trainer.val_dataloader.batch_size
     scores: list[float] = []
     by_source: dict[str, list[float]] = {}
+    trainer_cfg = trainer.config.trainer
+    writer = PredictionWriter(
+        prediction_paths(trainer.run_dir, trainer.global_steps, trainer_cfg.get("validation_data_dir")),
+        step=trainer.global_steps, show=int(trainer_cfg.get("log_val_generations") or 0))
     if reset:
         wg.snapshot_state()
-    for index, batch_dict in enumerate(trainer.val_dataloader):
+    batches = tqdm(trainer.val_dataloader, desc="test-time training + answers" if ttt else "validation answers",
+                   unit="batch", leave=False)
+    for index, batch_dict in enumerate(batches):
         batch = DataProto.from_single_dict(batch_dict)
         if ttt:
             batch.non_tensor_batch["uid"] = np.array([f"val{index}-{i}" for i in range(len(batch))], dtype=object)
@@ -85,13 +94,19 @@ def validate_generation(trainer) -> dict[str, float]:
                 for row, limit in zip(responses, row_limits)
             ])
         texts = trainer.tokenizer.batch_decode(responses, skip_special_tokens=True)
-        for text, answers, source in zip(texts, batch.non_tensor_batch["answers"],
-                                         batch.non_tensor_batch["data_source"]):
-            score = float(score_response(str(source), text, split_answers(answers)))
+        prompts = trainer.tokenizer.batch_decode(batch.batch["input_ids"], skip_special_tokens=True)
+        for text, prompt, answers, source in zip(texts, prompts, batch.non_tensor_batch["answers"],
+                                                 batch.non_tensor_batch["data_source"]):
+            gold = split_answers(answers)
+            score = float(score_response(str(source), text, gold))
             scores.append(score)
             by_source.setdefault(str(source), []).append(score)
+            writer.write(data_source=str(source), prompt=prompt, prediction=text, answers=gold, score=score)
+        batches.set_postfix(val_reward=f"{np.mean(scores):.3f}")
         if reset:
             wg.restore_state()
+    writer.close()
+    print(f"predictions: {', '.join(str(p) for p in writer.paths)}", flush=True)
     metrics = {"val_reward": float(np.mean(scores)), "val_n_scored": float(len(scores))}
     metrics.update({f"val_reward/{source}": float(np.mean(values)) for source, values in sorted(by_source.items())})
     return metrics

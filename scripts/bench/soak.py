@@ -56,6 +56,7 @@ def main(argv=None) -> int:
     run_dir = Path(tempfile.mkdtemp(prefix="refine_soak_"))
     command = [sys.executable, "-m", "refine.main", "+preset=embedded_demo", f"trainer.total_training_steps={args.steps}",
                f"trainer.save_freq={args.save_freq}", "trainer.test_freq=-1", "trainer.val_before_train=false",
+               "trainer.total_epochs=1000",  # the demo corpus is one epoch of ~80 steps: loop over it
                "trainer.max_actor_ckpt_to_keep=2", f"refine.nsp_mode={args.nsp_mode}",
                f"trainer.default_local_dir={run_dir}"]
     print("running:", " ".join(command[1:]), flush=True)
@@ -75,7 +76,9 @@ def main(argv=None) -> int:
     seconds = {s: d.get("timing_s/step", float("nan")) for s, d in records.items()}
     print(f"\n{'step':>6} {'s/step':>8} {'peak RSS MiB':>13}")
     for step in range(args.save_freq, args.steps + 1, args.save_freq):
-        window = [s for s in range(step - args.save_freq + 1, step + 1) if s in peak_by_step]
+        window = [s for s in range(step - args.save_freq + 1, step + 1) if s in peak_by_step and s in seconds]
+        if not window:
+            continue
         peak = max((peak_by_step[s] for s in window), default=0) / 2**20
         mean = sum(seconds.get(s, 0.0) for s in window) / max(1, len(window))
         print(f"{step:6d} {mean:8.3f} {peak:13.1f}")

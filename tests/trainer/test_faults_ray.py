@@ -55,3 +55,32 @@ def test_an_empty_latest_pointer_resumes_from_the_newest_complete_step(make_trai
         for key, value in expected[step].items():
             if key.startswith(COMPARED_PREFIXES) and "memory" not in key:
                 assert got[step][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (step, key)
+
+
+def test_post_training_killed_after_step_1_resumes_like_the_uninterrupted_run(make_trainer, close, ruler_files,
+                                                                               tmp_path):
+    """Post-training (inner NSP + task SFT): a run stopped after step 1 (fresh workers, as after a kill) and
+    resumed reproduces steps 2-3 of the uninterrupted run, task-SFT metrics included."""
+    from tests.trainer.test_post_ttt_ray import ruler_overrides
+
+    def post(run_dir, steps):
+        return make_trainer(ruler_overrides(ruler_files, run_dir) + [
+            "refine.task_sft_update=true", "refine.val_get_loss=false", f"trainer.total_training_steps={steps}",
+            "trainer.test_freq=-1", "trainer.save_freq=1", "trainer.resume_mode=auto",
+            "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2"])
+
+    full = post(tmp_path / "full", 3)
+    full.fit()
+    expected = step_records(full)
+    close(full)
+    first = post(tmp_path / "cut", 1)
+    first.fit()
+    close(first)
+    resumed = post(tmp_path / "cut", 3)
+    resumed.fit()
+    got = step_records(resumed)
+    assert "actor/sft_loss" in got[3]
+    for step in (2, 3):
+        for key, value in expected[step].items():
+            if key.startswith(COMPARED_PREFIXES) and "memory" not in key:
+                assert got[step][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (step, key)

@@ -18,6 +18,22 @@ def ruler_overrides(ruler_files, tmp_path):
             "data.max_response_length=8", f"trainer.default_local_dir={tmp_path}"]
 
 
+def check_predictions(path, metrics):
+    """The predictions file has one row per scored example and its scores give the logged val_reward; each score
+    is the RULER scorer's on the row's own prediction and answers (recomputed here)."""
+    import json
+
+    from refine.scoring.ruler import score as ruler_score
+
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == metrics["val_n_scored"]
+    assert sum(r["score"] for r in rows) / len(rows) == pytest.approx(metrics["val_reward"])
+    for row in rows:
+        assert row["data_source"] == "ruler_squadqa" and row["prompt_tail"].rstrip().endswith("Answer:")
+        assert row["score"] == pytest.approx(ruler_score(row["prediction"], row["answers"]))
+    return rows
+
+
 def test_post_training_two_steps_then_ruler_validation(make_trainer, params, ruler_files, tmp_path):
     trainer = make_trainer(ruler_overrides(ruler_files, tmp_path) + [
         "refine.task_sft_update=true", "refine.val_get_loss=false", "trainer.total_training_steps=2",
@@ -33,6 +49,7 @@ def test_post_training_two_steps_then_ruler_validation(make_trainer, params, rul
     last = steps[2]
     assert 0.0 <= last["val_reward"] <= 1.0 and last["val_n_scored"] == 4.0
     assert last["val_reward/ruler_squadqa"] == last["val_reward"]
+    check_predictions(tmp_path / "predictions" / "step_2.jsonl", last)
     after_sft = params(trainer)
     assert (after_sft - before).abs().max() > 0
 
@@ -90,6 +107,16 @@ def test_test_time_training_reset_modes(make_trainer, params, ruler_files, tmp_p
     trainer.fit()  # val_only: TTT over the 2 validation batches, reset mode "batch"
     record = trainer.history[0]
     assert record["step"] == 0 and record["val_n_scored"] == 4.0 and 0.0 <= record["val_reward"] <= 1.0
+    check_predictions(tmp_path / "predictions" / "step_0.jsonl", record)
+    import importlib.util
+
+    from refine.trainer.config import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("longbench_report", REPO_ROOT / "scripts" / "longbench_report.py")
+    report_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report_module)
+    report = report_module.main(["--predictions", str(tmp_path / "predictions" / "step_0.jsonl")])
+    assert report["tasks"]["ruler_squadqa"]["n"] == 4
     answers = [p for kind, p in seen if kind == "answer"]
     restored = [p for kind, p in seen if kind == "restored"]
     assert len(answers) == 2 and len(restored) == 2

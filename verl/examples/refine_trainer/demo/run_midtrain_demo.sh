@@ -16,11 +16,12 @@ MODEL_PATH=${MODEL_PATH:-"<path-to-model-dir>"}          # local HF folder (LaCT
 TRAIN_FILES=${TRAIN_FILES:-"<path-to-train-parquet>"}    # documents of >= 16K tokens
 VAL_FILES=${VAL_FILES:-"<path-to-val-parquet>"}
 PROMPT_KEY=${PROMPT_KEY:-text}                           # the raw-text column
-CKPT_DIR=${CKPT_DIR:-checkpoints/ReFINE/midtrain_16k_tttrl}
 NGPUS_PER_NODE=${NGPUS_PER_NODE:-8}
 NNODES=${NNODES:-1}
 PROJECT_NAME=${PROJECT_NAME:-ReFINE}
 EXPERIMENT_NAME=${EXPERIMENT_NAME:-midtrain_16k_tttrl}
+# one folder per project and experiment: a new experiment never resumes another one's checkpoint
+CKPT_DIR=${CKPT_DIR:-checkpoints/$PROJECT_NAME/$EXPERIMENT_NAME}
 LOGGER=${LOGGER:-console}                                # e.g. '["console","wandb"]'
 SMOKE=${SMOKE:-0}
 ############################################################

@@ -21,13 +21,14 @@ PROMPT_KEY=${PROMPT_KEY:-prompt}
 ANSWER_KEY=${ANSWER_KEY:-answer}                         # RULER: list of gold answers; the first is the SFT target
 DATA_SOURCE_KEY=${DATA_SOURCE_KEY:-task}                 # picks the scorer (ruler_squadqa / ruler_hotpotqa)
 REWARD_FN=${REWARD_FN:-refine/scoring/reward.py}         # compute_score dispatching on data_source (RULER here)
-CKPT_DIR=${CKPT_DIR:-checkpoints/ReFINE/posttrain_8k_tttrl}
 NGPUS_PER_NODE=${NGPUS_PER_NODE:-8}
 NNODES=${NNODES:-1}
 TRAIN_BATCH_SIZE=${TRAIN_BATCH_SIZE:-64}
 VAL_BATCH_SIZE=${VAL_BATCH_SIZE:-16}
 PROJECT_NAME=${PROJECT_NAME:-ReFINE}
 EXPERIMENT_NAME=${EXPERIMENT_NAME:-posttrain_8k_tttrl}
+# one folder per project and experiment: a new experiment never resumes another one's checkpoint
+CKPT_DIR=${CKPT_DIR:-checkpoints/$PROJECT_NAME/$EXPERIMENT_NAME}
 LOGGER=${LOGGER:-console}
 SMOKE=${SMOKE:-0}
 ############################################################

@@ -21,13 +21,14 @@ PROMPT_KEY=${PROMPT_KEY:-prompt}
 ANSWER_KEY=${ANSWER_KEY:-answers}                        # LongBench: list of gold answers
 DATA_SOURCE_KEY=${DATA_SOURCE_KEY:-task}                 # the LongBench dataset name picks the metric
 REWARD_FN=${REWARD_FN:-refine/scoring/reward.py}         # compute_score dispatching on data_source (LongBench here)
-CKPT_DIR=${CKPT_DIR:-checkpoints/ReFINE/testtimetrain_16k_tttrl}
 NGPUS_PER_NODE=${NGPUS_PER_NODE:-4}
 NNODES=${NNODES:-1}
 MAX_SEQ_LENGTH=${MAX_SEQ_LENGTH:-16384}
 MAX_RESPONSE_LENGTH=${MAX_RESPONSE_LENGTH:-32}
 PROJECT_NAME=${PROJECT_NAME:-ReFINE}
 EXPERIMENT_NAME=${EXPERIMENT_NAME:-testtimetrain_16k_tttrl}
+# one folder per project and experiment: a new experiment never resumes another one's checkpoint
+CKPT_DIR=${CKPT_DIR:-checkpoints/$PROJECT_NAME/$EXPERIMENT_NAME}
 LOGGER=${LOGGER:-console}
 SMOKE=${SMOKE:-0}
 ############################################################
