@@ -69,18 +69,18 @@ def test_post_training_killed_after_step_1_resumes_like_the_uninterrupted_run(ma
             "trainer.test_freq=-1", "trainer.save_freq=1", "trainer.resume_mode=auto",
             "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2"])
 
-    full = post(tmp_path / "full", 3)
+    full = post(tmp_path / "full", 2)
     full.fit()
     expected = step_records(full)
     close(full)
     first = post(tmp_path / "cut", 1)
     first.fit()
     close(first)
-    resumed = post(tmp_path / "cut", 3)
+    resumed = post(tmp_path / "cut", 2)
     resumed.fit()
     got = step_records(resumed)
-    assert "actor/sft_loss" in got[3]
-    for step in (2, 3):
+    assert "actor/sft_loss" in got[2] and sorted(got) == [1, 2]
+    for step in (2,):
         for key, value in expected[step].items():
             if key.startswith(COMPARED_PREFIXES) and "memory" not in key:
                 assert got[step][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (step, key)

@@ -29,7 +29,7 @@ def check_predictions(path, metrics):
     assert len(rows) == metrics["val_n_scored"]
     assert sum(r["score"] for r in rows) / len(rows) == pytest.approx(metrics["val_reward"])
     for row in rows:
-        assert row["data_source"] == "ruler_squadqa" and row["prompt_tail"].rstrip().endswith("Answer:")
+        assert row["data_source"] == "ruler_squadqa" and 0 < len(row["prompt_tail"]) <= 300
         assert row["score"] == pytest.approx(ruler_score(row["prediction"], row["answers"]))
     return rows
 
