@@ -50,6 +50,11 @@ def prepare(config):
     from refine.trainer.run_record import check_resume_matches, record_config
 
     check_resume_matches(config)  # never continue another run's checkpoint silently
+    from refine.trainer.launch_checks import check_batches_fit, check_logger, check_ray_cpus
+
+    check_batches_fit(config)
+    check_logger(config)
+    check_ray_cpus(config, device)
     from refine.platform import platform_env_vars
 
     env = platform_env_vars()
@@ -147,13 +152,48 @@ def _hydra_main() -> None:
     main()
 
 
+# arguments that choose what to train on; without any of them the run is the embedded default plus the overrides
+_CHOOSES_A_RUN = ("+preset=", "preset=", "actor_rollout_ref.model.path=", "data.train_files=", "data.val_files=")
+_HYDRA_QUIET = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled",
+                "hydra/hydra_logging=disabled"]
+
+
+def help_text() -> str:
+    """`python -m refine.main --help`: the refine group with defaults and docs, and where the rest is."""
+    import dataclasses
+
+    from refine.trainer.config import OFFICIAL_ALIASES, RefineConfig
+
+    lines = [
+        "usage: python -m refine.main [key=value ...] [+preset=midtrain|posttrain|testtimetrain] [--cfg job]",
+        "",
+        "With no model or data argument the run is the embedded default (tiny DeltaNet, bundled data, CPU) with",
+        "your overrides on top. Every key of verl's ppo_trainer config works too (see configs/refine_trainer.yaml",
+        "and `python -m refine.main --cfg job` for the resolved config); the official ReFINE +key=value overrides",
+        "are mapped onto refine.* (docs/phases.md).",
+        "",
+        "refine.* keys (default):",
+    ]
+    official = {name: key for key, name in OFFICIAL_ALIASES.items() if name}
+    for field in dataclasses.fields(RefineConfig):
+        alias = f"  [official: +{official[field.name]}]" if field.name in official else ""
+        lines.append(f"  refine.{field.name} = {field.default!r}{alias}")
+    lines += ["", "What they mean (refine/trainer/config.py, RefineConfig):", RefineConfig.__doc__ or ""]
+    return "\n".join(lines)
+
+
 def main() -> None:
-    """`python -m refine.main`: no arguments runs the embedded default."""
-    if len(sys.argv) == 1:
-        sys.argv.append(DEMO_PRESET)
-    # Hydra would otherwise write outputs/<date>/ logs into the working directory on every run.
-    sys.argv += ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled",
-                 "hydra/hydra_logging=disabled"]
+    """`python -m refine.main`: no arguments runs the embedded default; overrides that choose no model, data or
+    preset run on top of it."""
+    args = sys.argv[1:]
+    if "--help" in args or "-h" in args:
+        print(help_text())
+        return
+    if "--config-name" not in args and not any(arg.startswith(_CHOOSES_A_RUN) for arg in args):
+        args = [DEMO_PRESET, *args]
+    # Hydra would otherwise write outputs/<date>/ logs into the working directory on every run; these go first
+    # so that options such as --cfg job may follow the user's overrides
+    sys.argv = [sys.argv[0], *_HYDRA_QUIET, *args]
     _hydra_main()
 
 

@@ -196,6 +196,7 @@ class RefineTrainer(RayPPOTrainer):
                   "in a val_only run (official behaviour, Q28)")
         previous = _read_metrics(metrics_path, up_to_step=self.global_steps)
         os.environ["VERL_FILE_LOGGER_PATH"] = str(metrics_path)
+        os.environ.setdefault("TENSORBOARD_DIR", str(self.run_dir / "tensorboard"))
         tracker = Tracking(
             project_name=trainer_cfg.project_name,
             experiment_name=trainer_cfg.experiment_name,
@@ -220,8 +221,12 @@ class RefineTrainer(RayPPOTrainer):
         finally:
             tracker.finish()
             self._write_plot()
-            print(f"ReFINE run directory: {self.run_dir}\n  metrics: {metrics_path}\n  plot:    "
-                  f"{self.run_dir / PLOT_FILE}")
+            written = [(label, path) for label, path in (
+                ("metrics", metrics_path), ("plot", self.run_dir / PLOT_FILE),
+                ("config", self.run_dir / "resolved_config.yaml"), ("predictions", self.run_dir / "predictions"),
+                ("tensorboard", Path(os.environ["TENSORBOARD_DIR"]))) if path.exists()]
+            print(f"ReFINE run directory: {self.run_dir}" + "".join(
+                f"\n  {label + ':':12s} {path}" for label, path in written))
 
     def _train(self, tracker) -> None:
         from tqdm import tqdm
@@ -251,6 +256,8 @@ class RefineTrainer(RayPPOTrainer):
                     with simple_timer("save_checkpoint", timing):
                         self._save_checkpoint()
                 metrics.update({f"timing_s/{k}": v for k, v in timing.items()})
+                # as in verl's fit, a step's time includes its validation and checkpoint
+                metrics["timing_s/step"] = metrics.get("timing_s/step", 0.0) + sum(timing.values())
                 metrics.update({"training/global_step": self.global_steps, "training/epoch": epoch})
                 self._log(tracker, metrics, self.global_steps)
                 if health.must_stop:
@@ -258,13 +265,20 @@ class RefineTrainer(RayPPOTrainer):
                     latest = self.run_dir / "latest_checkpointed_iteration.txt"
                     raise TrainingStopped(health.stop_message(
                         self.global_steps, self._step_folder(int(latest.read_text())) if latest.exists() else None))
-                progress.set_postfix({k: f"{metrics[k]:.3f}" for k in _PROGRESS_KEYS if k in metrics})
+                progress.set_postfix({k: f"{metrics[k]:.3f}" for k in self._progress_keys() if k in metrics})
                 progress.update(1)
                 if is_last:
                     progress.close()
                     return
                 self.global_steps += 1
         progress.close()
+
+    def _progress_keys(self) -> tuple[str, ...]:
+        """The progress bar's metrics: the reward the run trains on (not always the cosine one), then losses."""
+        from refine.nsp.rewards import METRIC_STEMS
+
+        reward = (f"reward/{METRIC_STEMS[self.rc.reward]}_reward_mean",) if self.rc.reward in METRIC_STEMS else ()
+        return reward + _PROGRESS_KEYS
 
     def _write_plot(self) -> None:
         if not self.rc.plot or not self.history:
@@ -277,7 +291,7 @@ class RefineTrainer(RayPPOTrainer):
             print(f"Warning: could not write the plot: {exc}")
 
 
-_PROGRESS_KEYS = ("reward/cs_reward_mean", "actor/ntp_loss_raw_ttt", "actor/sft_loss", "val_loss", "val_reward")
+_PROGRESS_KEYS = ("actor/ntp_loss_raw_ttt", "actor/sft_loss", "val_loss", "val_reward")
 
 
 def _read_metrics(path: Path, *, up_to_step: int) -> list[dict]:

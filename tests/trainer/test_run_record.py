@@ -44,3 +44,15 @@ def test_a_resume_under_a_changed_config_stops_naming_the_keys(compose_config, t
     # asked for explicitly: allowed
     prepare(compose_config([f"trainer.default_local_dir={tmp_path}", "refine.ppo_coef=0.5",
                             "trainer.resume_mode=disable"]))
+
+
+@pytest.mark.parametrize("overrides,pattern", [
+    (["data.train_batch_size=4000", "refine.mini_batch_size=4000"], r"^data.train_batch_size=4000: larger than the \d+ rows"),
+    (["trainer.logger=[console,wandb]"], r"^trainer.logger=.*WANDB_API_KEY is not set"),
+    (["trainer.n_gpus_per_node=2", "ray_kwargs.ray_init.num_cpus=2"], r"^ray_kwargs.ray_init.num_cpus=2: 2 worker"),
+])
+def test_launch_problems_fail_before_ray_naming_the_key(compose_config, tmp_path, monkeypatch, overrides, pattern):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    with pytest.raises(ValueError, match=pattern):
+        prepare(compose_config([f"trainer.default_local_dir={tmp_path}", *overrides]))
