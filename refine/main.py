@@ -16,6 +16,25 @@ from pathlib import Path
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_CONFIG = "refine_trainer"
 DEMO_PRESET = "+preset=embedded_demo"
+# warnings a user cannot act on, emitted on import by verl / fla in every process (engines this project never
+# uses, fla's CPU fallback that refine.models handles, verl's notice about the legacy trainer class it extends)
+IRRELEVANT_WARNINGS = (
+    "ignore:torchtitan engine is not available",
+    "ignore:veomni engine is not available",
+    "ignore:automodel engine is not available",
+    "ignore:mindspeed engine is not available",
+    "ignore:megatron engine is not available",
+    "ignore:Triton is not supported on current platform",
+    "ignore:Disabled critic as algorithm.adv_estimator",
+    "ignore:'set_vital' is deprecated",
+    "ignore:tokenizer.pad_token_id is None",  # pad = EOS, as officially (README, Models)
+    "ignore::FutureWarning:refine.trainer.ray_trainer",
+)
+
+
+def quiet_warnings_env() -> str:
+    """PYTHONWARNINGS for the driver and every Ray process: the user's own filters first, then ours."""
+    return ",".join(filter(None, [os.environ.get("PYTHONWARNINGS", ""), *IRRELEVANT_WARNINGS]))
 
 
 def compose(overrides: list[str] | None = None, config_name: str = DEFAULT_CONFIG):
@@ -62,7 +81,8 @@ def prepare(config):
         config.trainer.device = device
         ray_init = config.ray_kwargs.ray_init
         runtime_env = OmegaConf.to_container(ray_init.get("runtime_env") or {}, resolve=True)
-        runtime_env["env_vars"] = {**env, "TOKENIZERS_PARALLELISM": "false", **(runtime_env.get("env_vars") or {})}
+        runtime_env["env_vars"] = {**env, "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": quiet_warnings_env(),
+                                   **(runtime_env.get("env_vars") or {})}
         ray_init.runtime_env = runtime_env
     for name, value in env.items():
         os.environ.setdefault(name, value)
@@ -194,6 +214,12 @@ def main() -> None:
     # Hydra would otherwise write outputs/<date>/ logs into the working directory on every run; these go first
     # so that options such as --cfg job may follow the user's overrides
     sys.argv = [sys.argv[0], *_HYDRA_QUIET, *args]
+    import warnings
+
+    for spec in IRRELEVANT_WARNINGS:  # this process has already started: PYTHONWARNINGS is read only at start-up
+        action, message, category, module = (spec.split(":") + ["", "", ""])[:4]
+        warnings.filterwarnings(action, message=message, category=FutureWarning if category else Warning,
+                                module=module)
     _hydra_main()
 
 

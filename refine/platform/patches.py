@@ -95,11 +95,21 @@ def _check_platform_resources(original: Callable) -> Callable:
         if available < required:
             raise ValueError(
                 f"Ray has {available:g} free {resource} for {required} verl worker processes "
-                f"(resource_pool_spec={self.resource_pool_spec}); start Ray with more CPUs (ray.init(num_cpus=...)) "
+                f"(resource_pool_spec={self.resource_pool_spec}); give Ray more CPUs (ray_kwargs.ray_init.num_cpus) "
                 "or lower trainer.n_gpus_per_node"
             )
 
     return _check_resource_available
+
+
+def _no_numa_affinity(original: Callable) -> Callable:
+    # NUMA affinity pins a worker to the CPUs next to *its GPU* (through NVML); on a CPU host there is no GPU, and
+    # verl prints "Warning: Failed to set NUMA affinity: libnuma.so ..." from every worker.
+    @functools.wraps(original)
+    def set_numa_affinity():
+        return None
+
+    return set_numa_affinity
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -124,6 +134,12 @@ PATCHES: tuple[VerlPatch, ...] = (
         attribute="CPUOffloadPolicy",
         replace=_unpinned_cpu_offload_policy,
         why="forward-only FSDP2 engines use CPUOffloadPolicy(pin_memory=True) (fsdp/transformer_impl.py:462)",
+    ),
+    VerlPatch(
+        module="verl.workers.engine_workers",
+        attribute="set_numa_affinity",
+        replace=_no_numa_affinity,
+        why="GPU NUMA pinning through NVML, printed as a warning by every CPU worker (engine_workers.py:91)",
     ),
     VerlPatch(
         module="verl.single_controller.ray.base",
