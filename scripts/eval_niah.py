@@ -47,20 +47,19 @@ def evaluate(args: argparse.Namespace) -> dict:
     frame = pd.concat([read_ruler_file(path) for path in args.data], ignore_index=True)
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).to(args.device).eval()
-    report, predictions = evaluate_frame(
+    # written row by row as they are answered: an interrupted evaluation resumes from this file
+    predictions_out = args.predictions_out or (str(Path(args.out).with_suffix(".predictions.jsonl")) if args.out
+                                               else "niah_predictions.jsonl")
+    report, _ = evaluate_frame(
         model, tokenizer, frame, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, mode=args.mode,
-        limit=args.limit,
+        limit=args.limit, predictions_path=predictions_out,
     )  # fmt: skip
     report["model"] = args.model
     report["data"] = [str(p) for p in args.data]
     print(format_report(report))
+    print(f"predictions: {predictions_out}")
     if args.out:
         write_report(report, args.out)
-    if args.predictions_out:
-        kept = frame.groupby("task", sort=False).head(args.limit) if args.limit else frame
-        out = kept[["task", "index", "answer"]].assign(prediction=predictions)
-        Path(args.predictions_out).parent.mkdir(parents=True, exist_ok=True)
-        out.to_json(args.predictions_out, orient="records", lines=True, force_ascii=False)
     return report
 
 
@@ -91,7 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ev.add_argument("--device", default="cuda" if _cuda() else "cpu")
     ev.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ev.add_argument("--out", default=None, help="report JSON path")
-    ev.add_argument("--predictions-out", default=None, help="per-row predictions (JSON lines)")
+    ev.add_argument("--predictions-out", default=None,
+                    help="per-row predictions (JSON lines, appended as answered; an existing file is resumed; "
+                         "default: next to --out, else ./niah_predictions.jsonl)")
     return parser.parse_args(argv)
 
 

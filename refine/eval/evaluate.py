@@ -71,18 +71,57 @@ def evaluate_frame(
     batch_size: int = 1,
     mode: str = "all",
     limit: int | None = None,
+    predictions_path: str | Path | None = None,
 ) -> tuple[dict, list[str]]:
     """Generate for every row of a RULER-layout `frame` and score it; returns (report, predictions).
 
     `max_new_tokens=None` uses the frame's largest `max_answer_length`. The report is
     `refine.scoring.report.corpus_report` output: per task ×100 mean and n, and "average" over the tasks.
+    With `predictions_path`, each answered row is appended there at once (task, index, answer, prediction, JSON
+    lines) and rows already in the file are not generated again, so an interrupted evaluation resumes. A progress
+    bar (with ETA) counts the rows.
     """
+    import json
+
+    from tqdm import tqdm
+
     if limit is not None:
         frame = frame.groupby("task", sort=False).head(limit)
     if max_new_tokens is None:
         if "max_answer_length" not in frame.columns:
             raise ValueError("max_new_tokens is required when the frame has no max_answer_length column")
         max_new_tokens = int(frame["max_answer_length"].max())
-    predictions = greedy_generate(model, tokenizer, list(frame["prompt"]), max_new_tokens, batch_size)
-    scores = [ruler.score(p, list(a), mode=mode) for p, a in zip(predictions, frame["answer"])]
+    indices = list(frame["index"]) if "index" in frame.columns else list(range(len(frame)))
+    keys = [(str(task), int(index)) for task, index in zip(frame["task"], indices)]
+    done: dict[tuple[str, int], str] = {}
+    path = Path(predictions_path) if predictions_path is not None else None
+    if path is not None and path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                done[(str(row["task"]), int(row["index"]))] = row["prediction"]
+        print(f"resuming: {sum(k in done for k in keys)} of {len(keys)} rows already answered in {path}", flush=True)
+    todo = [i for i, key in enumerate(keys) if key not in done]
+    prompts, answers = list(frame["prompt"]), list(frame["answer"])
+    sink = None
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sink = open(path, "a", encoding="utf-8")
+    try:
+        with tqdm(total=len(keys), initial=len(keys) - len(todo), desc="NIAH rows", unit="row") as bar:
+            for start in range(0, len(todo), batch_size):
+                rows = todo[start : start + batch_size]
+                outputs = greedy_generate(model, tokenizer, [prompts[i] for i in rows], max_new_tokens, batch_size)
+                for i, prediction in zip(rows, outputs):
+                    done[keys[i]] = prediction
+                    if sink is not None:
+                        sink.write(json.dumps({"task": keys[i][0], "index": keys[i][1], "answer": list(answers[i]),
+                                               "prediction": prediction}, ensure_ascii=False) + "\n")
+                        sink.flush()
+                bar.update(len(rows))
+    finally:
+        if sink is not None:
+            sink.close()
+    predictions = [done[key] for key in keys]
+    scores = [ruler.score(p, list(a), mode=mode) for p, a in zip(predictions, answers)]
     return corpus_report(list(frame["task"]), scores), predictions

@@ -50,6 +50,15 @@ def test_generate_then_evaluate(checkpoint, tmp_path, capsys):
         assert report["tasks"][task] == {"n": 2, "score": round(want, 2)}
     assert "niah_single_1" in capsys.readouterr().out
 
+    # interrupted after 3 rows: the rerun answers only the missing one and gives the same report
+    lines = (tmp_path / "predictions.jsonl").read_text().splitlines()
+    (tmp_path / "predictions.jsonl").write_text("\n".join(lines[:3]) + "\n")
+    again = script.main(["evaluate", "--model", str(checkpoint), "--data", *map(str, paths), "--device", "cpu",
+                         "--batch-size", "2", "--predictions-out", str(tmp_path / "predictions.jsonl")])
+    assert "resuming: 3 of 4 rows already answered" in capsys.readouterr().out
+    assert again["tasks"] == report["tasks"]
+    assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 4
+
 
 def test_unknown_task_is_rejected():
     with pytest.raises(SystemExit):
