@@ -17,10 +17,10 @@ from refine.nsp.advantages import grpo_advantages
 from refine.nsp.prefixes import expand_targets, gather_target_ids, rollout_uids
 from refine.nsp.rewards import REWARD_KINDS, all_sequence_rewards, token_level_rewards
 from refine.nsp.sampling import eos_ids, sampling_processors
-from refine.nsp.update_plan import combined_loss_metrics, normalized_ppo_mini_batch_rows, plan_combined_update
+from refine.nsp.update_plan import normalized_ppo_mini_batch_rows, plan_combined_update
 from refine.trainer import fast_ops, model_ops
 from refine.trainer.fast_update import InlineRollout, fast_backward
-from refine.trainer.rpc import step_optimizer, worker_seed
+from refine.trainer.rpc import combined_update_loop, worker_seed
 
 
 def run_fast_step(engine, module, ids: torch.Tensor, mask: torch.Tensor, meta: dict, *, uids=None, rank: int = 0,
@@ -110,25 +110,10 @@ def _update(engine, module, meta, plan, ids, mask, positions, step, inline) -> d
     docs = {"input_ids": ids, "attention_mask": mask}
     ppo = {"positions": positions, "responses": step.responses, "old_log_probs": step.old_log_probs,
            "advantages": step.advantages}
-    sft_raw, pg_raw, metrics = [], [], {}
-    with engine.train_mode(), fast_ops.cache_friendly(module):
-        for index, pair in enumerate(plan.mini_batches):
-            engine.optimizer_zero_grad()
-            s_raw, p_raw, pg_metrics = fast_backward(
-                module, docs, ppo, pair, plan, n_rows_per_doc=n_chunks * ttt_n, ttt_n=ttt_n,
-                temperature=meta["temperature"], mask_pads=meta["mask_pads"],
-                inline=inline if index == 0 else None,
-            )
-            sft_raw += s_raw
-            pg_raw += p_raw
-            for key, values in pg_metrics.items():
-                metrics.setdefault(key, []).extend(values)
-            step_optimizer(engine, metrics, "_ttt")
-        lr = engine.lr_scheduler_step()
-    metrics = {key: [float(v) for v in values] for key, values in metrics.items()}  # one host sync per step
-    metrics.update({key: [value] for key, value in combined_loss_metrics(sft_raw, pg_raw, plan).items()})
-    metrics["actor/lr_ttt"] = [float(lr)]
-    return metrics
+    with fast_ops.cache_friendly(module):
+        return combined_update_loop(engine, plan, lambda index, pair: fast_backward(
+            module, docs, ppo, pair, plan, n_rows_per_doc=n_chunks * ttt_n, ttt_n=ttt_n,
+            temperature=meta["temperature"], mask_pads=meta["mask_pads"], inline=inline if index == 0 else None))
 
 
 class _StepRows:

@@ -44,3 +44,26 @@ def step_optimizer(engine, metrics: dict[str, list], suffix: str) -> None:
     skipped = metrics.setdefault(f"actor/skipped_optimizer_steps{suffix}", [0])
     steps[0] += 1
     skipped[0] += 0 if math.isfinite(norm) else 1
+
+
+def combined_update_loop(engine, plan, backward_pair) -> dict[str, list[float]]:
+    """The official combined update of one rank (spec 2.C): per (NTP, PPO) mini-batch pair of `plan`, zero the
+    gradients, `backward_pair(index, pair)` -> (raw NTP losses, raw pg losses, pg metrics), one optimiser step;
+    the scheduler steps once. Returns the `_ttt` metrics (one host sync at the end)."""
+    from refine.nsp.update_plan import combined_loss_metrics
+
+    sft_raw, pg_raw, metrics = [], [], {}
+    with engine.train_mode():
+        for index, pair in enumerate(plan.mini_batches):
+            engine.optimizer_zero_grad()
+            s_raw, p_raw, pg_metrics = backward_pair(index, pair)
+            sft_raw += s_raw
+            pg_raw += p_raw
+            for key, values in pg_metrics.items():
+                metrics.setdefault(key, []).extend(values)
+            step_optimizer(engine, metrics, "_ttt")
+        lr = engine.lr_scheduler_step()
+    metrics = {key: [float(v) for v in values] for key, values in metrics.items()}
+    metrics.update({key: [value] for key, value in combined_loss_metrics(sft_raw, pg_raw, plan).items()})
+    metrics["actor/lr_ttt"] = [float(lr)]
+    return metrics

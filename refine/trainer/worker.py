@@ -14,7 +14,6 @@ from verl.single_controller.base.decorator import Dispatch, register
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
 from refine.nsp.update_plan import (
-    combined_loss_metrics,
     normalized_ppo_mini_batch_rows,
     ntp_only_loss_metrics,
     plan_combined_update,
@@ -22,7 +21,7 @@ from refine.nsp.update_plan import (
 )
 from refine.trainer import model_ops
 from refine.trainer.fast_worker import FastNspWorkerMixin
-from refine.trainer.rpc import ACTOR_DISPATCH, memory_metrics, step_optimizer, worker_seed
+from refine.trainer.rpc import ACTOR_DISPATCH, combined_update_loop, memory_metrics, step_optimizer, worker_seed
 
 
 class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
@@ -178,22 +177,8 @@ class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
         sft = {"input_ids": sft_ids.long(), "attention_mask": sft_mask.long()}
         ppo = {"prompts": prompts, "prompt_mask": prompt_mask,
                **{key: self._rollout_rows(data, key) for key in ("responses", "old_log_probs", "advantages")}}
-        sft_raw, pg_raw, metrics = [], [], {}
-        with engine.train_mode():
-            for pair in plan.mini_batches:
-                engine.optimizer_zero_grad()
-                s_raw, p_raw, pg_metrics = model_ops.combined_backward(
-                    self._module, sft, ppo, pair, plan, temperature=meta["temperature"], mask_pads=meta["mask_pads"]
-                )
-                sft_raw += s_raw
-                pg_raw += p_raw
-                for key, values in pg_metrics.items():
-                    metrics.setdefault(key, []).extend(values)
-                step_optimizer(engine, metrics, "_ttt")
-            lr = engine.lr_scheduler_step()
-        metrics = {key: [float(v) for v in values] for key, values in metrics.items()}  # one host sync per call
-        metrics.update({key: [value] for key, value in combined_loss_metrics(sft_raw, pg_raw, plan).items()})
-        metrics["actor/lr_ttt"] = [float(lr)]
+        metrics = combined_update_loop(engine, plan, lambda index, pair: model_ops.combined_backward(
+            self._module, sft, ppo, pair, plan, temperature=meta["temperature"], mask_pads=meta["mask_pads"]))
         metrics.update({key: [value] for key, value in memory_metrics("_ttt").items()})
         return DataProto(meta_info={"metrics": metrics})
 
