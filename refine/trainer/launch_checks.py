@@ -7,9 +7,7 @@ import os
 
 from omegaconf import DictConfig
 
-
-def _fail(key: str, value, problem: str, fix: str) -> None:
-    raise ValueError(f"{key}={value!r}: {problem}. Fix: {fix}")
+from refine.errors import config_error as _fail
 
 
 def parquet_rows(files) -> int:

@@ -8,13 +8,9 @@ import os
 
 from omegaconf import DictConfig
 
+from refine.errors import config_error as _fail
+
 from refine.models.state_branching import branch_refusal
-
-
-def _fail(key: str, value, problem: str, fix: str) -> None:
-    from refine.trainer.config import _fail as fail
-
-    fail(key, value, problem, fix)
 
 
 def model_type_at(path: str) -> str | None:

@@ -17,7 +17,7 @@ import torch
 from verl import DataProto
 from verl.utils.profiler import simple_timer
 
-from refine.trainer.config import RefineConfig
+from refine.trainer.config import NSP_MODES, RefineConfig
 
 
 @dataclass
@@ -224,6 +224,7 @@ def fast_inner_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSettin
 
 
 NSP_STEPS: dict[str, Callable] = {"faithful": faithful_inner_step, "fast": fast_inner_step}
+assert set(NSP_STEPS) == set(NSP_MODES), "refine.trainer.config.NSP_MODES and NSP_STEPS must name the same modes"
 
 
 def inner_step(mode: str) -> Callable:

@@ -352,3 +352,21 @@ def test_rows_too_short_for_c_prefixes_are_counted_in_a_warning(compose_config, 
     prepare_config(compose_config([f"data.train_files={path}"]))
     out = capsys.readouterr().out
     assert f"2 of 3 rows of {path} have fewer than n_chunks * (20 + k) = 46 tokens" in out
+
+
+def test_each_nsp_limit_has_one_home_that_validation_follows(compose_config, monkeypatch):
+    """Change the clamp margin, the sampling modes or the reward kinds in refine.nsp only: the config check
+    follows (k = 15 is valid with the official margin 20 and refused with 10)."""
+    from refine.nsp import positions, rewards
+
+    assert prepare_config(compose_config(["refine.response_length=15"])).response_length == 15
+    monkeypatch.setattr(positions, "CLAMP_MARGIN", 10)
+    with pytest.raises(ValueError, match=r"^refine.response_length=15: .*\[1, 10\]"):
+        prepare_config(compose_config(["refine.response_length=15"]))
+    monkeypatch.undo()
+    monkeypatch.setattr(positions, "SAMPLING_MODES", ("entropy",))
+    with pytest.raises(ValueError, match=r"^refine.sampling='uniform': must be one of \('entropy',\)"):
+        prepare_config(compose_config(["refine.sampling=uniform"]))
+    monkeypatch.setattr(rewards, "REWARD_KINDS", ("binary",))
+    with pytest.raises(ValueError, match=r"^refine.reward='cosine_similarity': must be one of \('binary',\)"):
+        prepare_config(compose_config([]))

@@ -1,0 +1,214 @@
+"""Cross-field rules of a ReFINE config (spec §3 assertions, Q16, Q21, Q30), checked before Ray starts.
+
+Each failure is one ValueError naming the key, the value and the fix (`refine.errors.config_error`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from omegaconf import DictConfig, OmegaConf
+
+from refine.errors import config_error as _fail
+from refine.nsp import positions, rewards
+from refine.trainer.config import NSP_MODES, PHASE_FLAGS, RefineConfig, _required, n_workers
+from refine.trainer.data_checks import _files
+
+
+def validate_refine(rc: RefineConfig, config: DictConfig) -> None:
+    """Check the refine group against the rest of the config (spec §3 assertions, Q16, Q21, Q30)."""
+    # (a val_only run with no flag is a plain evaluation by generation)
+    if not any(getattr(rc, flag) for flag in PHASE_FLAGS) and not config.trainer.get("val_only", False):
+        _fail(
+            "refine.<phase flags>",
+            {f: False for f in PHASE_FLAGS},
+            "no phase is switched on, so there is nothing to run",
+            "set e.g. refine.ttt_sft_update=True refine.ttt_ppo_update=True refine.val_get_loss=True (mid-training)",
+        )
+    if config.trainer.get("val_only", False) and not config.trainer.get("val_before_train", True):
+        _fail("trainer.val_only", True, "val_only acts through the validation before training, which is off "
+              "(the run would train instead)", "set trainer.val_before_train=True")
+    if rc.task_sft_update and rc.task_ppo_update:
+        _fail("refine.task_sft_update/task_ppo_update", (True, True), "exactly one outer update may be on",
+              "switch one of them off")
+    if rc.sampling not in positions.SAMPLING_MODES:
+        _fail("refine.sampling", rc.sampling, f"must be one of {positions.SAMPLING_MODES}", "pick one of those")
+    if rc.nsp_mode not in NSP_MODES:
+        _fail("refine.nsp_mode", rc.nsp_mode, f"must be one of {NSP_MODES}", "use refine.nsp_mode=faithful")
+    if rc.ntp_pad_mask not in ("model", "mask"):
+        _fail("refine.ntp_pad_mask", rc.ntp_pad_mask, "must be 'model' or 'mask'", "pick one of those")
+    if rc.ttt_reset not in ("cumulative", "batch"):
+        _fail("refine.ttt_reset", rc.ttt_reset, "must be 'cumulative' or 'batch'", "pick one of those")
+    if not isinstance(rc.max_consecutive_skips, int) or rc.max_consecutive_skips < 1:
+        _fail("refine.max_consecutive_skips", rc.max_consecutive_skips, "must be an int >= 1", "use e.g. 3")
+    for name in ("sft_coef", "ppo_coef", "temperature", "top_p"):
+        value = getattr(rc, name)
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+            _fail(f"refine.{name}", value, "must be a finite number", "use a finite value")
+    for key in ("actor_rollout_ref.actor.optim.lr", "actor_rollout_ref.actor.optim.weight_decay"):
+        value = OmegaConf.select(config, key)
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+            _fail(key, value, "must be a finite number", "use a finite value")
+    if rc.on_overlong not in ("truncate", "error"):
+        _fail("refine.on_overlong", rc.on_overlong, "must be 'truncate' or 'error'", "pick one of those")
+
+    w = n_workers(config)
+    inner_train = rc.ttt_sft_update or rc.ttt_ppo_update
+    inner_val = rc.val_ttt_sft_update or rc.val_ttt_ppo_update
+    ppo = rc.ttt_ppo_update or rc.val_ttt_ppo_update
+    if inner_train or inner_val:
+        _required(rc, ["micro_batch_size_per_gpu", "log_prob_micro_batch_size_per_gpu"], "an inner loop is on")
+    if rc.val_get_loss:
+        _required(rc, ["log_prob_micro_batch_size_per_gpu"], "refine.val_get_loss is on")
+    if ppo:
+        _required(
+            rc,
+            ["n_chunks", "n_per_prefix", "response_length", "temperature", "reward", "sft_coef", "ppo_coef",
+             "mini_batch_size"],
+            "NSP-GRPO (ttt_ppo_update / val_ttt_ppo_update) is on",
+        )
+        if rc.reward not in rewards.REWARD_KINDS:
+            _fail("refine.reward", rc.reward, f"must be one of {rewards.REWARD_KINDS}", "pick one of those")
+        check_nsp_sizes(rc, config)
+        for name in ("n_chunks", "n_per_prefix", "mini_batch_size"):
+            if getattr(rc, name) < 1:
+                _fail(f"refine.{name}", getattr(rc, name), "must be >= 1", "use a positive value")
+        if not rc.temperature > 0:
+            _fail("refine.temperature", rc.temperature, "must be > 0", "use e.g. 1.0 (official)")
+    for name in ("micro_batch_size_per_gpu", "log_prob_micro_batch_size_per_gpu"):
+        value = getattr(rc, name)
+        if value is not None and value < 1:
+            _fail(f"refine.{name}", value, "must be >= 1", "use a positive value")
+
+    def check_batch(key: str, batch: int, inner_ppo: bool) -> None:
+        if batch % w:
+            _fail(key, batch, f"not divisible by the number of workers ({w}, spec Q30)",
+                  f"use a multiple of {w} (trainer.n_gpus_per_node x trainer.nnodes)")
+        per_rank = batch // w
+        lp = rc.log_prob_micro_batch_size_per_gpu
+        if lp is not None and per_rank % min(lp, per_rank):
+            _fail(key, batch, f"{per_rank} rows per worker are not divisible by the micro-batch "
+                  f"refine.log_prob_micro_batch_size_per_gpu={lp} (spec Q30)",
+                  "make the per-worker rows a multiple of the micro-batch")
+        if inner_ppo:
+            rows = per_rank * rc.n_chunks * rc.n_per_prefix
+            if lp is not None and rows % min(lp, rows):
+                _fail(key, batch, f"{rows} rollout rows per worker are not divisible by "
+                      f"refine.log_prob_micro_batch_size_per_gpu={lp} (spec Q30)", "change the batch or micro-batch")
+            if batch < rc.mini_batch_size:
+                _fail(key, batch, f"smaller than refine.mini_batch_size={rc.mini_batch_size} (spec §3)",
+                      f"use a batch >= {rc.mini_batch_size} or lower refine.mini_batch_size")
+            # the worker's own update arithmetic (strict: no silently over/under-counted micro-batches, Q21)
+            from refine.nsp.update_plan import normalized_ppo_mini_batch_rows, plan_combined_update
+
+            try:
+                m_rows = normalized_ppo_mini_batch_rows(rc.mini_batch_size, n_chunks=rc.n_chunks,
+                                                        ttt_n=rc.n_per_prefix, world_size=w)
+                plan_combined_update(per_rank, rows, ppo_mini_batch_rows=m_rows,
+                                     micro_batch_size=rc.micro_batch_size_per_gpu, n_chunks=rc.n_chunks,
+                                     ttt_n=rc.n_per_prefix, sft_loss_coef=rc.sft_coef, ppo_loss_coef=rc.ppo_coef)
+            except ValueError as exc:
+                _fail("refine.mini_batch_size", rc.mini_batch_size,
+                      f"the per-worker update of {key}={batch} on {w} worker(s) does not divide evenly ({exc})",
+                      "choose mini/micro-batch sizes that divide the per-worker rows (spec 2.C, Q21)")
+
+    if rc.task_ppo_update:  # the upstream actor batch checks run only with task GRPO (spec §3, Q24 d)
+        actor, n = config.actor_rollout_ref.actor, int(config.actor_rollout_ref.rollout.n)
+        mini_rows, micro = int(actor.ppo_mini_batch_size) * n, int(actor.ppo_micro_batch_size_per_gpu)
+        rows = int(config.data.train_batch_size) * n
+        if mini_rows % w or (mini_rows // w) % micro or (rows // w) % max(1, mini_rows // w) or rows % w:
+            _fail("actor_rollout_ref.actor.ppo_mini_batch_size", int(actor.ppo_mini_batch_size),
+                  f"with rollout.n={n} on {w} worker(s) it must give a per-worker mini-batch that is a multiple of "
+                  f"ppo_micro_batch_size_per_gpu={micro} and divides the {rows // w} rows per worker",
+                  "choose ppo_mini_batch_size / ppo_micro_batch_size_per_gpu accordingly")
+
+    batch = int(config.data.train_batch_size)
+    if inner_train or rc.outer_enabled:
+        check_batch("data.train_batch_size", batch, rc.ttt_ppo_update)
+    val_batch = config.data.get("val_batch_size")
+    if val_batch is not None and (inner_val or rc.val_get_loss):
+        check_batch("data.val_batch_size", int(val_batch), rc.val_ttt_ppo_update)
+
+    if rc.nsp_mode == "fast":
+        from refine.trainer.nsp_mode_checks import check_fast_mode
+
+        check_fast_mode(rc, config)
+
+
+def check_nsp_sizes(rc: RefineConfig, config: DictConfig) -> None:
+    """The NSP size limits of `refine.nsp.positions.validate_nsp_sizes` (k <= the clamp margin, C >= 1,
+    S >= margin + k), reported under the key that breaks them."""
+    sizes = {"refine.response_length": rc.response_length, "refine.n_chunks": rc.n_chunks,
+             "data.max_prompt_length": int(config.data.max_prompt_length)}
+    try:
+        positions.validate_nsp_sizes(max_prompt_length=sizes["data.max_prompt_length"],
+                                     response_length=rc.response_length, n_chunks=rc.n_chunks)
+    except ValueError as exc:
+        message = str(exc)
+        key = next((k for k in ("refine.response_length", "refine.n_chunks") if message.startswith(k[7:])),
+                   "data.max_prompt_length")
+        _fail(key, sizes[key], message, "change that value (spec Q16: prefixes are clamped to [start+20, S-20])")
+
+
+def validates_by_generation(rc: RefineConfig, config: DictConfig) -> bool:
+    """Whether validation runs (before training, every test_freq steps, or val_only) in the generation mode."""
+    trainer = config.trainer
+    runs = trainer.get("val_before_train", True) or trainer.get("val_only", False) or int(trainer.test_freq) > 0
+    return bool(runs) and not rc.val_get_loss
+
+
+def check_generation_data(rc: RefineConfig, config: DictConfig) -> RefineConfig:
+    """Answers and a scorable data source for validation by generation; answers for task SFT (spec 4.1, Q24).
+
+    With no `refine.data_source_key`, the RULER / LongBench files' `task` column is used when every validation file
+    has one (the official post-training demo left it unset and failed at validation, Q24 c). Returns `rc`, updated.
+    """
+    import pyarrow.parquet as pq
+
+    generation = validates_by_generation(rc, config)
+    if rc.task_sft_update and rc.answer_key is None:
+        _fail("refine.answer_key", None, "task SFT needs the gold answers", "set refine.answer_key (or "
+              "+data.answer_key=answer / answers, the RULER / LongBench column)")
+    if rc.task_ppo_update:
+        if rc.answer_key is None:
+            _fail("refine.answer_key", None, "task GRPO scores rollouts against the gold answers",
+                  "set refine.answer_key")
+        if rc.data_source_key is None:
+            if all("task" in pq.read_schema(path).names for path in _files(config.data.train_files)):
+                rc = dataclasses.replace(rc, data_source_key="task")
+            else:
+                _fail("refine.data_source_key", None, "task GRPO picks the scorer by data source",
+                      "set refine.data_source_key to the column naming the task (e.g. task)")
+    if not generation:
+        return rc
+    if rc.answer_key is None:
+        _fail("refine.answer_key", None, "validation by generation (refine.val_get_loss=False) scores against "
+              "gold answers", "set refine.answer_key, or refine.val_get_loss=True for mid-training")
+    val_files = _files(config.data.val_files)
+    if rc.data_source_key is None:
+        if all("task" in pq.read_schema(path).names for path in val_files):
+            rc = dataclasses.replace(rc, data_source_key="task")
+        else:
+            _fail("refine.data_source_key", None, "validation by generation picks the scorer by data source",
+                  "set refine.data_source_key to the column naming the task (e.g. task)")
+    if rc.use_row_max_gen_tokens:
+        for path in val_files:
+            if "max_gen_tokens" not in pq.read_schema(path).names:
+                _fail("refine.use_row_max_gen_tokens", True, f"{path} has no max_gen_tokens column",
+                      "use it with the LongBench files, or set it to False")
+    from refine.scoring.reward import DATA_SOURCES
+    from refine.trainer.task_scorer import uses_refine_scorer
+
+    if not uses_refine_scorer(config):
+        return rc  # a custom reward function decides which data sources it knows
+    for path in val_files:
+        names = pq.read_schema(path).names
+        if rc.data_source_key not in names:
+            continue  # reported by validate_data
+        sources = set(pq.read_table(path, columns=[rc.data_source_key]).column(0).to_pylist())
+        unknown = sorted(str(x) for x in sources - set(DATA_SOURCES))
+        if unknown:
+            _fail(f"refine.data_source_key={rc.data_source_key!r} in {path}", unknown, "no scorer for these data "
+                  "sources", f"use one of {sorted(DATA_SOURCES)}")
+    return rc
