@@ -1,15 +1,16 @@
 """Build the embedded demo: tiny tokenizer, tiny pre-trained DeltaNet, and the mid-training parquet files.
 
     .venv/bin/python scripts/build_demo_model.py            # writes data/demo/{model/,midtrain_train.parquet,...}
+    .venv/bin/python scripts/build_demo_model.py --data-only  # only the parquet files, with the saved tokenizer
 
 Everything comes from `data/corpus/python_docs.parquet` (the Python Language Reference topics, see
 scripts/build_corpus.py) and is deterministic for a given machine and stack (fixed seeds, fixed step count):
 1. the byte-level BPE tokenizer of `refine.models.tiny.train_tiny_tokenizer` (vocab 512; unk 0, bos 1, eos 2, no pad);
 2. the corpus split by document title into train / validation documents (every 8th title is validation), each
-   document cut into passages of about `--passage-chars` characters at paragraph boundaries; passages with fewer
-   than `--min-tokens` tokens are dropped (NSP needs at least 20 + k real tokens per row);
+   document cut into consecutive windows of 252-256 tokens (`--max-tokens`, the demo's max_prompt_length), so
+   the demo's rows are never truncated and (almost) never padded; the mid-training parquet files hold them;
 3. a 2-layer, 64-wide fla DeltaNet (`tiny_deltanet_config`) pre-trained with AdamW on random windows of the
-   *train* passages only, so the demo's rewards and losses start from a model that has learnt something.
+   *train* rows only, so the demo's rewards and losses start from a model that has learnt something.
 The model is saved in fp32 with the tokenizer beside it (about 1 MB). With the defaults (1200 steps of 8 x 128 tokens,
 about 1-3 minutes on 2 cores) the train loss ends near 2.4 and the validation NTP loss near 3.2 (random init: 6.2).
 """
@@ -26,30 +27,28 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "data" / "demo"
 
 
-def split_passages(text: str, target_chars: int) -> list[str]:
-    """Consecutive paragraphs grouped into passages of about `target_chars` characters."""
-    passages, current = [], []
-    for paragraph in text.split("\n\n"):
-        current.append(paragraph)
-        if sum(len(p) for p in current) >= target_chars:
-            passages.append("\n\n".join(current))
-            current = []
-    if current:
-        passages.append("\n\n".join(current))
-    return passages
+def token_windows(tokenizer, text: str, max_tokens: int, slack: int = 4) -> list[str]:
+    """`text` cut into consecutive windows that re-tokenise to max_tokens - slack .. max_tokens tokens, so the demo
+    rows fill the demo's max_prompt_length almost exactly: never truncated, (almost) never padded."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    width = max_tokens - slack
+    pieces = []
+    for start in range(0, len(ids) - width + 1, width):
+        piece = tokenizer.decode(ids[start:start + width])
+        if width - slack <= len(tokenizer(piece, add_special_tokens=False)["input_ids"]) <= max_tokens:
+            pieces.append(piece)
+    return pieces
 
 
-def build_data(tokenizer, *, passage_chars: int, min_tokens: int):
-    """(train passages, val passages) from the bundled corpus, split by document."""
+def build_data(tokenizer, *, max_tokens: int):
+    """(train rows, val rows) from the bundled corpus, split by document (every 8th document is validation)."""
     import pandas as pd
 
     corpus = pd.read_parquet(REPO / "data" / "corpus" / "python_docs.parquet").sort_values("title")
     train, val = [], []
     for index, (title, text) in enumerate(zip(corpus.title, corpus.text)):
         target = val if index % 8 == 7 else train
-        for passage in split_passages(text, passage_chars):
-            if len(tokenizer(passage, add_special_tokens=False)["input_ids"]) >= min_tokens:
-                target.append({"title": title, "text": passage})
+        target += [{"title": title, "text": piece} for piece in token_windows(tokenizer, text, max_tokens)]
     return train, val
 
 
@@ -88,8 +87,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--passage-chars", type=int, default=1200)
-    parser.add_argument("--min-tokens", type=int, default=64)
+    # rows of the demo's max_prompt_length (configs/preset/embedded_demo.yaml): no truncation, no padding
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--data-only", action="store_true",
+                        help="rewrite only the two parquet files, with the tokenizer already in --out/model")
     args = parser.parse_args(argv)
 
     import pandas as pd
@@ -100,9 +101,19 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(args.seed)
-    tokenizer = train_tiny_tokenizer(vocab_size=512)
-    train, val = build_data(tokenizer, passage_chars=args.passage_chars, min_tokens=args.min_tokens)
+    if args.data_only:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.out / "model")
+    else:
+        tokenizer = train_tiny_tokenizer(vocab_size=512)
+    train, val = build_data(tokenizer, max_tokens=args.max_tokens)
     print(f"passages: {len(train)} train, {len(val)} validation")
+    if args.data_only:
+        pd.DataFrame(train).to_parquet(args.out / "midtrain_train.parquet", index=False)
+        pd.DataFrame(val).to_parquet(args.out / "midtrain_val.parquet", index=False)
+        print(f"wrote the mid-training parquet files in {args.out}")
+        return
 
     model = AutoModelForCausalLM.from_config(tiny_deltanet_config(vocab_size=len(tokenizer)))
     model = pretrain(model, tokenizer, [r["text"] for r in train], steps=args.steps, seq_len=args.seq_len,
