@@ -113,6 +113,7 @@ class RefineConfig:
 
 
 REFINE_KEYS = tuple(f.name for f in dataclasses.fields(RefineConfig))
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RefineConfig)}
 
 # official key (spec §3) -> refine.* name; None = accepted and dropped (officially unused)
 OFFICIAL_ALIASES: dict[str, str | None] = {
@@ -159,8 +160,13 @@ def apply_official_aliases(config: DictConfig) -> DictConfig:
             value = parent[leaf]
             with open_dict(parent):
                 parent.pop(leaf)
-            if name is not None:
-                config.refine[name] = value
+            if name is None:
+                continue
+            current = config.refine.get(name)
+            if current is not None and current != _DEFAULTS[name] and current != value:
+                _fail(f"+{official}", value, f"conflicts with refine.{name}={current!r} given as well (the same "
+                      "setting twice)", f"give only one of +{official} and refine.{name}")
+            config.refine[name] = value
     return config
 
 

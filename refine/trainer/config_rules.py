@@ -36,6 +36,14 @@ def validate_refine(rc: RefineConfig, config: DictConfig) -> None:
         _fail("refine.sampling", rc.sampling, f"must be one of {positions.SAMPLING_MODES}", "pick one of those")
     if rc.nsp_mode not in NSP_MODES:
         _fail("refine.nsp_mode", rc.nsp_mode, f"must be one of {NSP_MODES}", "use refine.nsp_mode=faithful")
+    estimator = OmegaConf.select(config, "algorithm.adv_estimator")
+    if estimator != "grpo":
+        _fail("algorithm.adv_estimator", estimator, "ReFINE computes GRPO advantages (NSP groups and task GRPO); "
+              "another estimator would be ignored", "use algorithm.adv_estimator=grpo")
+    engine = OmegaConf.select(config, "actor_rollout_ref.rollout.name")
+    if engine != "hf":
+        _fail("actor_rollout_ref.rollout.name", engine, "ReFINE rolls out with HF generate inside the actor worker; "
+              "no rollout engine is started, so this one would be ignored", "use actor_rollout_ref.rollout.name=hf")
     if rc.ntp_pad_mask not in ("model", "mask"):
         _fail("refine.ntp_pad_mask", rc.ntp_pad_mask, "must be 'model' or 'mask'", "pick one of those")
     if rc.ttt_reset not in ("cumulative", "batch"):

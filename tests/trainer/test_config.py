@@ -370,3 +370,18 @@ def test_each_nsp_limit_has_one_home_that_validation_follows(compose_config, mon
     monkeypatch.setattr(rewards, "REWARD_KINDS", ("binary",))
     with pytest.raises(ValueError, match=r"^refine.reward='cosine_similarity': must be one of \('binary',\)"):
         prepare_config(compose_config([]))
+
+
+@pytest.mark.parametrize("overrides,pattern", [
+    (["algorithm.adv_estimator=gae"], r"^algorithm.adv_estimator='gae': ReFINE computes GRPO"),
+    (["actor_rollout_ref.rollout.name=vllm"], r"^actor_rollout_ref.rollout.name='vllm': ReFINE rolls out with HF"),
+    (["refine.n_chunks=3", "+actor_rollout_ref.actor.ttt_n_chunks=2"],
+     r"^\+actor_rollout_ref.actor.ttt_n_chunks=2: conflicts with refine.n_chunks=3 .* give only one of"),
+])
+def test_ignored_engines_and_conflicting_aliases_are_refused(compose_config, overrides, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        prepare_config(compose_config(overrides))
+
+
+def test_an_official_key_equal_to_the_refine_value_is_fine(compose_config):
+    assert prepare_config(compose_config(["refine.n_chunks=2", "+actor_rollout_ref.actor.ttt_n_chunks=2"])).n_chunks == 2
