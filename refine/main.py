@@ -209,6 +209,12 @@ def main() -> None:
     if "--help" in args or "-h" in args:
         print(help_text())
         return
+    from refine.trainer.config import alias_conflicts
+
+    conflict = alias_conflicts(args)
+    if conflict:
+        print(f"refine: configuration error: {conflict}", file=sys.stderr)
+        sys.exit(2)
     if "--config-name" not in args and not any(arg.startswith(_CHOOSES_A_RUN) for arg in args):
         args = [DEMO_PRESET, *args]
     # Hydra would otherwise write outputs/<date>/ logs into the working directory on every run; these go first

@@ -113,7 +113,6 @@ class RefineConfig:
 
 
 REFINE_KEYS = tuple(f.name for f in dataclasses.fields(RefineConfig))
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RefineConfig)}
 
 # official key (spec §3) -> refine.* name; None = accepted and dropped (officially unused)
 OFFICIAL_ALIASES: dict[str, str | None] = {
@@ -147,7 +146,8 @@ def apply_official_aliases(config: DictConfig) -> DictConfig:
     """Move every official key (spec §3) present in `config` onto `refine.*`, in place; returns `config`.
 
     The official keys are removed from verl's groups (verl builds dataclasses from those groups and would reject
-    an unknown field). An official key given together with a different explicit `refine.*` value is an error.
+    an unknown field); the official key's value replaces the `refine.*` value of the base config or a preset. Both
+    spellings typed on one command line with different values are refused by `alias_conflicts` (before Hydra).
     """
     with open_dict(config):
         if config.get("refine") is None:
@@ -160,14 +160,23 @@ def apply_official_aliases(config: DictConfig) -> DictConfig:
             value = parent[leaf]
             with open_dict(parent):
                 parent.pop(leaf)
-            if name is None:
-                continue
-            current = config.refine.get(name)
-            if current is not None and current != _DEFAULTS[name] and current != value:
-                _fail(f"+{official}", value, f"conflicts with refine.{name}={current!r} given as well (the same "
-                      "setting twice)", f"give only one of +{official} and refine.{name}")
-            config.refine[name] = value
+            if name is not None:
+                config.refine[name] = value
     return config
+
+
+def alias_conflicts(overrides: list[str]) -> str | None:
+    """The error line when one command line gives an official key and its `refine.*` name different values."""
+    given = {}
+    for item in overrides:
+        key, sep, value = item.lstrip("+").partition("=")
+        if sep:
+            given[key] = value
+    for official, name in OFFICIAL_ALIASES.items():
+        if name and official in given and f"refine.{name}" in given and given[official] != given[f"refine.{name}"]:
+            return (f"+{official}={given[official]}: conflicts with refine.{name}={given[f'refine.{name}']} on the "
+                    f"same command line (the same setting twice). Fix: give only one of the two keys")
+    return None
 
 
 def refine_config_from(config: DictConfig) -> RefineConfig:

@@ -375,13 +375,22 @@ def test_each_nsp_limit_has_one_home_that_validation_follows(compose_config, mon
 @pytest.mark.parametrize("overrides,pattern", [
     (["algorithm.adv_estimator=gae"], r"^algorithm.adv_estimator='gae': ReFINE computes GRPO"),
     (["actor_rollout_ref.rollout.name=vllm"], r"^actor_rollout_ref.rollout.name='vllm': ReFINE rolls out with HF"),
-    (["refine.n_chunks=3", "+actor_rollout_ref.actor.ttt_n_chunks=2"],
-     r"^\+actor_rollout_ref.actor.ttt_n_chunks=2: conflicts with refine.n_chunks=3 .* give only one of"),
 ])
 def test_ignored_engines_and_conflicting_aliases_are_refused(compose_config, overrides, pattern):
     with pytest.raises(ValueError, match=pattern):
         prepare_config(compose_config(overrides))
 
 
-def test_an_official_key_equal_to_the_refine_value_is_fine(compose_config):
-    assert prepare_config(compose_config(["refine.n_chunks=2", "+actor_rollout_ref.actor.ttt_n_chunks=2"])).n_chunks == 2
+def test_both_spellings_of_one_setting_on_a_command_line_must_agree():
+    import subprocess
+    import sys
+
+    from refine.trainer.config import alias_conflicts
+
+    line = alias_conflicts(["refine.n_chunks=3", "+actor_rollout_ref.actor.ttt_n_chunks=2", "x=1"])
+    assert line.startswith("+actor_rollout_ref.actor.ttt_n_chunks=2: conflicts with refine.n_chunks=3")
+    assert alias_conflicts(["refine.n_chunks=2", "+actor_rollout_ref.actor.ttt_n_chunks=2"]) is None
+    result = subprocess.run([sys.executable, "-m", "refine.main", "refine.n_chunks=3",
+                             "+actor_rollout_ref.actor.ttt_n_chunks=2"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(
+        "refine: configuration error: +actor_rollout_ref.actor.ttt_n_chunks=2: conflicts")
