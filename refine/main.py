@@ -102,21 +102,27 @@ def run(config, *, prepared: bool = False) -> None:
     run_ppo(config, task_runner_class=RefineTaskRunner)
 
 
+def _exception_chain(exc: BaseException | None):
+    """`exc` and what it wraps: Ray's task errors keep the worker-side exception in `.cause`, Python in
+    `__cause__`."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        cause = getattr(exc, "cause", None)
+        exc = cause if isinstance(cause, BaseException) else exc.__cause__
+
+
 def run_stop_reason(exc: BaseException) -> str | None:
     """The one-line reason when `exc` is (or wraps, e.g. as Ray's task error) a ReFINE stop: training that no
     longer trains, or a checkpoint that could not be written. None for anything else."""
     from refine.trainer.checkpoints import CheckpointError
     from refine.trainer.health import TrainingStopped
 
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        cause = getattr(exc, "cause", None)  # Ray's RayTaskError keeps the worker-side exception here
-        if isinstance(cause, (TrainingStopped, CheckpointError)):
-            return str(cause)
-        if isinstance(exc, (TrainingStopped, CheckpointError)) and type(exc) in (TrainingStopped, CheckpointError):
-            return str(exc)
-        exc = cause if isinstance(cause, BaseException) else exc.__cause__
+    for link in _exception_chain(exc):
+        # Ray's RayTaskError subclasses the cause's type: take only the original exception's own message
+        if type(link) in (TrainingStopped, CheckpointError):
+            return str(link)
     return None
 
 
@@ -124,14 +130,8 @@ def worker_died(exc: BaseException) -> bool:
     """Whether `exc` (or what it wraps) is Ray's report of a dead worker process (killed, out of memory, ...)."""
     from ray.exceptions import ActorDiedError, ActorUnavailableError, WorkerCrashedError
 
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, (ActorDiedError, ActorUnavailableError, WorkerCrashedError)):
-            return True
-        cause = getattr(exc, "cause", None)
-        exc = cause if isinstance(cause, BaseException) else exc.__cause__
-    return False
+    return any(isinstance(link, (ActorDiedError, ActorUnavailableError, WorkerCrashedError))
+               for link in _exception_chain(exc))
 
 
 def dead_worker_message(exc: BaseException, config) -> str:

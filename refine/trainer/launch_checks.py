@@ -13,8 +13,9 @@ from refine.errors import config_error as _fail
 def parquet_rows(files) -> int:
     import pyarrow.parquet as pq
 
-    files = [files] if isinstance(files, str) else list(files or [])
-    return sum(pq.ParquetFile(str(path)).metadata.num_rows for path in files)
+    from refine.trainer.data_checks import _files
+
+    return sum(pq.ParquetFile(path).metadata.num_rows for path in _files(files))
 
 
 def check_batches_fit(config: DictConfig) -> None:
