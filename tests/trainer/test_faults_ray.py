@@ -84,3 +84,76 @@ def test_post_training_killed_after_step_1_resumes_like_the_uninterrupted_run(ma
         for key, value in expected[step].items():
             if key.startswith(COMPARED_PREFIXES) and "memory" not in key:
                 assert got[step][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (step, key)
+
+
+def test_test_time_training_killed_mid_file_reruns_like_the_uninterrupted_run(make_trainer, close, ruler_files,
+                                                                               tmp_path):
+    """TTT writes no checkpoint (val_only): after a kill in the middle of the file, running the same command again
+    in the same run folder gives the uninterrupted metrics and predictions (nothing left behind changes them)."""
+    import json
+
+    from tests.trainer.test_post_ttt_ray import ruler_overrides
+
+    def ttt(run_dir):
+        return make_trainer(ruler_overrides(ruler_files, run_dir) + [
+            "trainer.val_only=true", "trainer.val_before_train=true", "data.train_files=null",
+            "refine.ttt_sft_update=false", "refine.ttt_ppo_update=false", "refine.val_get_loss=false",
+            "refine.val_ttt_sft_update=true", "refine.val_ttt_ppo_update=true", "refine.mini_batch_size=2",
+            "data.val_batch_size=2"])
+
+    full = ttt(tmp_path / "full")
+    full.fit()
+    expected = full.history[0]
+    close(full)
+
+    killed = ttt(tmp_path / "cut")
+    answer = killed.actor_rollout_wg.generate_greedy
+    calls = []
+
+    def die_on_second_batch(data):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return answer(data)
+
+    killed.actor_rollout_wg.generate_greedy = die_on_second_batch
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    close(killed)
+    rerun = ttt(tmp_path / "cut")
+    rerun.fit()
+    got = rerun.history[0]
+    for key, value in expected.items():
+        if key.startswith("val_"):
+            assert got[key] == pytest.approx(value, rel=1e-6), key
+    rows = lambda run: [json.loads(line)["prediction"] for line in  # noqa: E731
+                        (tmp_path / run / "predictions" / "step_0.jsonl").read_text().splitlines()]
+    assert rows("cut") == rows("full")
+
+
+def test_a_killed_worker_leaves_the_latest_checkpoint_intact_and_says_how_to_resume(make_trainer, tmp_path):
+    """A worker process is killed during step 3 (checkpoints every step): the run fails with Ray's dead-actor
+    error, step 2 stays the latest complete checkpoint, and the entry point's one line names it and the resume."""
+    from types import SimpleNamespace
+
+    import ray
+
+    from refine.main import dead_worker_message, worker_died
+    from refine.trainer.checkpoints import repair_latest
+
+    trainer = make_trainer(["trainer.total_training_steps=4", "trainer.save_freq=1", "trainer.resume_mode=auto",
+                            f"trainer.default_local_dir={tmp_path}"])
+    inner = trainer.inner_loop
+
+    def kill_at_step_3(batch, **kwargs):
+        if trainer.global_steps == 3:
+            ray.kill(trainer.actor_rollout_wg._workers[0])
+        return inner(batch, **kwargs)
+
+    trainer.inner_loop = kill_at_step_3
+    with pytest.raises(Exception) as err:
+        trainer.fit()
+    assert worker_died(err.value), repr(err.value)
+    assert repair_latest(tmp_path) == 2
+    message = dead_worker_message(err.value, SimpleNamespace(trainer=SimpleNamespace(default_local_dir=str(tmp_path))))
+    assert str(tmp_path / "global_step_2") in message and "trainer.resume_mode=auto" in message

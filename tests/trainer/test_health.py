@@ -69,3 +69,22 @@ def test_a_stop_inside_ray_becomes_one_line():
     assert run_stop_reason(FakeRayTaskError(CheckpointError("saving failed"))) == "saving failed"
     assert run_stop_reason(FakeRayTaskError(ValueError("other"))) is None
     assert run_stop_reason(KeyError("x")) is None
+
+
+def test_a_run_that_stopped_training_exits_with_code_3_and_one_line(monkeypatch, capsys):
+    """The entry point turns a TrainingStopped raised inside the run into one line on stderr and exit code 3."""
+    import sys
+
+    import refine.main as entry
+
+    def stopped_run(config, *, prepared=False):
+        raise TrainingStopped("training stopped at step 3: 3 consecutive step(s) did not train")
+
+    monkeypatch.setattr(entry, "run", stopped_run)
+    monkeypatch.setattr(entry, "prepare", lambda config: None)
+    monkeypatch.setattr(sys, "argv", ["refine.main", "+preset=embedded_demo"])
+    with pytest.raises(SystemExit) as exit_info:
+        entry.main()
+    assert exit_info.value.code == 3
+    assert capsys.readouterr().err.strip() == ("refine: training stopped at step 3: 3 consecutive step(s) did not "
+                                               "train")
