@@ -2,11 +2,13 @@
 (c) fast ReFINE (`refine.nsp_mode=fast`), at two document lengths.
 
     .venv/bin/python scripts/bench/nsp_step.py [--models delta_net gated_deltanet lact] [--lengths 512 2048]
-        [--batch 2] [--chunks 8] [--k 5] [--repeats 2] [--threads 2]
+        [--batch 2] [--chunks 8] [--k 5] [--repeats 3] [--threads 2]
 
 Runs the worker-side functions the trainer's RPCs run (`model_ops`, `fast_ops`), on one process with AdamW, so
-each figure is pure compute (no Ray). Every mode starts from the same weights and optimiser state. Prints per
-model and length: wall time per step and the ratios faithful/NTP and fast/NTP, each phase's share, peak memory
+each figure is pure compute (no Ray). Every mode starts from the same weights and optimiser state; the modes take
+turns in each round and a ratio is the median over rounds of ratios taken within one round (robust to a machine
+whose load drifts). Prints per model and length: wall time per step (fastest round) and the ratios faithful/NTP
+and fast/NTP with their spread over rounds, each phase's share, peak memory
 (RSS above the start of the step on CPU; CUDA peak allocated on a GPU), decode time per generated token at both
 lengths, and the bytes crossing the driver<->worker boundary per document at S = 16K, C = 8, H = 2048 (from the
 shapes and dtypes of the RPC messages). The last lines are machine-readable:
@@ -202,17 +204,22 @@ def fast_step(model, opt, ids, mask, args, phases):
 
 
 def measure(name, model, seq_len, args, *, memory: bool):
-    """{mode: {wall, phases, generated}} (fastest of `args.repeats`), or {mode: peak MiB} with `memory`."""
+    """{mode: {wall, phases, generated, ratios}} or {mode: peak MiB} with `memory`.
+
+    The modes take turns within each of `args.repeats` rounds, and each ratio to NTP is taken within a round, so
+    load that drifts over the run (other processes on the machine) shifts both sides of a ratio alike. `wall` and
+    `phases` are the fastest round's; `ratios` holds every round's ratio to NTP.
+    """
     ids = torch.randint(3, model.config.vocab_size, (args.batch, seq_len), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
     start_state = copy.deepcopy(model.state_dict())
     modes = {"ntp": ntp_step, "faithful": faithful_step}
     if name != "lact":
         modes["fast"] = fast_step
-    results = {}
-    for mode, step in modes.items():
-        best = None
-        for _ in range(1 if memory else args.repeats):
+    results: dict = {}
+    for _ in range(1 if memory else args.repeats):
+        walls = {}
+        for mode, step in modes.items():
             model.load_state_dict(start_state)
             opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
             model.train()
@@ -221,11 +228,21 @@ def measure(name, model, seq_len, args, *, memory: bool):
                 t0 = time.perf_counter()
                 generated = step(model, opt, ids, mask, args, phases)
                 wall = time.perf_counter() - t0
+            walls[mode] = wall
+            best = results.get(mode)
             if best is None or wall < best["wall"]:
-                best = {"wall": wall, "phases": dict(phases.seconds), "generated": generated, "mib": peak.mib}
-        results[mode] = best["mib"] if memory else best
+                results[mode] = {"wall": wall, "phases": dict(phases.seconds), "generated": generated,
+                                 "mib": peak.mib, "ratios": best["ratios"] if best else []}
+        for mode in modes:
+            results[mode]["ratios"].append(walls[mode] / walls["ntp"])
     model.load_state_dict(start_state)
-    return results
+    return {mode: res["mib"] for mode, res in results.items()} if memory else results
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def boundary_bytes(seq_len=16384, chunks=8, hidden=2048, k=5) -> dict[str, float]:
@@ -269,7 +286,7 @@ def main(argv=None) -> None:
     parser.add_argument("--chunks", type=int, default=8)
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--micro", type=int, default=1, help="micro-batch of every phase (documents / rows)")
-    parser.add_argument("--repeats", type=int, default=2, help="runs per mode; the fastest counts")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds; in each the modes take turns. Ratios: the median over rounds")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -284,17 +301,18 @@ def main(argv=None) -> None:
         params = sum(p.numel() for p in model.parameters())
         for seq_len in args.lengths:
             results, peaks = timings[name, seq_len], measure(name, model, seq_len, args, memory=True)
-            ntp = results["ntp"]["wall"]
             print(f"\n{name} ({params / 1e6:.2f}M params) S={seq_len} B={args.batch} C={args.chunks} k={args.k}")
             for mode, res in results.items():
                 shares = ", ".join(f"{key} {100 * value / res['wall']:.0f}%" for key, value in res["phases"].items())
                 peak = f"{peaks[mode]:7.1f}" if peaks[mode] >= 1 else "     <1"  # below what RSS sampling sees
-                print(f"  {mode:9s} {res['wall']:7.3f} s  x{res['wall'] / ntp:5.2f}  peak {peak} MiB  [{shares}]")
+                spread = f"x{median(res['ratios']):5.2f} (rounds {min(res['ratios']):.2f}-{max(res['ratios']):.2f})"
+                print(f"  {mode:9s} {res['wall']:7.3f} s  {spread}  peak {peak} MiB  [{shares}]")
                 if mode != "ntp":
                     key = "generate" if mode == "faithful" else "gen"
                     decode[(name, mode, seq_len)] = res["phases"][key] / res["generated"]
-            fast = f"{results['fast']['wall'] / ntp:.2f}" if "fast" in results else "n/a"
-            summary.append(f"{name} S={seq_len} faithful/ntp {results['faithful']['wall'] / ntp:.2f} fast/ntp {fast}")
+            fast = f"{median(results['fast']['ratios']):.2f}" if "fast" in results else "n/a"
+            summary.append(f"{name} S={seq_len} faithful/ntp {median(results['faithful']['ratios']):.2f} "
+                           f"fast/ntp {fast}")
     lo, hi = min(args.lengths), max(args.lengths)
     print(f"\nrollout time per generated token, prefix {lo} -> {hi} (fast: decoding from the states; the state pass "
           "is a separate phase above)")
