@@ -1,28 +1,66 @@
-# Sourced by the *.sbatch launchers: start a Ray cluster over the nodes of this SLURM job (head on the first node,
-# one worker per other node), as verl's multi-node SLURM recipe does, and export RAY_ADDRESS so that verl's
-# `ray.init()` joins it. Single-node jobs skip this: `ray.init()` then starts a local instance.
-# Needs: GPUS_PER_NODE, CPUS_PER_NODE; optional RAY_PORT (default 6379).
+# Sourced by the *.sbatch launchers after allocation.sh. Multi-node jobs: start a Ray cluster over RAY_NODES (head
+# on the first node, one worker per other node, each under srun, as verl's examples/slurm/ray_on_slurm.slurm
+# does) and export RAY_ADDRESS so that verl's `ray.init()` joins it. Each start is followed by a bounded wait
+# (scripts/slurm/ray_join.py, at most RAY_JOIN_TIMEOUT seconds, default 300): first for the head, then for every
+# node; a node that has not joined by then stops the launcher naming it (exit 1) instead of training on part of
+# the job. Single-node jobs skip all this: `ray.init()` starts a local instance.
+# Optional: RAY_PORT (6379); HEAD_IP, the head's IPv4 address (default: the first IPv4 address, loopback
+# excluded, of `hostname --ip-address` then `hostname -I` on the head node; the first word may be IPv6).
+# Under a dry run every command is printed instead (the head address as a placeholder unless HEAD_IP is set).
 
-if [[ "${SLURM_JOB_NUM_NODES:-1}" -gt 1 ]]; then
+if [[ "$NNODES" -gt 1 ]]; then
     RAY_PORT=${RAY_PORT:-6379}
-    mapfile -t RAY_NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
+    RAY_JOIN_TIMEOUT=${RAY_JOIN_TIMEOUT:-300}
+    [[ "$RAY_JOIN_TIMEOUT" =~ ^[0-9]+([.][0-9]+)?$ ]] || allocation_fail "RAY_JOIN_TIMEOUT=$RAY_JOIN_TIMEOUT is" \
+        "not a number of seconds. Fix: e.g. RAY_JOIN_TIMEOUT=300"
     RAY_HEAD=${RAY_NODES[0]}
-    RAY_HEAD_IP=$(srun --nodes=1 --ntasks=1 -w "$RAY_HEAD" hostname --ip-address | awk '{print $1}')
+    SRUN_ONE=(srun --nodes=1 --ntasks=1)
+    if [[ -n "${HEAD_IP:-}" ]]; then
+        [[ "$HEAD_IP" =~ ^([0-9]{1,3}\.){3}[0-9]{1,3}$ ]] || allocation_fail "HEAD_IP=$HEAD_IP is not an IPv4" \
+            "address. Fix: set HEAD_IP to the IPv4 address of $RAY_HEAD, or unset it to look it up"
+        RAY_HEAD_IP=$HEAD_IP
+    elif is_dry_run; then
+        echo "head IPv4: the first IPv4 address (not 127.*) printed by these, in order:"
+        show_or_run "${SRUN_ONE[@]}" -w "$RAY_HEAD" hostname --ip-address
+        show_or_run "${SRUN_ONE[@]}" -w "$RAY_HEAD" hostname -I
+        RAY_HEAD_IP="<first-IPv4-of-$RAY_HEAD>"
+    else
+        head_addresses=$("${SRUN_ONE[@]}" -w "$RAY_HEAD" hostname --ip-address 2>/dev/null) || true
+        if ! RAY_HEAD_IP=$(first_ipv4 <<<"$head_addresses"); then
+            head_addresses+=" $("${SRUN_ONE[@]}" -w "$RAY_HEAD" hostname -I 2>/dev/null || true)"
+            RAY_HEAD_IP=$(first_ipv4 <<<"$head_addresses") || allocation_fail "no IPv4 address for the head node" \
+                "$RAY_HEAD (hostname --ip-address, hostname -I there: '$(echo $head_addresses)'). Fix: set" \
+                "HEAD_IP=<its IPv4 address>"
+        fi
+    fi
     export RAY_ADDRESS="$RAY_HEAD_IP:$RAY_PORT"
-    echo "ray head $RAY_HEAD ($RAY_ADDRESS), ${#RAY_NODES[@]} nodes"
-    srun --nodes=1 --ntasks=1 -w "$RAY_HEAD" \
-        ray start --head --node-ip-address="$RAY_HEAD_IP" --port="$RAY_PORT" \
-        --num-gpus="$GPUS_PER_NODE" --num-cpus="$CPUS_PER_NODE" --block &
-    sleep 15
+    echo "ray head $RAY_HEAD ($RAY_ADDRESS), ${#RAY_NODES[@]} nodes: ${RAY_NODES[*]}"
+
+    RAY_START_PIDS=()
+    ray_start_on() {  # NODE ARGS...: `ray start ARGS` there, in the background (--block: lives as long as the job)
+        local node=$1
+        shift
+        local command=("${SRUN_ONE[@]}" -w "$node" ray start "$@" --node-name="$node" --num-gpus="$NGPUS_PER_NODE"
+                       --num-cpus="$CPUS_PER_NODE" --block)
+        if is_dry_run; then
+            show_or_run "${command[@]}"
+        else
+            "${command[@]}" &
+            RAY_START_PIDS+=($!)
+        fi
+    }
+    wait_for_nodes() {  # NODE...: bounded wait until they have joined; else stop the started ray processes, exit 1
+        show_or_run "$RUN_PYTHON" scripts/slurm/ray_join.py "$RAY_ADDRESS" "$RAY_JOIN_TIMEOUT" "$@" && return 0
+        [[ ${#RAY_START_PIDS[@]} -eq 0 ]] || kill "${RAY_START_PIDS[@]}" 2>/dev/null || true
+        exit 1
+    }
+    ray_start_on "$RAY_HEAD" --head --node-ip-address="$RAY_HEAD_IP" --port="$RAY_PORT"
+    wait_for_nodes "$RAY_HEAD"
     for node in "${RAY_NODES[@]:1}"; do
-        srun --nodes=1 --ntasks=1 -w "$node" \
-            ray start --address="$RAY_ADDRESS" --num-gpus="$GPUS_PER_NODE" --num-cpus="$CPUS_PER_NODE" --block &
+        ray_start_on "$node" --address="$RAY_ADDRESS"
     done
-    # Wait until every node has joined (ray status lists one "node_" line per alive node).
-    for _ in $(seq 60); do
-        alive=$(ray status --address="$RAY_ADDRESS" 2>/dev/null | grep -c " node_" || true)
-        [[ "$alive" -ge "${#RAY_NODES[@]}" ]] && break
-        sleep 5
-    done
-    echo "ray nodes alive: ${alive:-0} of ${#RAY_NODES[@]}"
+    wait_for_nodes "${RAY_NODES[@]}"
+    if is_dry_run; then
+        show_or_run export RAY_ADDRESS="$RAY_ADDRESS"
+    fi
 fi
