@@ -9,8 +9,8 @@ document can start from the cache taken after the document's tokens [0, r) inste
   tensors are new (torch.cat), so decoding into it never touches a snapshot (fla's single-token convolution step
   updates its cache in place) while gradients still flow back into every snapshot.
 
-Only the fla models whose whole state is such a cache qualify (`BRANCHABLE_MODEL_TYPES`); LaCT keeps sliding-window
-attention and chunked fast weights and is refused by `check_branchable`.
+Only the fla models whose whole state is such a cache qualify (`BRANCHABLE_MODEL_TYPES`), and LaCT, whose decoding
+cache holds its whole state (`refine.models.lact.branching`), when `lact_exact_padding=True`.
 """
 
 from __future__ import annotations
@@ -21,34 +21,45 @@ import torch
 
 # model_type -> the fla layer state keys that make up its whole per-layer state
 BRANCHABLE_MODEL_TYPES = ("delta_net", "gated_deltanet")
+LACT_MODEL_TYPE = "lact_swiglu"
 _STATE_KEYS = ("recurrent_state", "conv_state")
 
 
-def branch_refusal(model_type: str | None) -> str | None:
+def branch_refusal(model_type: str | None, lact_exact_padding: bool = False) -> str | None:
     """Why `model_type` cannot branch off states (None when it can): the one home of that rule."""
     if model_type in BRANCHABLE_MODEL_TYPES:
         return None
-    if model_type == "lact":
-        return ("LaCT's state (fast weights of the last complete chunk, sliding-window keys/values, the open chunk) "
-                "is not branched yet; the official re-left-padding also shifts its chunk boundaries (spec Q7/Q18), "
-                "so fast would not equal faithful without model.override_config.lact_exact_padding=True")
-    return f"model_type {model_type!r} has no recurrent state to branch from (supported: {BRANCHABLE_MODEL_TYPES})"
+    if model_type == LACT_MODEL_TYPE:
+        if lact_exact_padding:
+            return None
+        return ("with LaCT's official padding the re-left-padded prefixes shift chunk boundaries and RoPE positions "
+                "(spec Q7/Q18), so a branch off the document's state would not equal the faithful rollout; set "
+                "actor_rollout_ref.model.override_config.lact_exact_padding=True")
+    return (f"model_type {model_type!r} has no recurrent state to branch from (supported: "
+            f"{(*BRANCHABLE_MODEL_TYPES, LACT_MODEL_TYPE)}, LaCT with lact_exact_padding=True)")
 
 
 def check_branchable(model) -> None:
     """ValueError naming the model type when `model` cannot serve the fast NSP mode."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    reason = branch_refusal(model_type)
+    config = getattr(model, "config", None)
+    reason = branch_refusal(getattr(config, "model_type", None), bool(getattr(config, "lact_exact_padding", False)))
     if reason is not None:
         raise ValueError(f"refine.nsp_mode=fast: {reason}; use refine.nsp_mode=faithful")
 
 
-def snapshot(cache, *, detach_clone: bool = False) -> list[dict]:
-    """Per-layer {recurrent_state, conv_state} of an fla cache after a forward with `use_cache=True`.
+def snapshot(cache, *, detach_clone: bool = False):
+    """Per-layer {recurrent_state, conv_state} of an fla cache after a forward with `use_cache=True` (a LaCT cache:
+    `refine.models.lact.branching.LaCTSnapshot`).
 
     `detach_clone=True` copies the tensors (no-grad passes, where a later single-token step could update a shared
     convolution cache in place); otherwise the snapshot references the live, differentiable tensors.
     """
+    from refine.models.lact import LaCTCache
+
+    if isinstance(cache, LaCTCache):
+        from refine.models.lact.branching import lact_snapshot
+
+        return lact_snapshot(cache, detach_clone=detach_clone)
     states = []
     for layer_state in cache:
         entry = {}
@@ -87,8 +98,12 @@ def branch_cache(snapshots: Sequence[list[dict]], seen_tokens: int = 0):
     more; rows are concatenated in order)."""
     from fla.models.utils import Cache
 
+    from refine.models.lact.branching import LaCTSnapshot, lact_branch_cache
+
     if not snapshots:
         raise ValueError("branch_cache needs at least one snapshot")
+    if isinstance(snapshots[0], LaCTSnapshot):
+        return lact_branch_cache(snapshots)
     n_layers = len(snapshots[0])
     if any(len(s) != n_layers for s in snapshots):
         raise ValueError("snapshots have different numbers of layers")

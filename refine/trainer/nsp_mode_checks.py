@@ -13,22 +13,30 @@ from refine.errors import config_error as _fail
 from refine.models.state_branching import branch_refusal
 
 
-def model_type_at(path: str) -> str | None:
-    """`model_type` of the local HF config at `path` (None when there is none to read)."""
+def model_config_at(path: str) -> dict:
+    """The local HF config.json at `path` as a dict ({} when there is none to read)."""
     config_file = os.path.join(str(path), "config.json")
     if not os.path.isfile(config_file):
-        return None
+        return {}
     with open(config_file, encoding="utf-8") as handle:
-        return json.load(handle).get("model_type")
+        return json.load(handle)
+
+
+def model_type_at(path: str) -> str | None:
+    """`model_type` of the local HF config at `path` (None when there is none to read)."""
+    return model_config_at(path).get("model_type")
 
 
 def check_fast_mode(rc, config: DictConfig) -> None:
     """ValueError (one line: key, value, fix) when the fast NSP mode cannot run this config."""
     if rc.nsp_mode != "fast":
         return
-    model_type = model_type_at(config.actor_rollout_ref.model.path)
-    if model_type is not None:
-        reason = branch_refusal(model_type)
+    model = config.actor_rollout_ref.model
+    on_disk = model_config_at(model.path)
+    if on_disk.get("model_type") is not None:
+        overrides = model.get("override_config") or {}
+        exact = bool(overrides.get("lact_exact_padding", on_disk.get("lact_exact_padding", False)))
+        reason = branch_refusal(on_disk["model_type"], exact)
         if reason is not None:
             _fail("refine.nsp_mode", "fast", reason, "use refine.nsp_mode=faithful for this model")
     from refine.nsp.update_plan import normalized_ppo_mini_batch_rows

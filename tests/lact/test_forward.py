@@ -103,8 +103,8 @@ def _run_cached(model, ids, mask, prefill, steps):
      {"ttt_nope": True, "attn_qk_norm": True, "w0_w2_low_rank": -1, "learnable_ttt_scale": False}],
     ids=["faithful", "exact", "muon", "prenorm", "variants"],
 )
-def test_cached_decoding_equals_full_forward(tiny_model, overrides):
-    model = tiny_model(**overrides)
+def test_cached_decoding_equals_full_forward(tiny_model, overrides, fw_shape):
+    model = tiny_model(**overrides, **fw_shape)
     ids = _ids(3, 70)
     mask = _left_pad_mask(3, 70, [0, 5, 21])
     with torch.no_grad():
@@ -113,16 +113,23 @@ def test_cached_decoding_equals_full_forward(tiny_model, overrides):
         plain, cache = _run_cached(model, ids, None, prefill=31, steps=[1] * 39)
         full_plain = model(ids).logits
     real = mask.bool()
-    assert (cached - full)[real].abs().max() < TOL
-    assert (plain - full_plain).abs().max() < TOL
+    if overrides.get("use_muon") and fw_shape:
+        # Muon's Newton-Schulz runs in bf16 (upstream) on updates built with fp32 rates: the ~1e-16 difference
+        # between cached and full attention can flip an fp32, then a bf16 rounding. Exactness is then luck (it
+        # holds for the square shape); the other shapes are held to bf16 accuracy.
+        for got, want in ((cached[real], full[real]), (plain, full_plain)):
+            assert (got - want).norm() / want.norm() < 1e-2
+    else:
+        assert (cached - full)[real].abs().max() < TOL
+        assert (plain - full_plain).abs().max() < TOL
     window, chunk = model.config.window_size, model.config.lact_chunk_size
     for layer in cache.layer_caches:  # O(1) state: at most window-1 keys and one open chunk
         assert layer.key.shape[1] == window - 1 and layer.buf_k.shape[1] == chunk
         assert layer.count.tolist() == [70 - 64] * layer.count.shape[0]
 
 
-def test_prefix_consistency_and_greedy_generation(tiny_model):
-    model = tiny_model()
+def test_prefix_consistency_and_greedy_generation(tiny_model, fw_shape):
+    model = tiny_model(**fw_shape)
     ids = _ids(2, 60)
     with torch.no_grad():
         full = model(ids).logits
@@ -131,12 +138,15 @@ def test_prefix_consistency_and_greedy_generation(tiny_model):
         prompt = ids[:, :10]
         generated = model.generate(prompt, max_new_tokens=30, do_sample=False, use_cache=False)
         teacher = model(generated).logits
-    assert torch.equal(generated[:, 10:], teacher[:, 9:-1].argmax(-1))
+    new, eos = generated[:, 10:], model.config.eos_token_id
+    after_eos = ((new == eos).cumsum(-1) - (new == eos).long()) > 0  # a finished row is padded, not decoded
+    assert after_eos.float().mean() < 0.5
+    assert torch.equal(new[~after_eos], teacher[:, 9:-1].argmax(-1)[~after_eos])
 
 
 @pytest.mark.parametrize("exact", [False, True])
-def test_generate_with_cache_matches_no_cache(tiny_model, exact):
-    model = tiny_model(lact_exact_padding=exact)
+def test_generate_with_cache_matches_no_cache(tiny_model, exact, fw_shape):
+    model = tiny_model(lact_exact_padding=exact, **fw_shape)
     ids = _ids(3, 20)
     mask = _left_pad_mask(3, 20, [0, 4, 13])
     kw = dict(attention_mask=mask, max_new_tokens=24, do_sample=False, pad_token_id=2)
@@ -149,16 +159,16 @@ def test_generate_with_cache_matches_no_cache(tiny_model, exact):
     assert torch.equal(beams_cached, beams_uncached)
 
 
-def test_padding_semantics(tiny_model):
+def test_padding_semantics(tiny_model, fw_shape):
     ids = _ids(1, 40)
     padded = torch.cat([torch.full((1, 9), 2), ids], dim=1)
     mask = _left_pad_mask(1, 49, [9])
     with torch.no_grad():
-        faithful = tiny_model()
+        faithful = tiny_model(**fw_shape)
         alone = faithful(ids).logits
         got = faithful(padded, attention_mask=mask).logits[:, 9:]
         assert (got - alone).abs().max() > 1e-3  # official: TTT sees pads and padded positions (Q7)
-        exact = tiny_model(lact_exact_padding=True)
+        exact = tiny_model(lact_exact_padding=True, **fw_shape)
         got = exact(padded, attention_mask=mask).logits[:, 9:]
         assert (got - exact(ids).logits).abs().max() < TOL
         # right padding never changes earlier real tokens, in either mode
@@ -167,8 +177,8 @@ def test_padding_semantics(tiny_model):
         assert (faithful(right, attention_mask=right_mask).logits[:, :40] - alone).abs().max() < TOL
 
 
-def test_batch_rows_independent(tiny_model):
-    model = tiny_model()
+def test_batch_rows_independent(tiny_model, fw_shape):
+    model = tiny_model(**fw_shape)
     ids = _ids(3, 40)
     with torch.no_grad():
         assert (model(ids).logits[1:2] - model(ids[1:2]).logits).abs().max() < TOL
@@ -217,11 +227,38 @@ def test_learning_rate_mapping_and_base_rate(tiny_model):
                 assert ((got[other] - w_init[other]).norm() / w_init[other].norm()).item() < 1e-3
 
 
-def test_gradient_checkpointing_gives_same_grads(tiny_model):
+def test_per_channel_learning_rate_mapping(tiny_model):
+    """lr_dim = d: rate c of matrix m of head j is lr_proj output 3d·j + d·m + c and moves only column c of W_m
+    (the other columns are only rescaled by the row renorm)."""
+    d = tiny_model().config.fw_head_dim
+    model = tiny_model(num_hidden_layers=1, use_momentum=False, lr_dim=d)
+    layer = model.model.layers[0].attn
+    heads = layer.num_fw_heads
+    assert layer.lr_proj.out_features == 3 * d * heads
+    ids = _ids(1, 20)
+    for head, m, c in [(0, 0, 3), (1, 1, 7), (1, 2, d - 1), (0, 1, 0)]:
+        with torch.no_grad():
+            layer.lr_proj.weight.zero_()
+            layer.lr_proj.bias.fill_(-100.0)  # η ≈ 0 everywhere ...
+            layer.lr_proj.bias[3 * d * head + d * m + c] = 5.0 - BASE_LR_INV  # ... except this one channel
+            fast = model(ids, use_cache=True).past_key_values.layer_caches[0].fast
+        init = layer.initial_fast_weights(1)
+        for j, (got, w_init) in enumerate(zip((fast.w0, fast.w1, fast.w2), init)):
+            for h in range(heads):
+                others = [i for i in range(w_init.shape[2]) if not (j == m and h == head and i == c)]
+                a, b = got[h][:, others], w_init[h][:, others]
+                scale = (a * b).sum(1, keepdim=True) / (b * b).sum(1, keepdim=True)
+                assert (a - scale * b).abs().max() < 1e-12, (head, m, c, j, h)  # a pure per-row rescale
+                if j == m and h == head:
+                    moved = (got[h][:, c] - scale[:, 0] * w_init[h][:, c]).abs().max()
+                    assert moved > 1e-2, (head, m, c)
+
+
+def test_gradient_checkpointing_gives_same_grads(tiny_model, fw_shape):
     ids = _ids(2, 40)
 
     def grads(checkpointing):
-        model = tiny_model().train()
+        model = tiny_model(**fw_shape).train()
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model(ids, labels=ids).loss.backward()
@@ -232,8 +269,8 @@ def test_gradient_checkpointing_gives_same_grads(tiny_model):
     assert all(g.abs().sum() > 0 for k, g in plain.items() if "embeddings" not in k)
 
 
-def test_bf16_cached_decoding_close_to_full_forward(tiny_model):
-    model = tiny_model().to(torch.bfloat16)
+def test_bf16_cached_decoding_close_to_full_forward(tiny_model, fw_shape):
+    model = tiny_model(**fw_shape).to(torch.bfloat16)
     ids = _ids(2, 50)
     with torch.no_grad():
         full = model(ids).logits.float()
@@ -243,10 +280,10 @@ def test_bf16_cached_decoding_close_to_full_forward(tiny_model):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_gpu_backend_matches_cpu(tiny_model):
+def test_gpu_backend_matches_cpu(tiny_model, fw_shape):
     from refine.models.lact.attention import flash_attn_available
 
-    model = tiny_model(window_size=64, lact_chunk_size=64)
+    model = tiny_model(window_size=64, lact_chunk_size=64, **fw_shape)
     ids = _ids(2, 200)
     mask = _left_pad_mask(2, 200, [0, 30])
     with torch.no_grad():

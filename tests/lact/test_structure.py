@@ -48,8 +48,8 @@ def test_760m_parameter_names_shapes_and_count():
     assert not list(model.buffers())
 
 
-def test_config_roundtrip_and_auto_registration(tmp_path):
-    config = tiny_lact_config(attention_bias=False)
+def test_config_roundtrip_and_auto_registration(tmp_path, fw_shape):
+    config = tiny_lact_config(attention_bias=False, **fw_shape)
     config.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["model_type"] == "lact_swiglu"
@@ -60,9 +60,9 @@ def test_config_roundtrip_and_auto_registration(tmp_path):
     assert loaded.num_attention_heads == loaded.num_key_value_heads == loaded.num_attn_heads
 
 
-def test_save_and_load_roundtrip(tmp_path):
+def test_save_and_load_roundtrip(tmp_path, fw_shape):
     torch.manual_seed(0)
-    model = LaCTForCausalLM(tiny_lact_config(attn_implementation="eager")).eval()
+    model = LaCTForCausalLM(tiny_lact_config(attn_implementation="eager", **fw_shape)).eval()
     model.save_pretrained(tmp_path)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert isinstance(loaded, LaCTForCausalLM)
@@ -107,7 +107,11 @@ def test_checkpoint_key_mismatch_is_an_error(tmp_path, change):
         (dict(hidden_size=64, num_attn_heads=64), "head_dim"),
         (dict(lact_chunk_size=0), "lact_chunk_size"),
         (dict(window_size=-1), "window_size"),
-        (dict(inter_multi=2), "w0_w2_low_rank"),
+        (dict(inter_multi=0.01), "inter_multi"),
+        (dict(inter_multi="2"), "inter_multi"),
+        (dict(lr_dim=3), "lr_dim"),
+        (dict(lr_dim=0), "lr_dim"),
+        (dict(lr_dim=32, inter_multi=2), "lr_dim"),
         (dict(ttt_loss_type="mse"), "ttt_loss_type"),
         (dict(num_attention_heads=8), "num_attention_heads"),
     ],
@@ -115,6 +119,28 @@ def test_checkpoint_key_mismatch_is_an_error(tmp_path, change):
 def test_bad_config_names_the_field(overrides, field):
     with pytest.raises(ValueError, match=field):
         tiny_lact_config(**overrides)
+
+
+def test_fast_weight_shapes_and_low_rank_init(fw_shape):
+    """Parameter shapes from the spec's definitions (d_h = int(d·inter_multi), lr_proj out = 3·lr_dim·heads) and
+    W_init = w_left @ w_right + 0.5·I with a rectangular identity (ones at (i, i), i < min(d_h, d_in))."""
+    config = tiny_lact_config(**fw_shape)
+    heads, d, rank = config.num_lact_heads, config.hidden_size // config.num_lact_heads, config.w0_w2_low_rank
+    d_h, lr_dim = int(d * fw_shape.get("inter_multi", 1)), fw_shape.get("lr_dim", 1)
+    torch.manual_seed(0)
+    attn = LaCTForCausalLM(config).model.layers[0].attn
+    shapes = {k: tuple(v.shape) for k, v in attn.state_dict().items()}
+    assert shapes["w0.w_left"] == shapes["w2.w_left"] == (heads, d_h, rank)
+    assert shapes["w0.w_right"] == shapes["w2.w_right"] == (heads, rank, d)
+    assert shapes["w1"] == (heads, d, d_h)
+    assert shapes["lr_proj.weight"] == (3 * lr_dim * heads, config.hidden_size)
+    with torch.no_grad():
+        expected = attn.w0.w_left @ attn.w0.w_right
+        for i in range(min(d_h, d)):
+            expected[:, i, i] += 0.5
+        assert (attn.w0() - expected).abs().max() < 1e-6
+    w0_1, w1_1, w2_1 = attn.initial_fast_weights(1)
+    assert w0_1.shape == w2_1.shape == (heads, d_h, d) and w1_1.shape == (heads, d, d_h)
 
 
 def test_bad_inputs_fail_early():

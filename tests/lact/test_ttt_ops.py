@@ -1,5 +1,10 @@
 """Fast-weight recurrence checks (spec lact-model.md §8 items 3-7, 9-11, 13) against an independent token-loop
-reference, autograd, and hand-derived properties. All in float64."""
+reference, autograd, and hand-derived properties. All in float64.
+
+Shapes: the default fast weight is rectangular (d_h = 5 != d_in = 6, i.e. inter_multi != 1); the per-channel
+variants use lr_dim = d_in = d_h (upstream's rate tensor must broadcast over both K and the hidden activation)."""
+
+import math
 
 import pytest
 import torch
@@ -15,12 +20,13 @@ from refine.models.lact.ttt_ops import (
 D_IN, D_H = 6, 5
 
 
-def _inputs(n=3, length=20, seed=0, mom=True):
+def _inputs(n=3, length=20, seed=0, mom=True, per_channel=False):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
-    w0, w1, w2 = r(n, D_H, D_IN) / 2, r(n, D_IN, D_H) / 2, r(n, D_H, D_IN) / 2
+    d_h = D_IN if per_channel else D_H
+    w0, w1, w2 = r(n, d_h, D_IN) / 2, r(n, D_IN, d_h) / 2, r(n, d_h, D_IN) / 2
     q, k, v = r(n, length, D_IN), r(n, length, D_IN), r(n, length, D_IN)
-    lr = torch.rand(n, length, 3, generator=g, dtype=torch.float64) * 0.5
+    lr = torch.rand(n, length, 3 * (D_IN if per_channel else 1), generator=g, dtype=torch.float64) * 0.5
     momentum = torch.rand(n, length, 1, generator=g, dtype=torch.float64) if mom else None
     return (w0, w1, w2), q, k, v, lr, momentum
 
@@ -35,6 +41,7 @@ def token_loop_reference(ws, q, k, v, lr, momentum, chunk, use_muon=False, preno
     the chunk is folded in (momentum, Muon, add, renorm) when the next token arrives. Returns (y, final Ws)."""
     n, length, _ = q.shape
     y = torch.zeros(n, length, D_IN, dtype=q.dtype)
+    r = lr.shape[-1] // 3  # rates per matrix: 1, or one per column
     finals = []
     for row in range(n):
         row_len = length if lengths is None else int(lengths[row])
@@ -63,9 +70,10 @@ def token_loop_reference(ws, q, k, v, lr, momentum, chunk, use_muon=False, preno
             y[row, t] = w[1] @ (F.silu(w[0] @ x) * (w[2] @ x))
             kk, vv = k[row, t], v[row, t]
             g, u, e = w[0] @ kk, w[2] @ kk, w[1].T @ vv
-            delta[1] += lr[row, t, 1] * torch.outer(vv, F.silu(g) * u)
-            delta[0] += lr[row, t, 0] * torch.outer(e * u * _silu_prime(g), kk)
-            delta[2] += lr[row, t, 2] * torch.outer(e * F.silu(g), kk)
+            eta = [lr[row, t, m * r : (m + 1) * r] for m in range(3)]  # [r], broadcast over the columns
+            delta[1] += eta[1] * torch.outer(vv, F.silu(g) * u)
+            delta[0] += eta[0] * torch.outer(e * u * _silu_prime(g), kk)
+            delta[2] += eta[2] * torch.outer(e * F.silu(g), kk)
             if momentum is not None:
                 mom_sum += float(momentum[row, t, 0])
         finals.append(w)
@@ -79,10 +87,12 @@ def _chunked(ws, q, k, v, lr, momentum, chunk, use_muon=False, prenorm=False, le
 
 
 @pytest.mark.parametrize("length", [5, 8, 9, 16, 21])
-@pytest.mark.parametrize("variant", ["momentum", "plain", "muon", "prenorm"])
+@pytest.mark.parametrize(
+    "variant", ["momentum", "plain", "muon", "prenorm", "per_channel", "per_channel_muon", "per_channel_prenorm"]
+)
 def test_chunked_equals_token_loop(length, variant):
-    ws, q, k, v, lr, mom = _inputs(length=length, mom=variant != "plain")
-    kw = dict(use_muon=variant == "muon", prenorm=variant == "prenorm")
+    ws, q, k, v, lr, mom = _inputs(length=length, mom=variant != "plain", per_channel=variant.startswith("per_ch"))
+    kw = dict(use_muon=variant.endswith("muon"), prenorm=variant.endswith("prenorm"))
     y, state = _chunked(ws, q, k, v, lr, mom, 4, **kw)
     y_ref, w_ref = token_loop_reference(ws, q, k, v, lr, mom, 4, **kw)
     assert (y - y_ref).abs().max() < 1e-10
@@ -115,6 +125,63 @@ def test_grads_match_autograd_of_dot_product_loss():
         loss = (lr[..., m] * -(v * f_k).sum(-1)).sum()  # Σ_t η_m,t · ℓ_t, ℓ_t = −<v_t, f_W(k_t)>
         (grad,) = torch.autograd.grad(loss, params[m])
         assert (closed[m] - (-grad)).abs().max() < 1e-12
+
+
+def test_per_channel_grads_match_per_token_autograd():
+    """lr_dim > 1: ΔW_m[:, i] = Σ_t η_m,t[i] · (−∂ℓ_t/∂W_m)[:, i], each token's gradient taken by autograd."""
+    ws, _, k, v, lr, _ = _inputs(n=2, length=5, per_channel=True)
+    closed = fast_weight_grads(*ws, k, v, lr)
+    for m in range(3):
+        want = torch.zeros_like(ws[m])
+        for t in range(k.shape[1]):
+            params = [w.clone().requires_grad_(m == i) for i, w in enumerate(ws)]
+            w0, w1, w2 = params
+            kt, vt = k[:, t : t + 1], v[:, t : t + 1]
+            f_k = (F.silu(kt @ w0.transpose(1, 2)) * (kt @ w2.transpose(1, 2))) @ w1.transpose(1, 2)
+            (grad,) = torch.autograd.grad(-(vt * f_k).sum(), params[m])  # Σ over rows of ℓ_t = −<v_t, f_W(k_t)>
+            want -= lr[:, t, None, m * D_IN : (m + 1) * D_IN] * grad
+        assert (closed[m] - want).abs().max() < 1e-12
+
+
+def test_per_channel_with_equal_channels_equals_scalar_rate():
+    ws, q, k, v, lr, mom = _inputs(length=13, per_channel=True)
+    scalar = lr[..., ::D_IN]  # one rate per matrix
+    y_scalar, s_scalar = _chunked(ws, q, k, v, scalar, mom, 4)
+    y_channels, s_channels = _chunked(ws, q, k, v, scalar.repeat_interleave(D_IN, dim=-1), mom, 4)
+    assert torch.equal(y_scalar, y_channels) and torch.equal(s_scalar.w1, s_channels.w1)
+    y_diff, _ = _chunked(ws, q, k, v, lr, mom, 4)  # distinct channels do change the result
+    assert (y_diff[:, 4:] - y_scalar[:, 4:]).abs().max() > 1e-3
+
+
+def test_per_channel_update_by_hand():
+    """One token (d = 2, W0 = W1 = W2 = I) with per-column rates, worked out entry by entry."""
+    silu = lambda x: x / (1 + math.exp(-x))  # noqa: E731
+    dsilu = lambda x: silu(x) + (1 - silu(x)) / (1 + math.exp(-x))  # noqa: E731  σ(x)(1 + x(1 − σ(x)))
+    kk, vv, qq = [1.0, 2.0], [3.0, -1.0], [0.5, -0.25]
+    eta = [[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]]  # η for W0, W1, W2; one value per column
+    # W = I: gate g = up u = k, hidden s = silu(k)·k, e = W1ᵀ v = v
+    dw0 = [[vv[h] * kk[h] * dsilu(kk[h]) * kk[i] * eta[0][i] for i in range(2)] for h in range(2)]
+    dw1 = [[vv[o] * silu(kk[h]) * kk[h] * eta[1][h] for h in range(2)] for o in range(2)]
+    dw2 = [[vv[h] * silu(kk[h]) * kk[i] * eta[2][i] for i in range(2)] for h in range(2)]
+    new = []
+    for dw in (dw0, dw1, dw2):  # W + ΔW, rows renormalised to the initial row norm 1
+        rows = [[(h == i) + dw[h][i] for i in range(2)] for h in range(2)]
+        new.append([[x / (math.hypot(*row) + 1e-5) for x in row] for row in rows])
+    a = [silu(sum(new[0][h][i] * qq[i] for i in range(2))) * sum(new[2][h][i] * qq[i] for i in range(2))
+         for h in range(2)]
+    y1 = [sum(new[1][o][h] * a[h] for h in range(2)) for o in range(2)]
+
+    t = lambda x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
+    eye = torch.eye(2, dtype=torch.float64)[None]
+    lr = t([sum(eta, [])] * 2)[None]  # [1, 2 tokens, 3·2]
+    q, k, v = t([[9.0, 9.0], qq])[None], t([kk, [7.0, 7.0]])[None], t([vv, [7.0, 7.0]])[None]
+    grads = fast_weight_grads(eye, eye, eye, k[:, :1], v[:, :1], lr[:, :1])
+    for got, want in zip(grads, (dw0, dw1, dw2)):
+        assert (got[0] - t(want)).abs().max() < 1e-14
+    y, state = _chunked((eye, eye, eye), q, k, v, lr, None, 1)  # token 0 updates, token 1 is applied
+    for got, want in zip((state.w0, state.w1, state.w2), new):
+        assert (got[0] - t(want)).abs().max() < 1e-14
+    assert (y[0, 1] - t(y1)).abs().max() < 1e-14
 
 
 def test_no_update_when_length_at_most_chunk():

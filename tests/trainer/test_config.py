@@ -217,7 +217,8 @@ def test_task_scorer_default_and_custom(tmp_path):
 
 
 def test_fast_nsp_mode_refuses_models_without_a_branchable_state(compose_config, tmp_path):
-    """A LaCT or Llama model directory with refine.nsp_mode=fast: one line naming the key, before Ray."""
+    """A Llama model directory, or LaCT with its official padding, with refine.nsp_mode=fast: one line naming the
+    key, before Ray. LaCT with lact_exact_padding=True passes this check."""
     import json
     import shutil
 
@@ -225,7 +226,7 @@ def test_fast_nsp_mode_refuses_models_without_a_branchable_state(compose_config,
 
     demo = REPO_ROOT / "data" / "demo" / "model"
     assert prepare_config(compose_config(["refine.nsp_mode=fast"])).nsp_mode == "fast"  # the demo DeltaNet runs
-    for model_type, pattern in (("lact", "lact_exact_padding"), ("llama", "no recurrent state")):
+    for model_type, pattern in (("lact_swiglu", "lact_exact_padding=True"), ("llama", "no recurrent state")):
         model_dir = tmp_path / model_type
         shutil.copytree(demo, model_dir)
         config_file = model_dir / "config.json"
@@ -233,6 +234,18 @@ def test_fast_nsp_mode_refuses_models_without_a_branchable_state(compose_config,
         with pytest.raises(ValueError, match=rf"refine\.nsp_mode.*{pattern}.*nsp_mode=faithful") as err:
             prepare_config(compose_config(["refine.nsp_mode=fast", f"actor_rollout_ref.model.path={model_dir}"]))
         assert "\n" not in str(err.value)
+    # a real tiny LaCT (with the demo tokenizer) passes with exact padding and is refused without it
+    from refine.models.lact import LaCTForCausalLM, tiny_lact_config
+
+    lact_dir = tmp_path / "tiny_lact"
+    shutil.copytree(demo, lact_dir, ignore=shutil.ignore_patterns("config.json", "*.safetensors"))
+    vocab = json.loads((demo / "config.json").read_text())["vocab_size"]
+    LaCTForCausalLM(tiny_lact_config(vocab_size=vocab)).save_pretrained(lact_dir)
+    lact = ["refine.nsp_mode=fast", f"actor_rollout_ref.model.path={lact_dir}"]
+    with pytest.raises(ValueError, match=r"refine\.nsp_mode.*lact_exact_padding=True"):
+        prepare_config(compose_config(lact))
+    exact = "+actor_rollout_ref.model.override_config.lact_exact_padding=True"
+    assert prepare_config(compose_config([*lact, exact])).nsp_mode == "fast"
 
 
 def test_fast_nsp_mode_refuses_mini_batches_that_split_a_document(compose_config):

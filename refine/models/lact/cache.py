@@ -99,8 +99,8 @@ def _write(buffer, rows, pos, values):
 
 
 def ttt_decode_step(cache: LaCTLayerCache, q, k, v, lr, mom, take, chunk_size, use_muon):
-    """One token through the fast weights. q/k/v: [n, 1, d]; lr: [n, 1, 3]; mom: [n, 1, 1] or None; take: [n] bool
-    (tokens that feed the fast weights). Returns y [n, 1, d_out]."""
+    """One token through the fast weights. q/k/v: [n, 1, d]; lr: [n, 1, 3·lr_dim]; mom: [n, 1, 1] or None;
+    take: [n] bool (tokens that feed the fast weights). Returns y [n, 1, d_out]."""
     full = (cache.count == chunk_size) & take
     if bool(full.any()):
         rows = full.nonzero().squeeze(-1)

@@ -157,7 +157,7 @@ class LaCTConfig(PreTrainedConfig):
 
     @property
     def fw_hidden_dim(self) -> int:
-        """Fast-weight hidden size d_h = int(d · inter_multi)."""
+        """Fast-weight hidden size d_h = int(d · inter_multi) (truncated, as upstream)."""
         return int(self.fw_head_dim * self.inter_multi)
 
     @property
@@ -186,18 +186,25 @@ class LaCTConfig(PreTrainedConfig):
             raise ValueError(
                 f"LaCTConfig: hidden_size={self.hidden_size} is not divisible by num_lact_heads={self.num_lact_heads}"
             )
-        if self.fw_head_dim * self.inter_multi != self.fw_hidden_dim or self.fw_hidden_dim <= 0:
+        if isinstance(self.inter_multi, bool) or not isinstance(self.inter_multi, (int, float)) \
+                or self.fw_hidden_dim <= 0:
             raise ValueError(
-                f"LaCTConfig: inter_multi={self.inter_multi} must make fw_head_dim*inter_multi "
-                f"({self.fw_head_dim}*{self.inter_multi}) a positive integer"
+                f"LaCTConfig: inter_multi={self.inter_multi!r} must be a number with int(fw_head_dim*inter_multi) "
+                f"= int({self.fw_head_dim}*{self.inter_multi}) > 0"
             )
-        if self.w0_w2_low_rank > 0 and self.fw_hidden_dim != self.fw_head_dim:
+        # Upstream multiplies K (width d_in) and the hidden activation (width d_h) by the same rate tensor, so a
+        # per-channel rate only broadcasts when lr_dim = d_in = d_h; any other value crashes upstream.
+        lr_dim_ok = isinstance(self.lr_dim, int) and not isinstance(self.lr_dim, bool)
+        if not lr_dim_ok or self.lr_dim not in (1, self.fw_head_dim):
             raise ValueError(
-                f"LaCTConfig: w0_w2_low_rank={self.w0_w2_low_rank} adds 0.5*I and needs a square fast weight, "
-                f"but inter_multi={self.inter_multi} gives {self.fw_hidden_dim}x{self.fw_head_dim}"
+                f"LaCTConfig: lr_dim={self.lr_dim!r} must be 1 (one rate per matrix) or fw_head_dim="
+                f"{self.fw_head_dim} (one rate per input channel)"
             )
-        if self.lr_dim != 1:
-            raise ValueError(f"LaCTConfig: lr_dim={self.lr_dim} is not supported (only 1, as in every config)")
+        if self.lr_dim > 1 and self.fw_hidden_dim != self.fw_head_dim:
+            raise ValueError(
+                f"LaCTConfig: lr_dim={self.lr_dim} (per-channel rates) needs inter_multi=1, but inter_multi="
+                f"{self.inter_multi} gives fast-weight hidden {self.fw_hidden_dim} != {self.fw_head_dim}"
+            )
         if self.lr_parameterization != "mamba":
             raise ValueError(f"LaCTConfig: lr_parameterization={self.lr_parameterization!r}; only 'mamba' exists")
         if self.ttt_loss_type != "dot_product":

@@ -18,6 +18,7 @@ from refine.models.lact.attention import (
 )
 from refine.models.lact.cache import LaCTCache, LaCTLayerCache, LaCTSegment, open_chunk, ttt_decode_step
 from refine.models.lact.configuration_lact import LaCTConfig
+from refine.models.lact.continuation import ttt_continue
 from refine.models.lact.modules import LowRankFastWeight, RMSNorm, apply_rotary, rotary_cos_sin
 from refine.models.lact.ttt_ops import FastWeightState, block_causal_lact_swiglu, l2_norm
 
@@ -156,13 +157,17 @@ class LaCTSWIGLULayer(nn.Module):
             take = segment.ttt_take
             take = torch.ones(batch, length, dtype=torch.bool, device=h.device) if take is None else take
             take = take.repeat_interleave(self.num_fw_heads, dim=0)
-            ys = [
-                ttt_decode_step(layer_cache, fq[:, t : t + 1], fk[:, t : t + 1], fv[:, t : t + 1], lr[:, t : t + 1],
-                                None if mom is None else mom[:, t : t + 1], take[:, t], cfg.lact_chunk_size,
-                                cfg.use_muon)
-                for t in range(length)
-            ]
-            y = torch.cat(ys, dim=1)
+            y = None
+            if length > 1 and bool(take.all()):  # a segment: the chunked recurrence, not token by token
+                y = ttt_continue(layer_cache, fq, fk, fv, lr, mom, cfg.lact_chunk_size, cfg.use_muon)
+            if y is None:
+                ys = [
+                    ttt_decode_step(layer_cache, fq[:, t : t + 1], fk[:, t : t + 1], fv[:, t : t + 1],
+                                    lr[:, t : t + 1], None if mom is None else mom[:, t : t + 1], take[:, t],
+                                    cfg.lact_chunk_size, cfg.use_muon)
+                    for t in range(length)
+                ]
+                y = torch.cat(ys, dim=1)
         else:
             w0, w1, w2 = self.initial_fast_weights(batch)
             state = FastWeightState.initial(w0, w1, w2, cfg.use_momentum, cfg.ttt_prenorm)

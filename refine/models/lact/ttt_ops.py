@@ -3,7 +3,8 @@
 
 Shapes: batch and TTT head are merged into one leading dim `n` (index b·H + j).
     W0, W2: [n, d_h, d_in]    W1: [n, d_out, d_h]    q, k: [n, T, d_in]    v: [n, T, d_out]
-    lr: [n, T, 3] float32 (columns: W0, W1, W2)    momentum: [n, T, 1]
+    lr: [n, T, 3·r] float32, r = lr_dim ∈ {1, d_in = d_h}; columns [m·r, (m+1)·r) are the rates of W0, W1, W2
+        (m = 0, 1, 2). With r > 1 the rate is per column (input channel) of each matrix.    momentum: [n, T, 1]
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def fast_weight_apply(w0: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, x: t
 
 def fast_weight_grads(w0, w1, w2, k, v, lr):
     """ΔW0, ΔW1, ΔW2 = −∂/∂W Σ_t η_t·(−⟨v_t, f_W(k_t)⟩): the per-token-rate ascent step on the dot-product
-    loss.
+    loss. A per-channel rate (lr_dim > 1) scales column i of each token's gradient by η_t[i].
 
     The rate is folded into the matmul operand in float32 and rounded to the activation dtype (as upstream).
     """
@@ -76,9 +77,10 @@ def fast_weight_grads(w0, w1, w2, k, v, lr):
     dgate = dhidden * up * silu_backprop(gate)
     dup = dhidden * silu_gate
     ct = torch.promote_types(dt, torch.float32)
-    k0 = (k.to(ct) * lr[..., 0:1]).to(dt)
-    h1 = (hidden.to(ct) * lr[..., 1:2]).to(dt)
-    k2 = (k.to(ct) * lr[..., 2:3]).to(dt)
+    lr0, lr1, lr2 = lr.chunk(3, dim=-1)  # [n, C, lr_dim] each; broadcast over k's / hidden's channels
+    k0 = (k.to(ct) * lr0).to(dt)
+    h1 = (hidden.to(ct) * lr1).to(dt)
+    k2 = (k.to(ct) * lr2).to(dt)
     dw1 = v.transpose(-2, -1) @ h1  # [n, d_out, d_h]
     dw0 = dgate.transpose(-2, -1) @ k0  # [n, d_h, d_in]
     dw2 = dup.transpose(-2, -1) @ k2
