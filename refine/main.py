@@ -74,6 +74,9 @@ def prepare(config):
     check_batches_fit(config)
     check_logger(config)
     check_ray_cpus(config, device)
+    from refine.trainer.memory_estimate import print_estimate
+
+    print_estimate(config, rc, device)  # a run that will not fit is named before Ray's minutes of start-up
     from refine.platform import platform_env_vars
 
     env = platform_env_vars()
