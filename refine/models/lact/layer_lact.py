@@ -148,9 +148,10 @@ class LaCTSWIGLULayer(nn.Module):
         if not cfg.ttt_nope:  # same rotary as attention, over the attention-head groups
             fq = self._heads_first(self._rope(self._heads_last(fq, batch), cos, sin))
             fk = self._heads_first(self._rope(self._heads_last(fk, batch), cos, sin))
-        # η = softplus(z + softplus⁻¹(0.001)) in fp32; column m of head j is lr_proj output 3j+m.
+        # η = softplus(z + softplus⁻¹(0.001)) in fp32; channel c of matrix m of head j is lr_proj output
+        # 3r·j + r·m + c (r = lr_dim; r = 1 gives 3j + m).
         lr = F.softplus(self.lr_proj(h).float() + BASE_LR_INV)
-        lr = self._heads_first(lr)  # [B·H, T, 3]
+        lr = self._heads_first(lr)  # [B·H, T, 3·r]
         mom = self._heads_first(self.momentum_proj(h)) if cfg.use_momentum else None
 
         if layer_cache is not None:
