@@ -25,6 +25,7 @@ expand_nodelist_bash() {  # SLURM hostlist ("node[01-04,07],gpu7") -> one host p
 _expand_host_pattern() {  # one pattern, any number of [ranges] groups (expanded left to right)
     local pattern=$1
     if [[ "$pattern" != *"["* ]]; then
+        [[ "$pattern" != *"]"* ]] || return 1
         printf '%s\n' "$pattern"
         return 0
     fi
@@ -48,7 +49,7 @@ _expand_host_pattern() {  # one pattern, any number of [ranges] groups (expanded
 
 first_ipv4() {  # the first IPv4 address among the words on stdin, loopback excluded (other nodes cannot reach it)
     local word
-    while read -r word; do
+    while read -r word || [[ -n "$word" ]]; do  # the last word may lack a newline
         if [[ "$word" =~ ^([0-9]{1,3}\.){3}[0-9]{1,3}$ && "$word" != 127.* ]]; then
             printf '%s\n' "$word"
             return 0

@@ -1,68 +1,227 @@
-"""The SLURM launchers (scripts/slurm/*.sbatch), run as plain bash on a one-node "allocation".
+"""The SLURM launchers (scripts/slurm/*.sbatch), run as plain bash on a stand-in "allocation".
 
-The virtual environment's python is a stand-in that records each `-m refine.main` command line, so nothing trains:
-the test checks what each launcher would run (the demo script's official command, with the GPUs and nodes of the
-job) and that the test-time launcher makes one run per LongBench task.
+The virtual environment's python is a stand-in that records each `-m refine.main` command line (and RAY_ADDRESS),
+so nothing trains: the test checks what each launcher would run (the demo script's official command, with the GPUs
+and nodes of the job) and that the test-time launcher makes one run per LongBench task, going on past a failing
+one. Multi-node jobs run against stand-ins of `srun`, `hostname`, the `ray` command and the `ray` module
+(STUB_RAY below, first on PYTHONPATH), with a listening socket as the head's port.
 """
 
 import os
+import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# The stand-in python: records `-m refine.main` calls (fails for a val file matching FAIL_MATCH, after recording;
+# writes PREDICTION_SCORES as the run's predictions); any other script runs with the test's interpreter.
 RECORD = """#!/bin/sh
 if [ "$1" = "-m" ]; then
     { for arg in "$@"; do printf '%s\\0' "$arg"; done; printf '\\n'; } >> "$ARGS_OUT"
+    printf '%s\\n' "${RAY_ADDRESS:-}" >> "$ARGS_OUT.ray_address"
+    for arg in "$@"; do
+        case "$arg" in
+            trainer.default_local_dir=*) run_dir=${arg#*=} ;;
+            data.val_files=*) val_files=${arg#*=} ;;
+        esac
+    done
+    if [ -n "${FAIL_MATCH:-}" ]; then
+        case "$val_files" in *"$FAIL_MATCH"*) echo "stand-in: failing on $val_files" >&2; exit 7 ;; esac
+    fi
+    if [ -n "${PREDICTION_SCORES:-}" ]; then
+        mkdir -p "$run_dir/predictions"
+        for score in $PREDICTION_SCORES; do
+            printf '{"score": %s}\\n' "$score"
+        done > "$run_dir/predictions/step_0.jsonl"
+    fi
 else
-    exec python3 "$@"
+    exec PYTHON_FOR_SCRIPTS "$@"
 fi
+""".replace("PYTHON_FOR_SCRIPTS", sys.executable)
+# Multi-node stand-ins: srun logs and runs its command here; `ray start` only logs; hostname prints STUB_* words.
+SRUN = """#!/bin/sh
+echo "$*" >> "$SRUN_LOG"
+while [ $# -gt 0 ]; do case "$1" in -w) shift 2 ;; -*) shift ;; *) break ;; esac; done
+exec "$@"
 """
+RAY_CLI = '#!/bin/sh\necho "ray $*" >> "$SRUN_LOG"\n'
+HOSTNAME = """#!/bin/sh
+case "$1" in --ip-address) echo "$STUB_IP_ADDRESS" ;; -I) echo "$STUB_IP_ALL" ;; *) echo stub-host ;; esac
+"""
+# ray.nodes() as Ray reports them: alive nodes named by their host name (domain included), one dead node.
+STUB_RAY = """import os
+def init(address=None, **kwargs):
+    pass
+def nodes():
+    alive = [{"Alive": True, "NodeName": "10.9.9.9", "NodeManagerHostname": name + ".cluster"}
+             for name in os.environ.get("STUB_RAY_ALIVE", "").split()]
+    return alive + [{"Alive": False, "NodeName": name} for name in os.environ.get("STUB_RAY_DEAD", "").split()]
+def shutdown():
+    pass
+"""
+SLURM_FREE_ENV = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and not k.startswith("RAY_")
+                  and k not in ("GPUS_PER_NODE", "CPUS_PER_NODE", "HEAD_IP", "DRY_RUN", "TASKS", "PYTHON")}
 
 
-def launch(tmp_path: Path, name: str, *args: str, **env) -> list[dict[str, str]]:
-    """Run scripts/slurm/<name>.sbatch; returns one {key: value} dict of overrides per recorded refine.main call."""
+def executable(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(0o755)
+
+
+def launch(tmp_path: Path, name: str, *args: str, expect_rc: int = 0, **env):
+    """Run scripts/slurm/<name>.sbatch; returns (the finished process, one {key: value} dict of overrides per
+    recorded refine.main call)."""
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
-    (venv / "bin" / "python").write_text(RECORD)
-    (venv / "bin" / "python").chmod(0o755)
+    executable(venv / "bin" / "python", RECORD)
+    for stub, text in (("srun", SRUN), ("ray", RAY_CLI), ("hostname", HOSTNAME)):
+        executable(venv / "bin" / stub, text)
+    (tmp_path / "stub_modules" / "ray").mkdir(parents=True)
+    (tmp_path / "stub_modules" / "ray" / "__init__.py").write_text(STUB_RAY)
     args_out = tmp_path / "calls"
-    full_env = {**os.environ, "REPO": str(REPO_ROOT), "VENV": str(venv), "ARGS_OUT": str(args_out),
-                "SLURM_JOB_NUM_NODES": "1", "SLURM_CPUS_PER_TASK": "8", "MODEL_PATH": "/models/m",
-                "TRAIN_FILES": "/data/train.parquet", "VAL_FILES": "/data/val.parquet", **env}
+    full_env = {**SLURM_FREE_ENV, "REPO": str(REPO_ROOT), "VENV": str(venv), "ARGS_OUT": str(args_out),
+                "SRUN_LOG": str(tmp_path / "srun.log"), "PYTHONPATH": str(tmp_path / "stub_modules"),
+                "SLURM_JOB_NUM_NODES": "1", "SLURM_GPUS_ON_NODE": "8", "SLURM_CPUS_PER_TASK": "8",
+                "MODEL_PATH": "/models/m", "TRAIN_FILES": "/data/train.parquet", "VAL_FILES": "/data/val.parquet",
+                **env}
     done = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "slurm" / f"{name}.sbatch"), *args], env=full_env,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
+                          capture_output=True, text=True, check=False, timeout=120)
+    assert done.returncode == expect_rc, done.stdout[-2000:] + done.stderr[-2000:]
     calls = []
-    for line in args_out.read_text().splitlines():
+    for line in (args_out.read_text().splitlines() if args_out.exists() else []):
         argv = line.split("\0")[:-1]
         assert argv[:2] == ["-m", "refine.main"]
         calls.append(dict(a.lstrip("+").split("=", 1) for a in argv[2:]))
-    return calls
+    return done, calls
 
 
 @pytest.mark.parametrize("name,gpus", [("midtrain", "8"), ("posttrain", "8")])
 def test_training_launchers_run_the_demo_with_the_job_resources(tmp_path, name, gpus):
-    (call,) = launch(tmp_path, name, CKPT_DIR=str(tmp_path / "ckpt"))
+    _, (call,) = launch(tmp_path, name, CKPT_DIR=str(tmp_path / "ckpt"))
     assert call["trainer.n_gpus_per_node"] == gpus and call["trainer.nnodes"] == "1"
     assert call["actor_rollout_ref.model.path"] == "/models/m" and call["data.train_files"] == "/data/train.parquet"
     assert call["trainer.default_local_dir"] == str(tmp_path / "ckpt")
 
 
 def test_testtime_launcher_runs_once_per_task(tmp_path):
-    calls = launch(tmp_path, "testtimetrain", TASKS="hotpotqa trec", GPUS_PER_NODE="2")
+    _, calls = launch(tmp_path, "testtimetrain", TASKS="hotpotqa trec", GPUS_PER_NODE="2")
     assert [c["data.val_files"] for c in calls] == [
         str(REPO_ROOT / "data/longbench/hotpotqa_16384.parquet"), str(REPO_ROOT / "data/longbench/trec_16384.parquet")]
     names = [c["trainer.experiment_name"] for c in calls]
     assert names == ["testtimetrain_16k_tttrl_hotpotqa", "testtimetrain_16k_tttrl_trec"]
     assert all(c["trainer.n_gpus_per_node"] == "2" and c["trainer.val_only"] == "True" for c in calls)
     # Extra arguments reach every run (here the per-batch reset variant), after the official ones.
-    calls = launch(tmp_path / "reset", "testtimetrain", "refine.ttt_reset=batch", TASKS="hotpotqa trec")
+    _, calls = launch(tmp_path / "reset", "testtimetrain", "refine.ttt_reset=batch", TASKS="hotpotqa trec")
     assert [c.get("refine.ttt_reset") for c in calls] == ["batch", "batch"]
 
 
 def test_testtime_launcher_covers_every_shipped_longbench_file(tmp_path):
-    calls = launch(tmp_path, "testtimetrain")
+    _, calls = launch(tmp_path, "testtimetrain")
     shipped = sorted(str(p) for p in (REPO_ROOT / "data" / "longbench").glob("*_16384.parquet"))
     assert len(shipped) == 14 and sorted(c["data.val_files"] for c in calls) == shipped
+
+
+def table_rows(stdout: str) -> dict[str, list[str]]:
+    """The TTT summary table: {task: [status..., n, score, predictions]} (status may hold spaces)."""
+    lines = stdout[stdout.index("LongBench test-time training:"):].splitlines()
+    return {line.split()[0]: line.split()[1:] for line in lines[2:]}
+
+
+def test_testtime_launcher_goes_on_past_a_failing_task_and_reports_it(tmp_path):
+    done, calls = launch(tmp_path, "testtimetrain", TASKS="hotpotqa trec qasper", FAIL_MATCH="trec_16384",
+                         PREDICTION_SCORES="1 0 0.5", CKPT_ROOT=str(tmp_path / "runs"), expect_rc=1)
+    assert [c["trainer.experiment_name"] for c in calls] == [
+        "testtimetrain_16k_tttrl_hotpotqa", "testtimetrain_16k_tttrl_trec", "testtimetrain_16k_tttrl_qasper"]
+    rows = table_rows(done.stdout)
+    runs = tmp_path / "runs"
+    # scores 1, 0, 0.5 -> mean 0.5 -> 50.00 (x100, as the LongBench report); the failed task has none
+    for task in ("hotpotqa", "qasper"):
+        predictions = runs / f"testtimetrain_16k_tttrl_{task}" / "predictions" / "step_0.jsonl"
+        assert rows[task] == ["ok", "3", "50.00", str(predictions)]
+    assert rows["trec"] == ["FAILED", "(exit", "7)", "-", "-", "-"]
+    assert rows["LongBench"] == ["avg", "2", "50.00"]
+    assert "2 of 3 task(s) ok, 1 failed" in done.stdout
+    assert done.stderr.strip().splitlines()[-1] == "testtimetrain.sbatch: 1 of 3 task(s) failed: trec"
+
+
+def test_ttt_summary_reads_only_predictions_written_since_the_job_started(tmp_path):
+    since = time.time() - 60
+    fresh, stale, failed = (tmp_path / name for name in ("fresh", "stale", "failed"))
+    for run_dir, scores in ((fresh, [0.25, 0.75, 1.0, 0.0]), (stale, [1.0]), (failed, [1.0])):
+        (run_dir / "predictions").mkdir(parents=True)
+        (run_dir / "predictions" / "step_0.jsonl").write_text("".join(f'{{"score": {s}}}\n' for s in scores))
+    os.utime(stale / "predictions" / "step_0.jsonl", (since - 3600, since - 3600))
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "scripts/slurm/ttt_summary.py"), "--since", str(since),
+                           "hotpotqa", "0", str(fresh), "trec", "0", str(stale), "qasper", "3", str(failed)],
+                          capture_output=True, text=True, check=False, timeout=60)
+    assert done.returncode == 0, done.stderr
+    rows = table_rows(done.stdout)
+    assert rows["hotpotqa"][:3] == ["ok", "4", "50.00"]  # (0.25 + 0.75 + 1 + 0) / 4 = 0.5
+    assert rows["trec"] == ["ok,", "no", "predictions", "-", "-", "-"]
+    assert rows["qasper"] == ["FAILED", "(exit", "3)", "-", "-", "-"]
+    assert "LongBench" not in rows  # one scored task: no average
+
+
+def listening_port() -> socket.socket:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    return server
+
+
+FOUR_NODES = {"SLURM_JOB_NUM_NODES": "4", "SLURM_JOB_NODELIST": "node[01-03],gpu7", "SLURM_GPUS_ON_NODE": "4",
+              "SLURM_CPUS_PER_TASK": "16", "RAY_JOIN_POLL": "0.1", "RAY_JOIN_TIMEOUT": "1"}
+
+
+def test_multi_node_job_starts_ray_on_every_node_and_trains_once_all_joined(tmp_path):
+    with listening_port() as head:
+        port = head.getsockname()[1]
+        done, calls = launch(tmp_path, "midtrain", HEAD_IP="127.0.0.1", RAY_PORT=str(port),
+                             STUB_RAY_ALIVE="node01 node02 node03 gpu7", CKPT_DIR=str(tmp_path / "ckpt"), **FOUR_NODES)
+    (call,) = calls
+    assert call["trainer.nnodes"] == "4" and call["trainer.n_gpus_per_node"] == "4"
+    assert (tmp_path / "calls.ray_address").read_text().split() == [f"127.0.0.1:{port}"]
+    started = sorted(line for line in (tmp_path / "srun.log").read_text().splitlines() if line.startswith("ray "))
+    resources = "--num-gpus=4 --num-cpus=16 --block"
+    assert started == sorted(
+        [f"ray start --head --node-ip-address=127.0.0.1 --port={port} --node-name=node01 {resources}"]
+        + [f"ray start --address=127.0.0.1:{port} --node-name={n} {resources}" for n in ("node02", "node03", "gpu7")])
+    assert "ray: 4 of 4 node(s) joined: node01 node02 node03 gpu7" in done.stdout
+
+
+def test_multi_node_job_stops_naming_the_nodes_that_did_not_join(tmp_path):
+    start = time.monotonic()
+    with listening_port() as head:
+        done, calls = launch(tmp_path, "midtrain", HEAD_IP="127.0.0.1", RAY_PORT=str(head.getsockname()[1]),
+                             STUB_RAY_ALIVE="node01 node02", STUB_RAY_DEAD="gpu7",
+                             expect_rc=1, **FOUR_NODES)
+    assert calls == []  # no training on part of the job
+    (line,) = [line for line in done.stderr.splitlines() if line.startswith("ray_join:")]
+    assert "2 of 4 node(s) not in the Ray cluster" in line and ": node03 gpu7; joined: node01 node02." in line
+    assert "RAY_JOIN_TIMEOUT" in line and time.monotonic() - start < 20
+
+
+@pytest.mark.parametrize("ip_address,ip_all,head_ip", [
+    ("fe80::1%ib0 2001:db8::7 10.1.2.3", "10.9.9.9", "10.1.2.3"),  # IPv6 first: the first IPv4
+    ("127.0.1.1 fe80::1", "10.4.5.6 172.17.0.1", "10.4.5.6"),       # no usable IPv4 there: hostname -I
+])
+def test_head_address_is_the_head_nodes_first_ipv4(tmp_path, ip_address, ip_all, head_ip):
+    """Nothing listens on the address found, so the wait for the head ends after RAY_JOIN_TIMEOUT, naming it."""
+    done, calls = launch(tmp_path, "midtrain", STUB_IP_ADDRESS=ip_address, STUB_IP_ALL=ip_all,
+                         expect_rc=1, **FOUR_NODES)
+    assert f"ray start --head --node-ip-address={head_ip} --port=6379" in (tmp_path / "srun.log").read_text()
+    assert f"ray head node01 ({head_ip}:6379)" in done.stdout and calls == []
+    (line,) = [line for line in done.stderr.splitlines() if line.startswith("ray_join:")]
+    assert f"1 of 1 node(s) not in the Ray cluster at {head_ip}:6379" in line and ": node01; joined: none" in line
+
+
+def test_no_ipv4_for_the_head_stops_with_one_line(tmp_path):
+    done, _ = launch(tmp_path, "midtrain", STUB_IP_ADDRESS="fe80::1", STUB_IP_ALL="127.0.0.1", expect_rc=2,
+                     **FOUR_NODES)
+    assert done.stderr.strip().splitlines() == [
+        ("midtrain.sbatch: no IPv4 address for the head node node01 (hostname --ip-address, hostname -I there: "
+         "'fe80::1 127.0.0.1'). Fix: set HEAD_IP=<its IPv4 address>")]
