@@ -120,6 +120,30 @@ def cpu_kernels_installed() -> bool:
     return True
 
 
+def _add_attention_head_names(config_class) -> None:
+    """`num_attention_heads` / `num_key_value_heads` as views of `num_heads` on an fla config class.
+
+    verl's worker reads these attention-style names (`apply_monkey_patch`); fla's configs, and the config.json of
+    the published checkpoints (fla-hub/delta_net-1.3B-100B), do not have them. A config.json that names them with
+    a different value than num_heads is refused rather than silently building another model.
+    """
+    if "num_heads" not in config_class.__init__.__code__.co_varnames:
+        return
+
+    def get(self):
+        return self.num_heads
+
+    def make_setter(alias):
+        def set_(self, value):
+            if value != self.num_heads:
+                raise ValueError(f"{type(self).__name__}: {alias}={value} must equal num_heads={self.num_heads}")
+        return set_
+
+    for alias in ("num_attention_heads", "num_key_value_heads"):
+        if alias not in vars(config_class):
+            setattr(config_class, alias, property(get, make_setter(alias)))
+
+
 def register_fla_models() -> None:
     """Register fla's DeltaNet and GatedDeltaNet with AutoConfig / AutoModel / AutoModelForCausalLM (idempotent)."""
     from fla.models import (
@@ -136,6 +160,7 @@ def register_fla_models() -> None:
         (DeltaNetConfig, DeltaNetModel, DeltaNetForCausalLM),
         (GatedDeltaNetConfig, GatedDeltaNetModel, GatedDeltaNetForCausalLM),
     ):
+        _add_attention_head_names(config)
         AutoConfig.register(config.model_type, config, exist_ok=True)
         AutoModel.register(config, model, exist_ok=True)
         AutoModelForCausalLM.register(config, causal_lm, exist_ok=True)
