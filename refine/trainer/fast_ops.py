@@ -74,10 +74,19 @@ def cache_friendly(module):
             m.gradient_checkpointing = True
 
 
-def shifted_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, *, mask_pads: bool) -> torch.Tensor:
-    """[B, S] target of each position (token i + 1, or -100), as the model's own loss shifts `labels`."""
+def shifted_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, *, mask_pads: bool,
+                   model_masks_pads: bool = False) -> torch.Tensor:
+    """[B, S] target of each position (token i + 1, or -100), as the model's own loss shifts `labels`.
+
+    `model_masks_pads`: the model's own loss also ignores every pad position (LaCT's `mask_pad_labels`, so the
+    last left pad, which predicts the first real token, too); the faithful loss is the model's, so this must
+    follow it.
+    """
     labels = ntp_labels(input_ids, attention_mask, mask_pad_in_ntp=mask_pads)
-    return torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], IGNORE_INDEX)], dim=1)
+    shifted = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], IGNORE_INDEX)], dim=1)
+    if model_masks_pads:
+        shifted = shifted.masked_fill(attention_mask == 0, IGNORE_INDEX)
+    return shifted
 
 
 def run_document(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: Sequence[int], *,

@@ -78,7 +78,8 @@ def fast_backward(module, docs: dict[str, torch.Tensor], ppo: dict[str, torch.Te
     if pair.ppo.start != pair.sft.start * n_rows_per_doc or pair.ppo.stop != pair.sft.stop * n_rows_per_doc:
         raise ValueError(f"PPO rows {pair.ppo} do not cover exactly the documents {pair.sft} (fast mode needs "
                          "mini-batches that never split a document's rows)")
-    labels = shifted_labels(ids, mask, mask_pads=mask_pads)
+    labels = shifted_labels(ids, mask, mask_pads=mask_pads,
+                            model_masks_pads=bool(getattr(module.config, "mask_pad_labels", False)))
     counts = {sl.start: int((labels[sl] != IGNORE_INDEX).sum()) for sl in pair.sft_micro}
     first = first_tokens_of(ids, ppo["positions"], ttt_n)
     new_lp = torch.empty_like(ppo["old_log_probs"])

@@ -1,6 +1,7 @@
 """Fast NSP mode (`refine.trainer.fast_ops`) against the faithful one (`refine.trainer.model_ops`), no Ray.
 
-Tiny fla DeltaNet and GatedDeltaNet in fp32 on CPU. The faithful reference re-encodes every re-left-padded prefix
+Tiny fla DeltaNet and GatedDeltaNet, and LaCT with exact padding (chunk 16, window 24: the positions cross chunk
+and window boundaries), in fp32 on CPU. The faithful reference re-encodes every re-left-padded prefix
 (`build_rollout_batch` + full forwards), exactly as the official code; the fast mode branches off the recurrent
 state. With the same documents, positions and responses both must give the same old log-probs, hidden states,
 rewards, losses and parameter gradients.
@@ -30,7 +31,12 @@ def build_model(kind: str):
     from refine.models.tiny import tiny_deltanet_config, tiny_gated_deltanet_config
 
     torch.manual_seed(0)
-    config = tiny_deltanet_config() if kind == "delta_net" else tiny_gated_deltanet_config()
+    if kind == "lact":  # fast equals faithful for LaCT only with exact padding (spec Q7/Q18)
+        from refine.models.lact import tiny_lact_config
+
+        config = tiny_lact_config(lact_exact_padding=True)
+    else:
+        config = tiny_deltanet_config() if kind == "delta_net" else tiny_gated_deltanet_config()
     model = AutoModelForCausalLM.from_config(config).float()
     model.train()
     return model
@@ -45,7 +51,7 @@ def documents():
     return ids, mask
 
 
-@pytest.fixture(scope="module", params=["delta_net", "gated_deltanet"])
+@pytest.fixture(scope="module", params=["delta_net", "gated_deltanet", "lact"])
 def case(request):
     model = build_model(request.param)
     ids, mask = documents()
@@ -142,8 +148,8 @@ def test_loss_and_every_gradient_equal_faithful(case, ttt_n, micro, mask_pads):
 
 
 def test_branch_state_equals_the_prefix_run_alone(case):
-    """Every layer's delta-rule state and short-convolution caches at r - 1 equal those of the (re-left-padded)
-    prefix run by itself."""
+    """Every layer's delta-rule state and short-convolution caches (LaCT: fast weights, open chunk, window) at r - 1
+    equal those of the (re-left-padded) prefix run by itself."""
     model, ids, mask = case
     rollout = build_rollout_batch(ids, mask, POSITIONS - 1, response_length=K, pad_token_id=PAD)
     with torch.no_grad():
@@ -153,10 +159,35 @@ def test_branch_state_equals_the_prefix_run_alone(case):
                 row = b * C + j
                 alone = model(input_ids=rollout.input_ids[row:row + 1], attention_mask=rollout.attention_mask[row:row + 1],
                               use_cache=True).past_key_values
+                if model.config.model_type == "lact_swiglu":
+                    assert_lact_states_equal(snaps[r - 1], alone, (b, r))
+                    continue
                 for layer, (mine, ref) in enumerate(zip(snaps[r - 1], alone)):
                     assert (mine["recurrent_state"] - ref["recurrent_state"]).abs().max() <= 1e-5, (b, r, layer)
                     for mine_conv, ref_conv in zip(mine["conv_state"], ref["conv_state"]):
                         assert (mine_conv - ref_conv).abs().max() <= 1e-5, (b, r, layer)
+
+
+def assert_lact_states_equal(mine, alone, where):
+    """LaCT: per layer, the fast weights (and momentum) after the last closed chunk, the open chunk's keys, values,
+    rates and momentum, and the window's valid keys and values by rank, as the prefix run alone."""
+    assert torch.equal(mine.valid_count, alone.valid_count), where
+    for layer, (a, b) in enumerate(zip(mine.layers, alone.layer_caches)):
+        for key, value in b.fast.tensors().items():
+            assert (getattr(a.fast, key) - value).abs().max() <= 1e-5, (*where, layer, key)
+        assert torch.equal(a.count, b.count), (*where, layer)
+        n = int(b.count[0])
+        for key in ("buf_k", "buf_v", "buf_lr", "buf_mom"):
+            assert (getattr(a, key)[:, :n] - getattr(b, key)[:, :n]).abs().max() <= 1e-5, (*where, layer, key)
+        for cache_a, cache_b in ((a, b), (b, a)):  # the same ranks are kept on both sides
+            ranks = set(cache_a.key_rank[cache_a.key_valid].tolist())
+            assert ranks == set(cache_b.key_rank[cache_b.key_valid].tolist()), (*where, layer)
+        for rank in set(b.key_rank[b.key_valid].tolist()):
+            col_a = (a.key_rank == rank) & a.key_valid
+            col_b = (b.key_rank == rank) & b.key_valid
+            for key in ("key", "value"):
+                diff = getattr(a, key)[col_a] - getattr(b, key)[col_b]
+                assert diff.abs().max() <= 1e-5, (*where, layer, key, rank)
 
 
 def test_update_log_probs_equal_old_log_probs_bit_for_bit(case):
@@ -188,12 +219,13 @@ def test_segments_are_the_same_count_for_every_document():
         fast_ops.segment_bounds([3, 3, 3, 3])
 
 
-def test_sampling_follows_the_faithful_generate_distribution():
+@pytest.mark.parametrize("kind", ["delta_net", "lact"])
+def test_sampling_follows_the_faithful_generate_distribution(kind):
     """Token frequencies of fast rollouts from one prefix vs HF `generate` on the re-left-padded prefix (the
     faithful rollout), with temperature, top-k and top-p on; every rollout is exactly k tokens, never EOS."""
     from refine.nsp.sampling import sampling_processors
 
-    model = build_model("delta_net")
+    model = build_model(kind)
     model.eval()
     ids, mask = documents()
     draws, k, r = 4000, 2, 80
