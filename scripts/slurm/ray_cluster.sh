@@ -34,6 +34,19 @@ if [[ "$NNODES" -gt 1 ]]; then
         fi
     fi
     export RAY_ADDRESS="$RAY_HEAD_IP:$RAY_PORT"
+    # Ray 2.60: `ray start --head` turns token authentication on when a token exists (~/.ray/auth_token, written by
+    # any earlier local ray.init()), workers and drivers only with RAY_AUTH_MODE=token, and refuse each other
+    # otherwise. So: token mode for every process of the job, one token per job unless one is given (srun passes
+    # the environment on to every node).
+    export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
+    if [[ "$RAY_AUTH_MODE" == token && -z "${RAY_AUTH_TOKEN:-}" && -z "${RAY_AUTH_TOKEN_PATH:-}" ]]; then
+        if is_dry_run; then
+            echo "[dry-run] export RAY_AUTH_MODE=token RAY_AUTH_TOKEN=<random-64-hex-digits-per-job>"
+        else
+            RAY_AUTH_TOKEN=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
+            export RAY_AUTH_TOKEN
+        fi
+    fi
     echo "ray head $RAY_HEAD ($RAY_ADDRESS), ${#RAY_NODES[@]} nodes: ${RAY_NODES[*]}"
 
     RAY_START_PIDS=()

@@ -64,7 +64,13 @@ def main(argv: list[str]) -> int:
         return fail(expected, [], "the head's port never answered")
     import ray
 
-    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    try:
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    except (ConnectionError, RuntimeError) as error:  # e.g. an authentication mismatch (seen: ConnectionError)
+        print(f"ray_join: cannot connect to the Ray cluster at {address}: {type(error).__name__}: "
+              f"{str(error).splitlines()[0] if str(error) else ''}. Fix: the head's `ray start` output above; "
+              "RAY_AUTH_MODE / RAY_AUTH_TOKEN must be the same for every node and the trainer", file=sys.stderr)
+        return 1
     try:
         while True:
             alive = alive_names(ray.nodes())

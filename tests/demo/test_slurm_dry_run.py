@@ -14,8 +14,8 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SLURM_DIR = REPO_ROOT / "scripts" / "slurm"
-INHERITED = ("REPO", "VENV", "DRY_RUN", "GPUS_PER_NODE", "CPUS_PER_NODE", "HEAD_IP", "RAY_PORT", "RAY_ADDRESS",
-             "RAY_JOIN_TIMEOUT", "MODEL_PATH", "TRAIN_FILES", "VAL_FILES", "CKPT_DIR", "TASKS", "PYTHON")
+INHERITED = ("REPO", "VENV", "DRY_RUN", "GPUS_PER_NODE", "CPUS_PER_NODE", "HEAD_IP", "MODEL_PATH", "TRAIN_FILES",
+             "VAL_FILES", "CKPT_DIR", "CKPT_ROOT", "TASKS", "PYTHON")
 
 
 def clean_env(tmp_path: Path, **env) -> dict[str, str]:
@@ -25,7 +25,7 @@ def clean_env(tmp_path: Path, **env) -> dict[str, str]:
     for name in ("srun", "ray"):
         (traps / name).write_text(f'#!/bin/sh\necho "{name} $*" >> "{tmp_path}/trapped"\n')
         (traps / name).chmod(0o755)
-    base = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k not in INHERITED}
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RAY_")) and k not in INHERITED}
     return {**base, "PATH": f"{traps}:{base['PATH']}", "VENV": str(tmp_path / "no-venv"), **env}
 
 
@@ -67,6 +67,7 @@ def test_dry_run_prints_the_ray_and_trainer_commands_of_the_allocation(tmp_path,
     expected = []
     if nodes > 1:
         head, workers = hosts[0], hosts[1:]
+        expected.append(["export", "RAY_AUTH_MODE=token", "RAY_AUTH_TOKEN=<random-64-hex-digits-per-job>"])
         expected.append(srun + [head, "ray", "start", "--head", "--node-ip-address=10.0.0.1", "--port=6379",
                                 f"--node-name={head}", *resources])
         expected.append([python, "scripts/slurm/ray_join.py", "10.0.0.1:6379", "300", head])
@@ -93,8 +94,9 @@ def test_dry_run_outside_slurm_needs_no_submit_dir_and_looks_up_the_head_address
     commands = dry_run_commands(done.stdout)
     srun = ["srun", "--nodes=1", "--ntasks=1", "-w", "a1"]
     assert commands[:2] == [srun + ["hostname", "--ip-address"], srun + ["hostname", "-I"]]
-    assert commands[2][:9] == srun + ["ray", "start", "--head", "--node-ip-address=<first-IPv4-of-a1>"]
-    assert commands[2][9:] == ["--port=6379", "--node-name=a1", "--num-gpus=8", "--num-cpus=32", "--block"]
+    assert commands[2] == ["export", "RAY_AUTH_MODE=token", "RAY_AUTH_TOKEN=<random-64-hex-digits-per-job>"]
+    assert commands[3][:9] == srun + ["ray", "start", "--head", "--node-ip-address=<first-IPv4-of-a1>"]
+    assert commands[3][9:] == ["--port=6379", "--node-name=a1", "--num-gpus=8", "--num-cpus=32", "--block"]
     values = overrides(commands[-1][3:])
     assert values["trainer.default_local_dir"] == str(REPO_ROOT / "checkpoints/ReFINE/posttrain_8k_tttrl")
     assert values["trainer.nnodes"] == "2" and values["trainer.n_gpus_per_node"] == "8"

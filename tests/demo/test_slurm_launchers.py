@@ -1,13 +1,14 @@
 """The SLURM launchers (scripts/slurm/*.sbatch), run as plain bash on a stand-in "allocation".
 
-The virtual environment's python is a stand-in that records each `-m refine.main` command line (and RAY_ADDRESS),
-so nothing trains: the test checks what each launcher would run (the demo script's official command, with the GPUs
-and nodes of the job) and that the test-time launcher makes one run per LongBench task, going on past a failing
-one. Multi-node jobs run against stand-ins of `srun`, `hostname`, the `ray` command and the `ray` module
-(STUB_RAY below, first on PYTHONPATH), with a listening socket as the head's port.
+The virtual environment's python is a stand-in that records each `-m refine.main` command line (and the Ray
+address and authentication it gets), so nothing trains: the test checks what each launcher would run (the demo
+script's official command, with the GPUs and nodes of the job) and that the test-time launcher makes one run per
+LongBench task, going on past a failing one. Multi-node jobs run against stand-ins of `srun`, `hostname`, the `ray`
+command and the `ray` module (STUB_RAY below, first on PYTHONPATH), with a listening socket as the head's port.
 """
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -22,7 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 RECORD = """#!/bin/sh
 if [ "$1" = "-m" ]; then
     { for arg in "$@"; do printf '%s\\0' "$arg"; done; printf '\\n'; } >> "$ARGS_OUT"
-    printf '%s\\n' "${RAY_ADDRESS:-}" >> "$ARGS_OUT.ray_address"
+    printf '%s %s:%s\\n' "${RAY_ADDRESS:-}" "${RAY_AUTH_MODE:-}" "${RAY_AUTH_TOKEN:-}" >> "$ARGS_OUT.ray_env"
     for arg in "$@"; do
         case "$arg" in
             trainer.default_local_dir=*) run_dir=${arg#*=} ;;
@@ -48,7 +49,7 @@ echo "$*" >> "$SRUN_LOG"
 while [ $# -gt 0 ]; do case "$1" in -w) shift 2 ;; -*) shift ;; *) break ;; esac; done
 exec "$@"
 """
-RAY_CLI = '#!/bin/sh\necho "ray $*" >> "$SRUN_LOG"\n'
+RAY_CLI = '#!/bin/sh\necho "ray $*" >> "$SRUN_LOG"\necho "${RAY_AUTH_MODE:-}:${RAY_AUTH_TOKEN:-}" >> "$SRUN_LOG.auth"\n'
 HOSTNAME = """#!/bin/sh
 case "$1" in --ip-address) echo "$STUB_IP_ADDRESS" ;; -I) echo "$STUB_IP_ALL" ;; *) echo stub-host ;; esac
 """
@@ -63,8 +64,9 @@ def nodes():
 def shutdown():
     pass
 """
-SLURM_FREE_ENV = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and not k.startswith("RAY_")
-                  and k not in ("GPUS_PER_NODE", "CPUS_PER_NODE", "HEAD_IP", "DRY_RUN", "TASKS", "PYTHON")}
+SLURM_FREE_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RAY_"))
+                  and k not in ("GPUS_PER_NODE", "CPUS_PER_NODE", "HEAD_IP", "DRY_RUN", "TASKS", "PYTHON", "CKPT_DIR",
+                                "CKPT_ROOT", "RUN_PREFIX", "LONGBENCH_DIR", "PROJECT_NAME", "EXPERIMENT_NAME")}
 
 
 def executable(path: Path, text: str) -> None:
@@ -184,7 +186,11 @@ def test_multi_node_job_starts_ray_on_every_node_and_trains_once_all_joined(tmp_
                              STUB_RAY_ALIVE="node01 node02 node03 gpu7", CKPT_DIR=str(tmp_path / "ckpt"), **FOUR_NODES)
     (call,) = calls
     assert call["trainer.nnodes"] == "4" and call["trainer.n_gpus_per_node"] == "4"
-    assert (tmp_path / "calls.ray_address").read_text().split() == [f"127.0.0.1:{port}"]
+    address, auth = (tmp_path / "calls.ray_env").read_text().split()
+    assert address == f"127.0.0.1:{port}"
+    # one token-mode secret of 256 bits for the job, the same for every `ray start` and the trainer
+    assert re.fullmatch("token:[0-9a-f]{64}", auth)
+    assert (tmp_path / "srun.log.auth").read_text().split() == [auth] * 4
     started = sorted(line for line in (tmp_path / "srun.log").read_text().splitlines() if line.startswith("ray "))
     resources = "--num-gpus=4 --num-cpus=16 --block"
     assert started == sorted(
