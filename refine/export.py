@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import shutil
@@ -86,7 +87,13 @@ def _merger_class():
 
         def _shard(self, world_size: int, rank: int) -> dict:
             path = Path(self.config.local_dir) / f"model_world_size_{world_size}_rank_{rank}.pt"
-            return torch.load(path, map_location="cpu", weights_only=True)
+            mesh_log = logging.getLogger("torch.distributed.device_mesh")
+            level = mesh_log.level
+            mesh_log.setLevel(logging.ERROR)  # "unpickling of the DeviceMesh before the PGs": no PG is needed here
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True)
+            finally:
+                mesh_log.setLevel(level)
 
         def _load_rank_zero_state_dict(self, world_size: int) -> dict:
             return self._shard(world_size, 0)

@@ -6,6 +6,7 @@
 #   MODEL_PATH=/models/lact-760m TRAIN_FILES=/data/slimpajama_16k_train.parquet \
 #   VAL_FILES=/data/slimpajama_val.parquet bash verl/examples/refine_trainer/demo/run_midtrain_demo.sh [overrides]
 #   SMOKE=1 bash verl/examples/refine_trainer/demo/run_midtrain_demo.sh   # CPU, tiny model, 2 steps (CI)
+#   SMOKE=1 MODEL_PATH=/ckpt/my_export bash ...   # the same CPU smoke run on your model (refine.export output)
 #
 # Data: parquet files with a raw-text column (PROMPT_KEY); officially SlimPajama-6B documents of >= 16K tokens
 # (scripts/prepare_midtrain_data.py). Extra arguments are Hydra overrides appended last.

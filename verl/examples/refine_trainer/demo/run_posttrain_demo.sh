@@ -8,6 +8,7 @@
 #   VAL_FILES=data/ruler/ruler_squadqa_lact_8192_200_test.parquet \
 #   bash verl/examples/refine_trainer/demo/run_posttrain_demo.sh [overrides]
 #   SMOKE=1 bash verl/examples/refine_trainer/demo/run_posttrain_demo.sh   # CPU, tiny model, 2 steps (CI)
+#   SMOKE=1 MODEL_PATH=/ckpt/my_export bash ...   # the same CPU smoke run on your model (refine.export output)
 #
 # Train file: the official ruler_*_1600_train.parquet if you have it, or one built from text shipped in the repo by
 # scripts/make_ruler_qa_train.py (same columns; see docs/phases.md). Extra arguments are Hydra overrides.

@@ -8,6 +8,7 @@
 #   MODEL_PATH=/ckpt/refine_lact VAL_FILES=data/longbench/hotpotqa_16384.parquet \
 #   bash verl/examples/refine_trainer/demo/run_testtimetrain_demo.sh [overrides]
 #   SMOKE=1 bash verl/examples/refine_trainer/demo/run_testtimetrain_demo.sh   # CPU, tiny model, 2 batches (CI)
+#   SMOKE=1 MODEL_PATH=/ckpt/my_export bash ...   # the same CPU smoke run on your model (refine.export output)
 #
 # One LongBench task per run (cumulative TTT runs over that file in order; drop_last counts per file, spec §4.2);
 # scripts/slurm/testtimetrain.sbatch loops over the 14 tasks. Extra arguments are Hydra overrides.

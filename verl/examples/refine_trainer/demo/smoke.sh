@@ -1,15 +1,19 @@
 # Sourced by run_{midtrain,posttrain,testtimetrain}_demo.sh when SMOKE=1 (never run on its own).
-# The settings the three CPU smoke runs share: the tiny demo model in data/demo/model, one CPU worker, fp32 (no
-# bf16 mixed precision on CPU), and tiny validation files cut from the shipped parquets (smoke_data.py).
+# The settings the three CPU smoke runs share: the model (MODEL_PATH when set, e.g. your own export from
+# `python -m refine.export`; else the tiny demo model in data/demo/model), one CPU worker, fp32 (no bf16 mixed
+# precision on CPU), and tiny validation files cut from the shipped parquets (smoke_data.py) to fit its tokenizer.
 # Each script then overrides the official sizes with tiny ones (2 steps / 2 validation batches of 2 rows).
 
+if [[ "$MODEL_PATH" == *"<"* ]]; then   # still the placeholder: no model given
+    MODEL_PATH=data/demo/model
+fi
 SMOKE_DIR=${SMOKE_DIR:-$(mktemp -d -t refine_smoke.XXXXXX)}
 SMOKE_MAX_PROMPT_LENGTH=480   # data/ruler_train prompts are <= 480 tokens of the tiny tokenizer
 if [[ ! -f "$SMOKE_DIR/longbench_val.parquet" ]]; then   # a given SMOKE_DIR may hold them already
-    "$PYTHON" "$DEMO_DIR/smoke_data.py" --out "$SMOKE_DIR" --max-prompt-length "$SMOKE_MAX_PROMPT_LENGTH" --rows 4
+    "$PYTHON" "$DEMO_DIR/smoke_data.py" --out "$SMOKE_DIR" --max-prompt-length "$SMOKE_MAX_PROMPT_LENGTH" --rows 4 \
+        --tokenizer "$MODEL_PATH"
 fi
 
-MODEL_PATH=data/demo/model
 NGPUS_PER_NODE=1
 NNODES=1
 LOGGER='[console,file]'   # the file backend writes metrics.jsonl into the run directory
