@@ -64,13 +64,18 @@ def main(argv: list[str]) -> int:
         return fail(expected, [], "the head's port never answered")
     import ray
 
-    try:
-        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
-    except (ConnectionError, RuntimeError) as error:  # e.g. an authentication mismatch (seen: ConnectionError)
-        print(f"ray_join: cannot connect to the Ray cluster at {address}: {type(error).__name__}: "
-              f"{str(error).splitlines()[0] if str(error) else ''}. Fix: the head's `ray start` output above; "
-              "RAY_AUTH_MODE / RAY_AUTH_TOKEN must be the same for every node and the trainer", file=sys.stderr)
-        return 1
+    while True:  # the port opens before the head is ready: retry until the deadline
+        try:
+            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+            break
+        except (ConnectionError, RuntimeError) as error:  # also an authentication mismatch (seen: ConnectionError)
+            if time.monotonic() >= deadline:
+                print(f"ray_join: cannot connect to the Ray cluster at {address} within {timeout:g} s: "
+                      f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}. Fix: see the head's "
+                      "`ray start` output above; RAY_AUTH_MODE / RAY_AUTH_TOKEN must be the same for every node and "
+                      "the trainer", file=sys.stderr, flush=True)
+                return 1
+            time.sleep(min(poll_seconds(), max(0.0, deadline - time.monotonic())))
     try:
         while True:
             alive = alive_names(ray.nodes())

@@ -55,8 +55,12 @@ case "$1" in --ip-address) echo "$STUB_IP_ADDRESS" ;; -I) echo "$STUB_IP_ALL" ;;
 """
 # ray.nodes() as Ray reports them: alive nodes named by their host name (domain included), one dead node.
 STUB_RAY = """import os
-def init(address=None, **kwargs):
-    pass
+failures = int(os.environ.get("STUB_RAY_INIT_FAILURES", "0"))
+def init(address=None, **kwargs):  # the first STUB_RAY_INIT_FAILURES calls fail as Ray does when it cannot connect
+    global failures
+    if failures > 0:
+        failures -= 1
+        raise ConnectionError(f"Failed to connect to Ray cluster at {address}\\nmore detail")
 def nodes():
     alive = [{"Alive": True, "NodeName": "10.9.9.9", "NodeManagerHostname": name + ".cluster"}
              for name in os.environ.get("STUB_RAY_ALIVE", "").split()]
@@ -209,6 +213,23 @@ def test_multi_node_job_stops_naming_the_nodes_that_did_not_join(tmp_path):
     (line,) = [line for line in done.stderr.splitlines() if line.startswith("ray_join:")]
     assert "2 of 4 node(s) not in the Ray cluster" in line and ": node03 gpu7; joined: node01 node02." in line
     assert "RAY_JOIN_TIMEOUT" in line and time.monotonic() - start < 20
+
+
+@pytest.mark.parametrize("init_failures,expect_rc", [(3, 0), (10**6, 1)])
+def test_join_wait_retries_connecting_until_its_deadline(tmp_path, init_failures, expect_rc):
+    """The head's port opens before Ray answers: a refused connection is retried until RAY_JOIN_TIMEOUT, then one
+    line."""
+    with listening_port() as head:
+        port = head.getsockname()[1]
+        done, calls = launch(tmp_path, "midtrain", HEAD_IP="127.0.0.1", RAY_PORT=str(port),
+                             STUB_RAY_ALIVE="node01 node02 node03 gpu7", STUB_RAY_INIT_FAILURES=str(init_failures),
+                             expect_rc=expect_rc, **FOUR_NODES)
+    assert len(calls) == 1 - expect_rc
+    if expect_rc:
+        (line,) = [line for line in done.stderr.splitlines() if line.startswith("ray_join:")]
+        assert line.startswith(f"ray_join: cannot connect to the Ray cluster at 127.0.0.1:{port} within 1 s: "
+                               f"ConnectionError: Failed to connect to Ray cluster at 127.0.0.1:{port}. Fix:")
+        assert "RAY_AUTH_MODE / RAY_AUTH_TOKEN" in line
 
 
 @pytest.mark.parametrize("ip_address,ip_all,head_ip", [
