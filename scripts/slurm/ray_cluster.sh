@@ -5,7 +5,8 @@
 # node; a node that has not joined by then stops the launcher naming it (exit 1) instead of training on part of
 # the job. Single-node jobs skip all this: `ray.init()` starts a local instance.
 # Optional: RAY_PORT (6379); HEAD_IP, the head's IPv4 address (default: the first IPv4 address, loopback
-# excluded, of `hostname --ip-address` then `hostname -I` on the head node; the first word may be IPv6).
+# excluded, of `hostname --ip-address` then `hostname -I` on the head node; the first word may be IPv6);
+# RAY_AUTH_MODE, RAY_AUTH_TOKEN (default: token mode with a fresh token per job, see below).
 # Under a dry run every command is printed instead (the head address as a placeholder unless HEAD_IP is set).
 
 if [[ "$NNODES" -gt 1 ]]; then
