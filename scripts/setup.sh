@@ -18,4 +18,9 @@ fi
 .venv/bin/python -m pip install -q "torch==2.13.0" ${REFINE_TORCH_INDEX:+--index-url "$REFINE_TORCH_INDEX"}
 .venv/bin/python -m pip install -q -r requirements.txt
 .venv/bin/python -m pip install -q --no-deps -e .
+# the `eval` extra (lm-eval with its RULER requirements), pinned in pyproject.toml only: the tests run lm-eval's
+# NIAH tasks offline. ~30 s; of the packages above it only moves python-dateutil back to 2.9 (typepy needs <3).
+read -ra eval_extra <<< "$(.venv/bin/python -c \
+  'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["eval"])')"
+.venv/bin/python -m pip install -q "${eval_extra[@]}"
 echo "$want" > "$stamp"
