@@ -1,4 +1,4 @@
-"""Up-front checks of a raw-text table, run before any tokenisation or model work (issue 4, "Bad input")."""
+"""Up-front checks of a raw-text table, run before any tokenisation or model work."""
 
 from __future__ import annotations
 

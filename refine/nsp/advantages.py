@@ -1,4 +1,4 @@
-"""Step 6 of the inner loop: GRPO outcome advantages over the NSP groups (spec 2.A step 7, Q3).
+"""GRPO outcome advantages over the NSP groups (spec 2.A Step 6, Q3).
 
 Delegates to verl's own `compute_grpo_outcome_advantage` (eps 1e-6, unbiased std, singleton group -> mean 0 and
 std 1). The grouping is the uid from `build_rollout_batch`: the C prefixes of one document when ttt_n = 1, the

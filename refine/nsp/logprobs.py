@@ -1,4 +1,4 @@
-"""Per-token quantities read off the logits, via verl's own pure functions (spec 2.A steps 2 and 5, 2.C).
+"""Per-token quantities read off the logits, via verl's own pure functions (spec 2.A Steps 1 and 4, 2.C).
 
 - `position_entropy`: entropy of softmax(logits) at temperature 1 for every position (position i describes the
   prediction of token i + 1): verl's `entropy_from_logits` (logsumexp minus the expected logit).

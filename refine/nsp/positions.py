@@ -1,4 +1,4 @@
-"""Step 2a of the inner loop: choose the NSP rollout start positions (spec 2.A step 2, Q16, Q17, Q19, Q27).
+"""Choose the NSP rollout start positions (spec 2.A Step 2, Q16, Q17, Q19, Q27).
 
 For each left-padded row: score every position (smoothed entropy, uniform, or raw entropy), cut the real tokens
 into `n_chunks` equal chunks of c = L // C tokens (the L mod C tail belongs to no chunk), pick one position t per
@@ -104,7 +104,7 @@ def select_positions(
     mode: str = "entropy",
     generator: torch.Generator | None = None,
 ) -> torch.LongTensor:
-    """Rollout start index r [B, n_chunks] in the padded row, one per chunk (spec 2.A step 2).
+    """Rollout start index r [B, n_chunks] in the padded row, one per chunk (spec 2.A Step 2).
 
     Args:
         entropy: [B, S] entropy at each position (position i predicts token i + 1), any float dtype.

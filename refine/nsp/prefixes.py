@@ -1,4 +1,4 @@
-"""Step 2b of the inner loop: NSP rollout prompts and their targets (spec 2.A step 2, Q3, Q7, Q20).
+"""NSP rollout prompts and their targets (spec 2.A Step 2, Q3, Q7, Q20).
 
 Each chosen r gives one prefix: original tokens [0, r) (left padding included) written right-aligned into a row
 of the pad id of length S, i.e. re-left-padded to the full length (the layout LaCT's outputs depend on, Q7).
@@ -81,7 +81,7 @@ def build_rollout_batch(
     ttt_n: int = 1,
     source_uids: Sequence | None = None,
 ) -> RolloutBatch:
-    """Build the NSP rollout prompts, ground-truth ids and GRPO uids (spec 2.A step 2).
+    """Build the NSP rollout prompts, ground-truth ids and GRPO uids (spec 2.A Step 2).
 
     Args:
         input_ids, attention_mask: [B, S] the left-padded documents.

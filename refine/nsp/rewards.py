@@ -1,4 +1,4 @@
-"""Step 5 of the inner loop: NSP sequence rewards and their metrics (spec 2.A step 6, 1.4, Q4).
+"""NSP sequence rewards and their metrics (spec 2.A Step 5, 1.4, Q4).
 
 Per rollout token: cosine similarity of response vs ground-truth final-norm hidden state (over H, torch default
 eps), exact id match (binary), or their sum (hybrid, in [-1, 2]). The rollout's scalar reward is the mean over its

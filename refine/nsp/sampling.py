@@ -1,4 +1,4 @@
-"""Step 3 of the inner loop for the fast NSP mode: sampling one rollout token from next-token logits.
+"""Sampling one rollout token from next-token logits: spec 2.A Step 3 (rollouts) in the fast NSP mode.
 
 The faithful mode samples with HF `generate(do_sample=True, min_new_tokens=max_new_tokens=k, temperature, top_p,
 top_k)`. This module applies the same logits processors in the same order (transformers' own classes): EOS

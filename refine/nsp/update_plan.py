@@ -1,9 +1,12 @@
-"""Step 7 of the inner loop: the combined NTP + PPO update arithmetic of one rank (spec 2.C, Q5, Q21, Q22, Q30).
+"""The inner update's arithmetic of one rank (spec 2.A Step 7, 2.C, Q5, Q21, Q22, Q30), and the micro-batch slicer.
+
+Naming: `sft` here is the official name of the NTP part of the inner update (`ttt_sft_loss_coef`,
+`actor/sft_loss_ttt`); the outer task SFT on gold answers is always called `task_sft`.
 
 Per rank the update sees B/W sequences (`sft` part) and their B*C*n/W rollout rows (`ppo` part, sequence-major).
 With m = `ttt_ppo_mini_batch_size` (global, in sequences):
 
-    M_ppo = m * C * n / (W / sp)          rows per PPO mini-batch (normalised once in the worker constructor)
+    M_ppo = m * C * n / W                 rows per PPO mini-batch (`normalized_ppo_mini_batch_rows`)
     M     = min(#rows, M_ppo)
     SFT mini = M // C // n                sequences, so SFT and PPO mini-batches stay sequence-aligned
     mu    = min(M, ttt_ppo_micro_batch_size_per_gpu)   micro-batch of both parts
@@ -25,8 +28,10 @@ from dataclasses import dataclass
 import torch
 
 
-def _split(start: int, stop: int, size: int) -> tuple[slice, ...]:
-    """Consecutive slices of `size` over [start, stop); the last one may be short (as DataProto.split)."""
+def micro_slices(start: int, stop: int, size: int) -> tuple[slice, ...]:
+    """Consecutive slices of `size` rows over [start, stop); the last one may be short (as DataProto.split).
+
+    The one slicer of every mini- and micro-batch loop (update plans, forwards, `generate`)."""
     return tuple(slice(i, min(i + size, stop)) for i in range(start, stop, size))
 
 
@@ -37,22 +42,22 @@ def _positive_int(name: str, value) -> int:
 
 
 def normalized_ppo_mini_batch_rows(
-    ttt_ppo_mini_batch_size: int, *, n_chunks: int, ttt_n: int, world_size: int, sp_size: int = 1
+    ttt_ppo_mini_batch_size: int, *, n_chunks: int, ttt_n: int, world_size: int
 ) -> int:
-    """M_ppo = m * C * n / (W / sp): the per-rank PPO mini-batch in rollout rows.
+    """M_ppo = m * C * n / W: the per-rank PPO mini-batch in rollout rows (no sequence parallelism: every rank
+    is a data-parallel rank).
 
     ValueError if it is not a whole number >= 1 (the official integer division would silently drop rows, Q30).
     """
     for name, value in (("ttt_ppo_mini_batch_size", ttt_ppo_mini_batch_size), ("n_chunks", n_chunks),
-                        ("ttt_n", ttt_n), ("world_size", world_size), ("sp_size", sp_size)):
+                        ("ttt_n", ttt_n), ("world_size", world_size)):
         _positive_int(name, value)
-    ranks = world_size // sp_size
     rows = ttt_ppo_mini_batch_size * n_chunks * ttt_n
-    if ranks < 1 or rows % ranks != 0:
+    if rows % world_size != 0:
         raise ValueError(
-            f"ttt_ppo_mini_batch_size * n_chunks * ttt_n = {rows} must divide by world_size / sp_size = {ranks}"
+            f"ttt_ppo_mini_batch_size * n_chunks * ttt_n = {rows} must divide by world_size = {world_size}"
         )
-    return rows // ranks
+    return rows // world_size
 
 
 @dataclass(frozen=True)
@@ -138,10 +143,11 @@ def plan_combined_update(
             raise ValueError(f"PPO mini-batch M={mini_rows} is not a multiple of micro_batch_size={micro}")
         if sft_mini > micro and sft_mini % micro:
             raise ValueError(f"SFT mini-batch {sft_mini} is not a multiple of micro_batch_size={micro}")
-    sft_minis = _split(0, n_sequences, sft_mini)
-    ppo_minis = _split(0, n_rows, mini_rows)
+    sft_minis = micro_slices(0, n_sequences, sft_mini)
+    ppo_minis = micro_slices(0, n_rows, mini_rows)
     pairs = tuple(
-        MiniBatchPair(sft=s, ppo=p, sft_micro=_split(s.start, s.stop, micro), ppo_micro=_split(p.start, p.stop, micro))
+        MiniBatchPair(sft=s, ppo=p, sft_micro=micro_slices(s.start, s.stop, micro),
+                      ppo_micro=micro_slices(p.start, p.stop, micro))
         for s, p in zip(sft_minis, ppo_minis)
     )
     return CombinedUpdatePlan(
@@ -175,7 +181,7 @@ def plan_ntp_only_update(n_sequences: int, *, micro_batch_size: int) -> NtpOnlyP
     _positive_int("n_sequences", n_sequences)
     _positive_int("micro_batch_size", micro_batch_size)
     micro = min(n_sequences, micro_batch_size)
-    slices = _split(0, n_sequences, micro)
+    slices = micro_slices(0, n_sequences, micro)
     return NtpOnlyPlan(micro_batch_size=micro, grad_accum=len(slices), micro_batches=slices)
 
 

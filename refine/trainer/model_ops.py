@@ -1,33 +1,32 @@
 """What the actor worker computes on its model, as plain functions of an HF causal LM (no Ray, no verl worker).
 
 The worker RPCs in `refine.trainer.worker` call these on `self.actor.engine.module` (the FSDP module verl built);
-tests call them on a plain HF model. Each function is one worker-side step of the inner loop (spec 2.A, 2.C, 1.1).
-Micro-batching follows the official per-GPU micro-batch sizes; all ranks run the same number of forward and
-`generate` calls (fixed k, no EOS stop), so FSDP all-gathers stay in lockstep.
+tests call them on a plain HF model. Each function is one worker-side step: the inner loop (spec 2.A Steps 1-4,
+2.C), mid-training validation (1.1), the outer task update (2.B) and generation (2.D). Micro-batching follows the
+official per-GPU micro-batch sizes (`refine.nsp.update_plan.micro_slices`); all ranks run the same number of
+forward and `generate` calls, so FSDP all-gathers stay in lockstep.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from refine.models.last_hidden import capture_last_hidden
 from refine.nsp.logprobs import position_entropy, response_log_probs
-from refine.nsp.losses import ntp_labels, ppo_clip_loss
+from refine.nsp.losses import IGNORE_INDEX, ntp_labels, ppo_clip_loss
 from refine.nsp.positions import select_positions
 from refine.nsp.prefixes import gather_target_hidden
-from refine.nsp.update_plan import CombinedUpdatePlan, MiniBatchPair, NtpOnlyPlan
+from refine.nsp.update_plan import CombinedUpdatePlan, MiniBatchPair, NtpOnlyPlan, micro_slices
 
 
-def micro_slices(n: int, micro: int) -> Iterator[slice]:
-    """Consecutive slices of at most `micro` rows covering range(n)."""
-    micro = max(1, min(micro, n))
-    for start in range(0, n, micro):
-        yield slice(start, min(start + micro, n))
+def _rows(n: int, micro_batch_size: int) -> tuple[slice, ...]:
+    """The micro-batches of a forward-only pass over n rows."""
+    return micro_slices(0, n, max(1, micro_batch_size))
 
 
 def _forward(module, input_ids, attention_mask, **kwargs):
@@ -39,19 +38,23 @@ def _keeps_logits(cls) -> bool:
     return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
-def _last_logits_kwargs(module, n: int) -> dict:
-    """`logits_to_keep=n` when the model supports it: the response forwards need only the last k + 1 logits
-    (a [rows, S + k, V] logit tensor is gigabytes at S = 16K)."""
-    return {"logits_to_keep": n} if _keeps_logits(type(module)) else {}
+def _continuation_logits(module, prompts, prompt_mask, continuation, continuation_mask) -> torch.Tensor:
+    """Forward of (prompt, continuation) rows: the logits of the last R + 1 positions [n, R + 1, V] (R = the
+    continuation's length; the first R predict the continuation). With `logits_to_keep` when the model supports it
+    (a [rows, S + R, V] logit tensor is gigabytes at S = 16K)."""
+    r = continuation.shape[1]
+    ids = torch.cat([prompts, continuation], dim=1)
+    mask = torch.cat([prompt_mask, continuation_mask], dim=1)
+    keep = {"logits_to_keep": r + 1} if _keeps_logits(type(module)) else {}
+    return _forward(module, ids, mask, **keep).logits[:, -r - 1 :]
 
 
 @dataclass
 class Analysis:
-    """Output of the analysis forward on one worker's rows (spec 2.A steps 1-2, Q20)."""
+    """Output of the analysis forward on one worker's rows (spec 2.A Steps 1-2, Q20)."""
 
     positions: torch.Tensor  # [B, C] rollout starts r
     target_hidden: torch.Tensor  # [B, C, k, H] final-norm hidden states at [r, r + k)
-    entropies: torch.Tensor | None = None  # [B, S], only when asked for (tests)
 
 
 @torch.no_grad()
@@ -65,76 +68,73 @@ def analyse(
     sampling: str,
     micro_batch_size: int,
     generator: torch.Generator | None,
-    return_entropies: bool = False,
 ) -> Analysis:
     """Full-row forward per micro-batch: entropies -> positions (`select_positions`) -> target hidden states.
 
     Selection runs per micro-batch with the same generator, which draws exactly what one call on all rows would
     draw (rows are visited in order). Only [B, C, k, H] leaves this function, never [B, S, H].
     """
-    positions, targets, entropies = [], [], []
-    for sl in micro_slices(input_ids.shape[0], micro_batch_size):
+    positions, targets = [], []
+    for sl in _rows(input_ids.shape[0], micro_batch_size):
         with capture_last_hidden(module) as last_hidden:
             out = _forward(module, input_ids[sl], attention_mask[sl])
         entropy = position_entropy(out.logits)  # model dtype, as officially
-        r = select_positions(
-            entropy,
-            attention_mask[sl],
-            n_chunks=n_chunks,
-            response_length=response_length,
-            mode=sampling,
-            generator=generator,
-        )
+        r = select_positions(entropy, attention_mask[sl], n_chunks=n_chunks, response_length=response_length,
+                             mode=sampling, generator=generator)
         positions.append(r)
         targets.append(gather_target_hidden(last_hidden[0], r, response_length))
-        if return_entropies:
-            entropies.append(entropy)
-    return Analysis(
-        positions=torch.cat(positions),
-        target_hidden=torch.cat(targets),
-        entropies=torch.cat(entropies) if return_entropies else None,
-    )
+    return Analysis(positions=torch.cat(positions), target_hidden=torch.cat(targets))
 
 
 @torch.no_grad()
-def generate_responses(
+def generate(
     module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     *,
-    response_length: int,
-    temperature: float,
-    top_p: float,
-    top_k: int,
+    max_new_tokens: int,
     micro_batch_size: int,
-    eos_token_id: int | None,
+    eos_token_id,
     pad_token_id: int,
+    sampling: dict | None = None,
+    exact_length: bool = False,
+    synced_gpus: bool | None = None,
 ) -> torch.Tensor:
-    """Sample exactly k tokens per prompt with HF `generate` (min = max new tokens, so EOS can never be emitted).
+    """HF `generate` per micro-batch: the new tokens [N, max_new_tokens].
 
-    Returns responses [N, k]. Sampling uses torch's global RNG, which the caller seeds.
+    `sampling`: None decodes greedily; else `do_sample` with its temperature / top_p / top_k (torch's global RNG,
+    which the caller seeds). `exact_length`: min = max new tokens, so EOS can never be emitted (NSP rollouts, spec
+    2.A Step 3); otherwise EOS stops a row and finished rows are right-padded with the pad id (spec 2.B, 2.D).
+    `synced_gpus`: HF's flag (every rank decodes until all are done, which FSDP needs when ranks stop at different
+    steps); None leaves HF's default.
     """
+    options = dict(max_new_tokens=max_new_tokens, do_sample=sampling is not None, num_beams=1,
+                   eos_token_id=eos_token_id, pad_token_id=pad_token_id, use_cache=True, **(sampling or {}))
+    if exact_length:
+        options["min_new_tokens"] = max_new_tokens
+    if synced_gpus is not None:
+        options["synced_gpus"] = synced_gpus
     responses = []
-    for sl in micro_slices(input_ids.shape[0], micro_batch_size):
-        out = module.generate(
-            input_ids=input_ids[sl],
-            attention_mask=attention_mask[sl],
-            max_new_tokens=response_length,
-            min_new_tokens=response_length,
-            do_sample=True,
-            num_beams=1,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            eos_token_id=eos_token_id,
-            pad_token_id=pad_token_id,
-            use_cache=True,
-        )
-        responses.append(out[:, input_ids.shape[1]:])
+    for sl in _rows(input_ids.shape[0], micro_batch_size):
+        new = module.generate(input_ids=input_ids[sl], attention_mask=attention_mask[sl], **options)
+        new = new[:, input_ids.shape[1] :]
+        if not exact_length and new.shape[1] < max_new_tokens:
+            new = F.pad(new, (0, max_new_tokens - new.shape[1]), value=pad_token_id)
+        responses.append(new)
     result = torch.cat(responses)
-    if result.shape[1] != response_length:
-        raise RuntimeError(f"generate returned {result.shape[1]} new tokens, expected exactly {response_length}")
+    if result.shape[1] != max_new_tokens:
+        raise RuntimeError(f"generate returned {result.shape[1]} new tokens, expected exactly {max_new_tokens}")
     return result
+
+
+def generate_responses(module, input_ids, attention_mask, *, response_length: int, temperature: float, top_p: float,
+                       top_k: int, micro_batch_size: int, eos_token_id, pad_token_id: int) -> torch.Tensor:
+    """NSP rollouts (spec 2.A Step 3): exactly k sampled tokens per prompt [N, k] (`generate` with min = max new
+    tokens, so EOS can never be emitted)."""
+    return generate(module, input_ids, attention_mask, max_new_tokens=response_length,
+                    micro_batch_size=micro_batch_size, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                    exact_length=True,
+                    sampling={"temperature": temperature, "top_p": top_p, "top_k": top_k})
 
 
 @torch.no_grad()
@@ -154,14 +154,15 @@ def old_log_probs_and_hidden(
     k = responses.shape[1]
     if response_mask is None:
         response_mask = torch.ones_like(responses)
-    for sl in micro_slices(prompts.shape[0], micro_batch_size):
-        ids = torch.cat([prompts[sl], responses[sl]], dim=1)
-        mask = torch.cat([prompt_mask[sl], response_mask[sl]], dim=1)
+    for sl in _rows(prompts.shape[0], micro_batch_size):
         with capture_last_hidden(module) as last_hidden:
-            out = _forward(module, ids, mask, **_last_logits_kwargs(module, k + 1))
-        log_probs.append(response_log_probs(out.logits[:, -k - 1 :].float(), responses[sl], temperature=temperature))
+            logits = _continuation_logits(module, prompts[sl], prompt_mask[sl], responses[sl], response_mask[sl])
+        log_probs.append(response_log_probs(logits.float(), responses[sl], temperature=temperature))
         hidden.append(last_hidden[0][:, -k:])
     return torch.cat(log_probs), torch.cat(hidden)
+
+
+# ---- losses and their backward (spec 2.B, 2.C) ---------------------------------------------------------------------
 
 
 def ntp_forward_loss(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, mask_pads: bool) -> torch.Tensor:
@@ -170,56 +171,86 @@ def ntp_forward_loss(module, input_ids: torch.Tensor, attention_mask: torch.Tens
     return _forward(module, input_ids, attention_mask, labels=labels).loss
 
 
+def answer_loss(module, prompts, prompt_mask, answers, answer_mask) -> torch.Tensor:
+    """Task SFT loss of one micro-batch (spec 2.B): CE over the answer tokens of (left-padded prompt, right-padded
+    first answer), padded answer positions ignored, mean over the valid answer tokens."""
+    logits = _continuation_logits(module, prompts, prompt_mask, answers, answer_mask)[:, :-1]
+    labels = answers.masked_fill(answer_mask == 0, IGNORE_INDEX)
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+
+
+def policy_loss(module, batch: dict[str, torch.Tensor], sl: slice, *, temperature: float, metric_suffix: str):
+    """Dual-clip PPO loss and metrics of rows `sl` of (prompts, prompt_mask, responses, old_log_probs, advantages
+    and, for task rollouts, response_mask; NSP rollouts count every response token), from a full forward with
+    gradients (Q25)."""
+    responses = batch["responses"][sl]
+    response_mask = batch["response_mask"][sl] if "response_mask" in batch else torch.ones_like(responses)
+    logits = _continuation_logits(module, batch["prompts"][sl], batch["prompt_mask"][sl], responses, response_mask)
+    log_prob = response_log_probs(logits, responses, temperature=temperature)
+    return ppo_clip_loss(batch["old_log_probs"][sl], log_prob, batch["advantages"][sl],
+                         response_mask.to(log_prob.dtype), metric_suffix=metric_suffix)
+
+
+def backward_each(micro_batches, scale: float, loss_and_metrics) -> tuple[list[torch.Tensor], dict[str, list]]:
+    """Backward of `loss * scale` per micro-batch, `loss_and_metrics(slice)` -> (loss, metrics). Gradients
+    accumulate in the model; the caller zeroes them before and steps the optimiser after. Returns the raw losses
+    (detached 0-d tensors: no host sync per micro-batch) and the metrics, a list per key."""
+    raw, metrics = [], {}
+    for sl in micro_batches:
+        loss, loss_metrics = loss_and_metrics(sl)
+        (loss * scale).backward()
+        raw.append(loss.detach())
+        for key, value in loss_metrics.items():
+            metrics.setdefault(key, []).append(value)
+    return raw, metrics
+
+
 def combined_backward(
     module,
-    sft: dict[str, torch.Tensor],
+    ntp: dict[str, torch.Tensor],
     ppo: dict[str, torch.Tensor],
     pair: MiniBatchPair,
     plan: CombinedUpdatePlan,
     *,
     temperature: float,
     mask_pads: bool,
-) -> tuple[list[float], list[float], dict[str, list[float]]]:
+) -> tuple[list, list, dict[str, list]]:
     """Backward of one (NTP mini-batch, PPO mini-batch) pair with the official scaling (spec 2.C steps 2-3).
 
-    NTP: loss x sft_coef / GA_sft per micro-batch; PPO: dual-clip pg x ppo_coef / GA_ppo per micro-batch (scales
-    from `refine.nsp.update_plan`). The PPO forward runs the full S + k row with gradients (Q25). Gradients
-    accumulate in `module`; the caller zeroes them before and steps the optimiser after. Returns the raw NTP and pg
-    losses per micro-batch and the per-micro-batch PPO metrics (clip fractions, KL), as 0-d tensors or floats
-    (no host sync per micro-batch; the caller converts once).
+    NTP: loss x sft_coef / GA_sft per micro-batch of the documents `ntp` (input_ids, attention_mask); PPO: dual-clip
+    pg x ppo_coef / GA_ppo per micro-batch of the rollout rows `ppo` (scales from `refine.nsp.update_plan`).
+    Returns the raw NTP and pg losses per micro-batch and the per-micro-batch PPO metrics (clip fractions, KL).
     """
-    sft_raw, pg_raw, pg_metrics = [], [], {}
-    for sl in pair.sft_micro:
-        loss = ntp_forward_loss(module, sft["input_ids"][sl], sft["attention_mask"][sl], mask_pads=mask_pads)
-        (loss * plan.sft_scale).backward()
-        sft_raw.append(loss.detach())
-    for sl in pair.ppo_micro:
-        responses = ppo["responses"][sl]
-        ids = torch.cat([ppo["prompts"][sl], responses], dim=1)
-        mask = torch.cat([ppo["prompt_mask"][sl], torch.ones_like(responses)], dim=1)
-        k = responses.shape[1]
-        logits = _forward(module, ids, mask, **_last_logits_kwargs(module, k + 1)).logits[:, -k - 1 :]
-        log_prob = response_log_probs(logits, responses, temperature=temperature)
-        response_mask = torch.ones_like(log_prob)
-        loss, metrics = ppo_clip_loss(ppo["old_log_probs"][sl], log_prob, ppo["advantages"][sl], response_mask)
-        (loss * plan.ppo_scale).backward()
-        pg_raw.append(loss.detach())
-        for key, value in metrics.items():
-            pg_metrics.setdefault(key, []).append(value)
-    return sft_raw, pg_raw, pg_metrics
+    ntp_raw, _ = backward_each(pair.sft_micro, plan.sft_scale, lambda sl: (ntp_forward_loss(
+        module, ntp["input_ids"][sl], ntp["attention_mask"][sl], mask_pads=mask_pads), {}))
+    pg_raw, pg_metrics = backward_each(pair.ppo_micro, plan.ppo_scale, lambda sl: policy_loss(
+        module, ppo, sl, temperature=temperature, metric_suffix="_ttt"))
+    return ntp_raw, pg_raw, pg_metrics
 
 
-def sft_only_backward(module, sft: dict[str, torch.Tensor], plan: NtpOnlyPlan, *, mask_pads: bool) -> list[float]:
+def ntp_only_backward(module, docs: dict[str, torch.Tensor], plan: NtpOnlyPlan, *, mask_pads: bool) -> list:
     """NTP-only inner update (`update_policy_sft_ttt`): loss / GA per micro-batch, no coefficient (Q22).
-
-    Returns the raw losses per micro-batch; the caller steps the optimiser once.
-    """
-    raw = []
-    for sl in plan.micro_batches:
-        loss = ntp_forward_loss(module, sft["input_ids"][sl], sft["attention_mask"][sl], mask_pads=mask_pads)
-        (loss * plan.scale).backward()
-        raw.append(float(loss.detach()))
+    Returns the raw losses per micro-batch; the caller steps the optimiser once."""
+    raw, _ = backward_each(plan.micro_batches, plan.scale, lambda sl: (ntp_forward_loss(
+        module, docs["input_ids"][sl], docs["attention_mask"][sl], mask_pads=mask_pads), {}))
     return raw
+
+
+def task_sft_backward(module, batch: dict[str, torch.Tensor], plan: NtpOnlyPlan) -> list:
+    """One task-SFT call: loss / GA per micro-batch (official `update_policy_sft`); returns the raw losses."""
+    raw, _ = backward_each(plan.micro_batches, plan.scale, lambda sl: (answer_loss(
+        module, batch["prompts"][sl], batch["prompt_mask"][sl], batch["answers"][sl], batch["answer_mask"][sl]), {}))
+    return raw
+
+
+def task_pg_backward(module, batch: dict[str, torch.Tensor], micro_batches, *, scale: float, temperature: float):
+    """Task-GRPO policy-gradient backward over `micro_batches` (upstream `update_policy`): dual-clip PPO over the
+    response mask (token-mean), x `scale` (1 / GA). Returns raw losses and per-micro-batch metrics."""
+    return backward_each(micro_batches, scale, lambda sl: policy_loss(
+        module, batch, sl, temperature=temperature, metric_suffix=""))
+
+
+# ---- mid-training validation (spec 1.1) ---------------------------------------------------------------------------
 
 
 @torch.no_grad()
@@ -234,7 +265,7 @@ def validation_loss_em(
     attention_mask = 1 except the last column.
     """
     losses, matches, counted = [], 0, 0
-    for sl in micro_slices(input_ids.shape[0], micro_batch_size):
+    for sl in _rows(input_ids.shape[0], micro_batch_size):
         ids, mask = input_ids[sl], attention_mask[sl]
         out = _forward(module, ids, mask, labels=ids)
         losses.append(float(out.loss))
@@ -244,93 +275,3 @@ def validation_loss_em(
         matches += int(((sampled == ids[:, 1:]) & valid).sum())
         counted += int(valid.sum())
     return sum(losses) / len(losses), matches, counted
-
-
-# ---- post-training / TTT (spec 2.B, 2.D) --------------------------------------------------------------------------
-
-
-def answer_loss(module, prompts, prompt_mask, answers, answer_mask) -> torch.Tensor:
-    """Task SFT loss of one micro-batch (spec 2.B): CE over the answer tokens of (left-padded prompt, right-padded
-    first answer), padded answer positions ignored, mean over the valid answer tokens."""
-    import torch.nn.functional as F
-
-    r = answers.shape[1]
-    ids = torch.cat([prompts, answers], dim=1)
-    mask = torch.cat([prompt_mask, answer_mask], dim=1)
-    logits = _forward(module, ids, mask, **_last_logits_kwargs(module, r + 1)).logits[:, -r - 1 : -1]
-    labels = answers.masked_fill(answer_mask == 0, -100)
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
-
-
-def task_sft_backward(module, batch: dict[str, torch.Tensor], plan: NtpOnlyPlan) -> list[float]:
-    """One task-SFT call: loss / GA per micro-batch (official `update_policy_sft`); returns the raw losses."""
-    raw = []
-    for sl in plan.micro_batches:
-        loss = answer_loss(module, batch["prompts"][sl], batch["prompt_mask"][sl], batch["answers"][sl],
-                           batch["answer_mask"][sl])
-        (loss * plan.scale).backward()
-        raw.append(float(loss.detach()))
-    return raw
-
-
-@torch.no_grad()
-def generate_until_eos(
-    module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    *,
-    max_new_tokens: int,
-    micro_batch_size: int,
-    eos_token_id,
-    pad_token_id: int,
-    synced: bool,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-) -> torch.Tensor:
-    """Decoding of up to `max_new_tokens` (EOS stops a row; finished rows are filled with the pad id), right-padded
-    to exactly `max_new_tokens` (spec 2.D; greedy unless `do_sample`). `synced` keeps every rank decoding until all
-    are done (HF `synced_gpus`), which FSDP needs when ranks stop at different steps."""
-    sampling = {"temperature": temperature, "top_p": top_p, "top_k": max(0, top_k)} if do_sample else {}
-    responses = []
-    for sl in micro_slices(input_ids.shape[0], micro_batch_size):
-        out = module.generate(
-            input_ids=input_ids[sl],
-            attention_mask=attention_mask[sl],
-            max_new_tokens=max_new_tokens,
-            do_sample=do_sample,
-            num_beams=1,
-            eos_token_id=eos_token_id,
-            pad_token_id=pad_token_id,
-            use_cache=True,
-            synced_gpus=synced,
-            **sampling,
-        )
-        new = out[:, input_ids.shape[1] :]
-        if new.shape[1] < max_new_tokens:
-            filler = torch.full((new.shape[0], max_new_tokens - new.shape[1]), pad_token_id, dtype=new.dtype,
-                                device=new.device)
-            new = torch.cat([new, filler], dim=1)
-        responses.append(new)
-    return torch.cat(responses)
-
-
-def pg_backward(module, batch: dict[str, torch.Tensor], micro_batches, *, scale: float, temperature: float):
-    """Task-GRPO policy-gradient backward over `micro_batches` (upstream `update_policy`): dual-clip PPO over the
-    response mask (token-mean), x `scale` (1 / GA). Returns raw losses and per-micro-batch metrics."""
-    raw, metrics = [], {}
-    for sl in micro_batches:
-        responses, response_mask = batch["responses"][sl], batch["response_mask"][sl]
-        k = responses.shape[1]
-        ids = torch.cat([batch["prompts"][sl], responses], dim=1)
-        mask = torch.cat([batch["prompt_mask"][sl], response_mask], dim=1)
-        logits = _forward(module, ids, mask, **_last_logits_kwargs(module, k + 1)).logits[:, -k - 1 :]
-        log_prob = response_log_probs(logits, responses, temperature=temperature)
-        loss, pg_metrics = ppo_clip_loss(batch["old_log_probs"][sl], log_prob, batch["advantages"][sl],
-                                         response_mask.to(log_prob.dtype), metric_suffix="")
-        (loss * scale).backward()
-        raw.append(float(loss.detach()))
-        for key, value in pg_metrics.items():
-            metrics.setdefault(key, []).append(float(value))
-    return raw, metrics

@@ -1,7 +1,7 @@
 """One NSP inner step (spec 2.A) as a sequence of worker calls and `refine.nsp` functions: the `nsp_mode` seam.
 
 `inner_step(mode)` returns the implementation for `refine.nsp_mode`, each with the same signature
-(worker group, batch, RefineConfig, settings) -> (metrics, extras):
+(worker group, batch, RefineConfig, settings) -> metrics (official names and `timing_s/*`):
 - `faithful`: the official algorithm, one RPC per worker-side step, re-left-padded prefixes re-encoded in full;
 - `fast`: one RPC (`nsp_fast_step`) per step on the workers' own documents, rollouts branched off the recurrent
   states (`refine.trainer.fast_ops`); the driver only turns the returned per-row scalars into the metrics.
@@ -76,16 +76,13 @@ def prompt_mask_from_lengths(prompt_length: torch.Tensor, seq_len: int) -> torch
     return (torch.arange(seq_len).unsqueeze(0) >= (seq_len - prompt_length).unsqueeze(1)).long()
 
 
-def faithful_inner_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSettings) -> tuple[dict, dict]:
+def faithful_inner_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSettings) -> dict[str, float]:
     """The official inner loop on `batch` (input_ids, attention_mask; non-tensor `uid`), one worker RPC per step.
 
     The official semantics are kept (every re-left-padded prefix re-encoded in full by `generate`, the old-log-prob
     forward and the update), but the prefixes are built on the workers from the documents and positions
     (`build_rollout_batch`), so nothing of size [B * C, S] crosses the driver-worker boundary. Per-row tensors
     travel per document ([B, C * ttt_n, ...]) so they split over the ranks with their documents.
-
-    Returns (metrics, extras): metrics with the official names and `timing_s/*`; extras holds the tensors a test
-    may compare against the pure functions (positions, responses, rewards, advantages, uids, ...).
     """
     from refine.nsp.advantages import grpo_advantages
     from refine.nsp.prefixes import expand_targets, gather_target_ids, rollout_uids
@@ -106,7 +103,7 @@ def faithful_inner_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSe
     def per_doc(rows: torch.Tensor) -> torch.Tensor:  # [N, ...] -> [B, C * ttt_n, ...]
         return rows.reshape(n_docs, rows_per_doc, *rows.shape[1:])
 
-    # 1-2. analysis forward and position selection on the workers: positions and target hidden states only
+    # Steps 1-2: analysis forward and position selection on the workers: positions and target hidden states only
     analyse_in = DataProto.from_dict(tensors=docs, meta_info={
         "n_chunks": n_chunks, "response_length": k, "sampling": rc.sampling, "micro_batch_size": micro_lp,
         "seed": settings.seed})
@@ -118,13 +115,13 @@ def faithful_inner_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSe
     uids = rollout_uids(n_docs, n_chunks, ttt_n, list(uid) if uid is not None else None)
     ground_truth = expand_targets(gather_target_ids(batch.batch["input_ids"], positions, k), ttt_n)
 
-    # 3. rollouts: exactly k sampled tokens per (worker-built) prefix
+    # Step 3: rollouts: exactly k sampled tokens per (worker-built) prefix
     gen_in = DataProto.from_dict(tensors={**docs, "positions": positions}, meta_info={
         **rollout_meta, "top_p": rc.top_p, "top_k": rc.top_k, "seed": settings.seed})
     with simple_timer("gen_ttt", timing):
         responses = wg.nsp_generate(gen_in).batch["responses"].flatten(0, 1)
 
-    # 4. old log-probs and response hidden states
+    # Step 4: old log-probs and response hidden states
     lp_in = DataProto.from_dict(tensors={**docs, "positions": positions, "responses": per_doc(responses)},
                                 meta_info=rollout_meta)
     with simple_timer("old_log_prob_ttt", timing):
@@ -132,7 +129,7 @@ def faithful_inner_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSe
     old_log_probs = lp_out.batch["old_log_probs"].flatten(0, 1)
     response_hidden = lp_out.batch["response_hidden"].flatten(0, 1)
 
-    # 5-6. rewards (all three logged) and GRPO advantages over the uid groups
+    # Steps 5-6: rewards (all three logged) and GRPO advantages over the uid groups
     rewards = all_sequence_rewards(response_hidden, target_hidden, responses, ground_truth)
     response_mask = torch.ones_like(responses, dtype=torch.float32)
     scores = token_level_rewards(rewards[rc.reward], response_mask)
@@ -142,7 +139,7 @@ def faithful_inner_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSe
     prompt_mask = prompt_mask_from_lengths(expand_targets(positions - starts, ttt_n), seq_len)
     metrics.update(data_metrics_ttt(prompt_mask, prompt_mask, responses, scores, advantages, returns))
 
-    # 7. combined NTP + PPO update
+    # Step 7: combined NTP + PPO update
     update_in = DataProto.from_dict(
         tensors={**docs, "positions": positions, "responses": per_doc(responses),
                  "old_log_probs": per_doc(old_log_probs), "advantages": per_doc(advantages)},
@@ -161,25 +158,22 @@ def faithful_inner_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSe
     with simple_timer("update_actor_ttt", timing):
         update_out = wg.nsp_update(update_in)
     metrics.update(rank0_metrics(update_out))
-    extras = dict(positions=positions, ground_truth_ids=ground_truth, uid=uids, responses=responses,
-                  response_hidden=response_hidden, target_hidden=target_hidden, rewards=rewards,
-                  advantages=advantages, old_log_probs=old_log_probs)
-    return metrics | {f"timing_s/{k_}": v for k_, v in timing.items()}, extras
+    return metrics | {f"timing_s/{k_}": v for k_, v in timing.items()}
 
 
-def ntp_only_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSettings) -> tuple[dict, dict]:
+def ntp_only_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSettings) -> dict[str, float]:
     """The NTP-only inner update (ttt_ppo_update off): one RPC, the same in every NSP mode."""
     timing: dict[str, float] = {}
-    sft_batch = DataProto.from_dict(
+    docs = DataProto.from_dict(
         tensors=wire_documents(batch),
         meta_info={"micro_batch_size": rc.micro_batch_size_per_gpu, "mask_pads": rc.ntp_pad_mask == "mask"},
     )
     with simple_timer("update_actor_ttt", timing):
-        out = wg.nsp_update_sft(sft_batch)
-    return rank0_metrics(out) | {f"timing_s/{k}": v for k, v in timing.items()}, {}
+        out = wg.ntp_only_update(docs)
+    return rank0_metrics(out) | {f"timing_s/{k}": v for k, v in timing.items()}
 
 
-def fast_inner_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSettings) -> tuple[dict, dict]:
+def fast_inner_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSettings) -> dict[str, float]:
     """The inner step with rollouts branched off the recurrent states: one worker RPC (`nsp_fast_step`).
 
     Same objective, metric names and update arithmetic as `faithful_inner_step`; see `refine.trainer.fast_ops`
@@ -212,15 +206,7 @@ def fast_inner_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSettin
     prompt_mask = prompt_mask_from_lengths(rows["prompt_length"], batch.batch["input_ids"].shape[1])
     metrics.update(data_metrics_ttt(prompt_mask, prompt_mask, rows["responses"], rows["scores"], rows["advantages"],
                                     rows["returns"]))
-    n_docs = len(batch)
-    extras = {
-        "positions": rows["position"].view(n_docs, rc.n_chunks, ttt_n)[:, :, 0],
-        "responses": rows["responses"],
-        "rewards": rewards,
-        "advantages": rows["advantages"],
-        "old_log_probs": rows["old_log_probs"],
-    }
-    return metrics | {f"timing_s/{k_}": v for k_, v in timing.items()}, extras
+    return metrics | {f"timing_s/{k_}": v for k_, v in timing.items()}
 
 
 NSP_STEPS: dict[str, Callable] = {"faithful": faithful_inner_step, "fast": fast_inner_step}

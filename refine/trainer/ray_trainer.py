@@ -95,8 +95,9 @@ class RefineTrainer(RayPPOTrainer):
     def next_step_seed(self) -> int:
         return int(torch.randint(0, 2**31 - 1, (1,), generator=self.nsp_rng))
 
-    def inner_loop(self, batch: DataProto, *, validation: bool = False) -> tuple[dict, dict]:
-        """One inner NSP/NTP update on `batch` (training flags, or the val_ttt_* flags when `validation`)."""
+    def inner_loop(self, batch: DataProto, *, validation: bool = False) -> dict[str, float]:
+        """One inner NSP/NTP update on `batch` (training flags, or the val_ttt_* flags when `validation`); its
+        metrics."""
         rc = self.rc
         sft = rc.val_ttt_sft_update if validation else rc.ttt_sft_update
         ppo = rc.val_ttt_ppo_update if validation else rc.ttt_ppo_update
@@ -125,8 +126,7 @@ class RefineTrainer(RayPPOTrainer):
         with simple_timer("step", timing):
             if self.rc.inner_enabled:
                 with simple_timer("ttt_update", timing):
-                    inner_metrics, _ = self.inner_loop(batch)
-                metrics.update(inner_metrics)
+                    metrics.update(self.inner_loop(batch))
             if self.rc.outer_enabled:
                 with simple_timer("task_update", timing):
                     metrics.update(self.outer_loop(batch))

@@ -1,4 +1,5 @@
-"""What every actor-worker RPC shares: its dispatch, the per-rank random streams and the memory metrics.
+"""What every actor-worker RPC shares: its dispatch, the per-rank random streams, the memory metrics, the update
+plan read from `meta_info`, the optimiser-step loop and the metrics reply.
 
 Kept apart from `worker.py` so the driver (validation) and the fast-NSP mixin can use them without importing
 verl's worker engine.
@@ -7,7 +8,9 @@ verl's worker engine.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
+from verl import DataProto
 from verl.single_controller.base.decorator import make_nd_compute_dataproto_dispatch_fn
 
 # rows split evenly over the data-parallel ranks, outputs concatenated in rank order; metrics in
@@ -46,24 +49,59 @@ def step_optimizer(engine, metrics: dict[str, list], suffix: str) -> None:
     skipped[0] += 0 if math.isfinite(norm) else 1
 
 
-def combined_update_loop(engine, plan, backward_pair) -> dict[str, list[float]]:
-    """The official combined update of one rank (spec 2.C): per (NTP, PPO) mini-batch pair of `plan`, zero the
-    gradients, `backward_pair(index, pair)` -> (raw NTP losses, raw pg losses, pg metrics), one optimiser step;
-    the scheduler steps once. Returns the `_ttt` metrics (one host sync at the end)."""
-    from refine.nsp.update_plan import combined_loss_metrics
-
-    sft_raw, pg_raw, metrics = [], [], {}
+def optimizer_steps(engine, n_steps: int, backward_step: Callable[[int], dict], suffix: str) -> dict[str, list[float]]:
+    """verl's update loop on one rank: per step i, zero the gradients, `backward_step(i)` (its metrics, a list per
+    key, are collected), one counted optimiser step (`step_optimizer`); the scheduler steps once at the end.
+    Returns the metrics as floats (one host sync) with `actor/lr{suffix}`."""
+    metrics: dict[str, list] = {}
     with engine.train_mode():
-        for index, pair in enumerate(plan.mini_batches):
+        for index in range(n_steps):
             engine.optimizer_zero_grad()
-            s_raw, p_raw, pg_metrics = backward_pair(index, pair)
-            sft_raw += s_raw
-            pg_raw += p_raw
-            for key, values in pg_metrics.items():
+            for key, values in backward_step(index).items():
                 metrics.setdefault(key, []).extend(values)
-            step_optimizer(engine, metrics, "_ttt")
+            step_optimizer(engine, metrics, suffix)
         lr = engine.lr_scheduler_step()
     metrics = {key: [float(v) for v in values] for key, values in metrics.items()}
-    metrics.update({key: [value] for key, value in combined_loss_metrics(sft_raw, pg_raw, plan).items()})
-    metrics["actor/lr_ttt"] = [float(lr)]
+    metrics[f"actor/lr{suffix}"] = [float(lr)]
     return metrics
+
+
+def one_entry_each(values: dict[str, float]) -> dict[str, list[float]]:
+    """{key: value} as worker metrics {key: [value]}."""
+    return {key: [value] for key, value in values.items()}
+
+
+def metrics_reply(metrics: dict[str, list[float]], suffix: str) -> DataProto:
+    """The reply of an update RPC: its metrics plus the memory metrics, in `meta_info["metrics"]`."""
+    return DataProto(meta_info={"metrics": {**metrics, **one_entry_each(memory_metrics(suffix))}})
+
+
+def combined_update_plan(meta: dict, n_docs: int):
+    """The official combined-update plan of this rank's `n_docs` documents from an update RPC's meta_info
+    (mini_batch_size, micro_batch_size, n_chunks, n_per_prefix, world_size, sft_coef, ppo_coef)."""
+    from refine.nsp.update_plan import normalized_ppo_mini_batch_rows, plan_combined_update
+
+    n_chunks, ttt_n = meta["n_chunks"], meta["n_per_prefix"]
+    m_rows = normalized_ppo_mini_batch_rows(meta["mini_batch_size"], n_chunks=n_chunks, ttt_n=ttt_n,
+                                            world_size=meta["world_size"])
+    return plan_combined_update(n_docs, n_docs * n_chunks * ttt_n, ppo_mini_batch_rows=m_rows,
+                                micro_batch_size=meta["micro_batch_size"], n_chunks=n_chunks, ttt_n=ttt_n,
+                                sft_loss_coef=meta["sft_coef"], ppo_loss_coef=meta["ppo_coef"])
+
+
+def combined_update_loop(engine, plan, backward_pair) -> dict[str, list[float]]:
+    """The official combined update of one rank (spec 2.C): per (NTP, PPO) mini-batch pair of `plan`,
+    `backward_pair(index, pair)` -> (raw NTP losses, raw pg losses, pg metrics) inside `optimizer_steps`.
+    Returns the `_ttt` metrics, the logged losses of `combined_loss_metrics` included."""
+    from refine.nsp.update_plan import combined_loss_metrics
+
+    ntp_raw, pg_raw = [], []
+
+    def backward_step(index: int) -> dict:
+        ntp, pg, pg_metrics = backward_pair(index, plan.mini_batches[index])
+        ntp_raw.extend(ntp)
+        pg_raw.extend(pg)
+        return pg_metrics
+
+    metrics = optimizer_steps(engine, plan.n_optimizer_steps, backward_step, "_ttt")
+    return metrics | one_entry_each(combined_loss_metrics(ntp_raw, pg_raw, plan))

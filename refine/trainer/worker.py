@@ -13,15 +13,18 @@ from verl import DataProto
 from verl.single_controller.base.decorator import Dispatch, register
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
-from refine.nsp.update_plan import (
-    normalized_ppo_mini_batch_rows,
-    ntp_only_loss_metrics,
-    plan_combined_update,
-    plan_ntp_only_update,
-)
+from refine.nsp.update_plan import micro_slices, ntp_only_loss_metrics, plan_ntp_only_update
 from refine.trainer import model_ops
 from refine.trainer.fast_worker import FastNspWorkerMixin
-from refine.trainer.rpc import ACTOR_DISPATCH, combined_update_loop, memory_metrics, step_optimizer, worker_seed
+from refine.trainer.rpc import (
+    ACTOR_DISPATCH,
+    combined_update_loop,
+    combined_update_plan,
+    metrics_reply,
+    one_entry_each,
+    optimizer_steps,
+    worker_seed,
+)
 
 
 class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
@@ -56,13 +59,25 @@ class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
             pad = eos[0] if isinstance(eos, list) else eos
         return eos, pad
 
+    def _generate_until_eos(self, data: DataProto, sampling: dict | None = None) -> torch.Tensor:
+        """Responses [n, max_new_tokens] to this rank's prompts, EOS stopping a row, ranks kept in lockstep.
+        meta_info: max_new_tokens, micro_batch_size."""
+        prompts, prompt_mask = self._tensors(data, "input_ids", "attention_mask")
+        eos, pad = self._special_ids()
+        synced = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+        with self.actor.engine.eval_mode():
+            return model_ops.generate(
+                self._module, prompts, prompt_mask, max_new_tokens=data.meta_info["max_new_tokens"],
+                micro_batch_size=data.meta_info["micro_batch_size"], eos_token_id=eos, pad_token_id=pad,
+                sampling=sampling, synced_gpus=synced)
+
     # ---- NSP inner loop ------------------------------------------------------------------------------------
     @register(dispatch_mode=ACTOR_DISPATCH)
     def nsp_analyse(self, data: DataProto) -> DataProto:
-        """Analysis forward + position selection on this rank's rows (spec 2.A steps 1-2).
+        """Analysis forward + position selection on this rank's rows (spec 2.A Steps 1-2).
 
-        meta_info: n_chunks, response_length, sampling, micro_batch_size, seed, return_entropies (optional).
-        Returns positions [b, C] and target_hidden [b, C, k, H] (and entropies [b, S] if asked).
+        meta_info: n_chunks, response_length, sampling, micro_batch_size, seed.
+        Returns positions [b, C] and target_hidden [b, C, k, H].
         """
         meta = data.meta_info
         input_ids, attention_mask = (t.long() for t in self._tensors(data, "input_ids", "attention_mask"))
@@ -77,12 +92,9 @@ class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
                 sampling=meta["sampling"],
                 micro_batch_size=meta["micro_batch_size"],
                 generator=generator,
-                return_entropies=meta.get("return_entropies", False),
             )
-        tensors = {"positions": result.positions.cpu(), "target_hidden": result.target_hidden.cpu()}
-        if result.entropies is not None:
-            tensors["entropies"] = result.entropies.cpu()
-        return DataProto.from_dict(tensors=tensors)
+        return DataProto.from_dict(tensors={"positions": result.positions.cpu(),
+                                            "target_hidden": result.target_hidden.cpu()})
 
     def _rollout_prefixes(self, data: DataProto):
         """This rank's re-left-padded prefixes [b * C * ttt_n, S] built from its documents and positions
@@ -101,32 +113,24 @@ class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
 
     @register(dispatch_mode=ACTOR_DISPATCH)
     def nsp_generate(self, data: DataProto) -> DataProto:
-        """Exactly k sampled tokens per prefix (spec 2.A step 3). data: input_ids, attention_mask [b, S], positions
+        """Exactly k sampled tokens per prefix (spec 2.A Step 3). data: input_ids, attention_mask [b, S], positions
         [b, C]; meta_info: response_length, n_per_prefix, pad_token_id, temperature, top_p, top_k,
         micro_batch_size, seed. Returns responses [b, C * ttt_n, k]."""
         meta = data.meta_info
         prompts, prompt_mask = self._rollout_prefixes(data)
-        eos, pad = self._special_ids()
         torch.manual_seed(worker_seed(meta["seed"], self._dp_rank, 1))
+        eos, pad = self._special_ids()
         with self.actor.engine.eval_mode():
             responses = model_ops.generate_responses(
-                self._module,
-                prompts,
-                prompt_mask,
-                response_length=meta["response_length"],
-                temperature=meta["temperature"],
-                top_p=meta["top_p"],
-                top_k=meta["top_k"],
-                micro_batch_size=meta["micro_batch_size"],
-                eos_token_id=eos,
-                pad_token_id=pad,
-            )
+                self._module, prompts, prompt_mask, response_length=meta["response_length"],
+                temperature=meta["temperature"], top_p=meta["top_p"], top_k=meta["top_k"],
+                micro_batch_size=meta["micro_batch_size"], eos_token_id=eos, pad_token_id=pad)
         n_docs = data.batch["input_ids"].shape[0]
         return DataProto.from_dict(tensors={"responses": responses.view(n_docs, -1, responses.shape[1]).cpu()})
 
     @register(dispatch_mode=ACTOR_DISPATCH)
     def nsp_old_log_prob(self, data: DataProto) -> DataProto:
-        """Old log-probs and response hidden states from a full forward of (prefix, response) (spec 2.A step 4).
+        """Old log-probs and response hidden states from a full forward of (prefix, response) (spec 2.A Step 4).
         data: input_ids, attention_mask, positions, responses [b, C * ttt_n, k]; meta_info: response_length,
         n_per_prefix, pad_token_id, temperature, micro_batch_size. Returns both per document."""
         meta = data.meta_info
@@ -148,59 +152,46 @@ class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
 
     @register(dispatch_mode=ACTOR_DISPATCH)
     def nsp_update(self, data: DataProto) -> DataProto:
-        """Combined NTP + PPO-clip update, one optimiser step per (NTP, PPO) mini-batch pair (spec 2.C).
+        """Combined NTP + PPO update, one optimiser step per (NTP, PPO) mini-batch pair (spec 2.C).
 
         data: input_ids, attention_mask [b, S], positions [b, C], responses, old_log_probs, advantages
         [b, C * ttt_n, k]. meta_info: response_length, n_per_prefix, pad_token_id, mini_batch_size, n_chunks,
         micro_batch_size, sft_coef, ppo_coef, temperature, mask_pads, world_size.
         """
         meta = data.meta_info
-        engine = self.actor.engine
-        sft_ids, sft_mask = self._tensors(data, "input_ids", "attention_mask")
+        doc_ids, doc_mask = (t.long() for t in self._tensors(data, "input_ids", "attention_mask"))
         prompts, prompt_mask = self._rollout_prefixes(data)
-        m_rows = normalized_ppo_mini_batch_rows(
-            meta["mini_batch_size"],
-            n_chunks=meta["n_chunks"],
-            ttt_n=meta["n_per_prefix"],
-            world_size=meta["world_size"],
-        )
-        plan = plan_combined_update(
-            sft_ids.shape[0],
-            prompts.shape[0],
-            ppo_mini_batch_rows=m_rows,
-            micro_batch_size=meta["micro_batch_size"],
-            n_chunks=meta["n_chunks"],
-            ttt_n=meta["n_per_prefix"],
-            sft_loss_coef=meta["sft_coef"],
-            ppo_loss_coef=meta["ppo_coef"],
-        )
-        sft = {"input_ids": sft_ids.long(), "attention_mask": sft_mask.long()}
+        plan = combined_update_plan(meta, doc_ids.shape[0])
+        docs = {"input_ids": doc_ids, "attention_mask": doc_mask}
         ppo = {"prompts": prompts, "prompt_mask": prompt_mask,
                **{key: self._rollout_rows(data, key) for key in ("responses", "old_log_probs", "advantages")}}
-        metrics = combined_update_loop(engine, plan, lambda index, pair: model_ops.combined_backward(
-            self._module, sft, ppo, pair, plan, temperature=meta["temperature"], mask_pads=meta["mask_pads"]))
-        metrics.update({key: [value] for key, value in memory_metrics("_ttt").items()})
-        return DataProto(meta_info={"metrics": metrics})
+        metrics = combined_update_loop(self.actor.engine, plan, lambda index, pair: model_ops.combined_backward(
+            self._module, docs, ppo, pair, plan, temperature=meta["temperature"], mask_pads=meta["mask_pads"]))
+        return metrics_reply(metrics, "_ttt")
+
+    def _one_step_update(self, plan, backward, loss_metrics, suffix: str) -> DataProto:
+        """One optimiser step over all micro-batches of `plan`: `backward()` -> raw losses per micro-batch,
+        `loss_metrics(raw, plan)` -> the logged losses."""
+        raw = []
+
+        def backward_step(_index: int) -> dict:
+            raw.extend(backward())
+            return {}
+
+        metrics = optimizer_steps(self.actor.engine, 1, backward_step, suffix)
+        return metrics_reply(metrics | one_entry_each(loss_metrics(raw, plan)), suffix)
 
     @register(dispatch_mode=ACTOR_DISPATCH)
-    def nsp_update_sft(self, sft_data: DataProto) -> DataProto:
+    def ntp_only_update(self, data: DataProto) -> DataProto:
         """NTP-only inner update (ttt_ppo_update off): loss / GA, one optimiser step, no coefficient (Q22).
-        meta_info: micro_batch_size, mask_pads."""
-        meta = sft_data.meta_info
-        engine = self.actor.engine
-        sft_ids, sft_mask = (t.long() for t in self._tensors(sft_data, "input_ids", "attention_mask"))
-        plan = plan_ntp_only_update(sft_ids.shape[0], micro_batch_size=meta["micro_batch_size"])
-        with engine.train_mode():
-            engine.optimizer_zero_grad()
-            raw = model_ops.sft_only_backward(
-                self._module, {"input_ids": sft_ids, "attention_mask": sft_mask}, plan, mask_pads=meta["mask_pads"]
-            )
-            metrics = {key: [value] for key, value in ntp_only_loss_metrics(raw, plan).items()}
-            step_optimizer(engine, metrics, "_ttt")
-            lr = engine.lr_scheduler_step()
-        metrics["actor/lr_ttt"] = [float(lr)]
-        metrics.update({key: [value] for key, value in memory_metrics("_ttt").items()})
-        return DataProto(meta_info={"metrics": metrics})
+        data: input_ids, attention_mask [b, S]; meta_info: micro_batch_size, mask_pads."""
+        meta = data.meta_info
+        ids, mask = (t.long() for t in self._tensors(data, "input_ids", "attention_mask"))
+        plan = plan_ntp_only_update(ids.shape[0], micro_batch_size=meta["micro_batch_size"])
+        docs = {"input_ids": ids, "attention_mask": mask}
+        return self._one_step_update(
+            plan, lambda: model_ops.ntp_only_backward(self._module, docs, plan, mask_pads=meta["mask_pads"]),
+            ntp_only_loss_metrics, "_ttt")
 
     # ---- post-training: outer task update (spec 2.B) ---------------------------------------------------------
     @register(dispatch_mode=ACTOR_DISPATCH)
@@ -210,44 +201,24 @@ class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
         data: input_ids / attention_mask (prompts), ground_truth_ids / ground_truth_attention_mask (first answer).
         meta_info: micro_batch_size (actor.ppo_micro_batch_size_per_gpu). Metrics without the `_ttt` suffix.
         """
-        meta = data.meta_info
-        engine = self.actor.engine
         prompts, prompt_mask, answers, answer_mask = self._tensors(
             data, "input_ids", "attention_mask", "ground_truth_ids", "ground_truth_attention_mask"
         )
-        plan = plan_ntp_only_update(prompts.shape[0], micro_batch_size=meta["micro_batch_size"])
+        plan = plan_ntp_only_update(prompts.shape[0], micro_batch_size=data.meta_info["micro_batch_size"])
         batch = {"prompts": prompts, "prompt_mask": prompt_mask, "answers": answers, "answer_mask": answer_mask}
-        with engine.train_mode():
-            engine.optimizer_zero_grad()
-            raw = model_ops.task_sft_backward(self._module, batch, plan)
-            losses = ntp_only_loss_metrics(raw, plan, key="actor/sft_loss", raw_key="actor/sft_loss_raw")
-            metrics = {key: [value] for key, value in losses.items()}
-            step_optimizer(engine, metrics, "")
-            lr = engine.lr_scheduler_step()
-        metrics["actor/lr"] = [float(lr)]
-        metrics.update({key: [value] for key, value in memory_metrics("").items()})
-        return DataProto(meta_info={"metrics": metrics})
+
+        def loss_metrics(raw, plan):
+            return ntp_only_loss_metrics(raw, plan, key="actor/sft_loss", raw_key="actor/sft_loss_raw")
+
+        return self._one_step_update(plan, lambda: model_ops.task_sft_backward(self._module, batch, plan),
+                                     loss_metrics, "")
 
     # ---- validation by generation and TTT state (spec 2.D, Q1) --------------------------------------------------
     @register(dispatch_mode=ACTOR_DISPATCH)
     def generate_greedy(self, data: DataProto) -> DataProto:
         """Greedy responses [n, R] (EOS stops; right-padded with the pad id). meta_info: max_new_tokens,
         micro_batch_size."""
-        meta = data.meta_info
-        prompts, prompt_mask = self._tensors(data, "input_ids", "attention_mask")
-        eos, pad = self._special_ids()
-        with self.actor.engine.eval_mode():
-            responses = model_ops.generate_until_eos(
-                self._module,
-                prompts,
-                prompt_mask,
-                max_new_tokens=meta["max_new_tokens"],
-                micro_batch_size=meta["micro_batch_size"],
-                eos_token_id=eos,
-                pad_token_id=pad,
-                synced=torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1,
-            )
-        return DataProto.from_dict(tensors={"responses": responses.cpu()})
+        return DataProto.from_dict(tensors={"responses": self._generate_until_eos(data).cpu()})
 
     @register(dispatch_mode=ACTOR_DISPATCH)
     def task_generate(self, data: DataProto) -> DataProto:
@@ -257,24 +228,11 @@ class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
         from verl.utils.torch_functional import get_response_mask
 
         meta = data.meta_info
-        prompts, prompt_mask = self._tensors(data, "input_ids", "attention_mask")
-        eos, pad = self._special_ids()
         torch.manual_seed(worker_seed(meta["seed"], self._dp_rank, 3))
-        with self.actor.engine.eval_mode():
-            responses = model_ops.generate_until_eos(
-                self._module,
-                prompts,
-                prompt_mask,
-                max_new_tokens=meta["max_new_tokens"],
-                micro_batch_size=meta["micro_batch_size"],
-                eos_token_id=eos,
-                pad_token_id=pad,
-                synced=torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1,
-                do_sample=True,
-                temperature=meta["temperature"],
-                top_p=meta["top_p"],
-                top_k=meta["top_k"],
-            )
+        # verl's rollout top_k = -1 means off, as HF's 0
+        sampling = {"temperature": meta["temperature"], "top_p": meta["top_p"], "top_k": max(0, meta["top_k"])}
+        responses = self._generate_until_eos(data, sampling)
+        eos, pad = self._special_ids()
         response_mask = get_response_mask(responses, eos_token=eos if eos is not None else pad)
         return DataProto.from_dict(tensors={"responses": responses.cpu(), "response_mask": response_mask.cpu()})
 
@@ -298,30 +256,22 @@ class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
         micro-batches of ppo_micro_batch_size_per_gpu, loss / GA, one optimiser step per mini-batch; the scheduler
         steps once. meta_info: mini_batch_rows, micro_batch_size, epochs, temperature."""
         meta = data.meta_info
-        engine = self.actor.engine
         prompts, prompt_mask, responses, response_mask, old_lp, adv = self._tensors(
             data, "input_ids", "attention_mask", "responses", "response_mask", "old_log_probs", "advantages"
         )
         batch = {"prompts": prompts, "prompt_mask": prompt_mask, "responses": responses,
                  "response_mask": response_mask, "old_log_probs": old_lp, "advantages": adv}
-        n_rows, mini, micro = prompts.shape[0], meta["mini_batch_rows"], meta["micro_batch_size"]
-        ga = mini // micro
-        metrics: dict[str, list[float]] = {}
-        with engine.train_mode():
-            for _ in range(meta["epochs"]):
-                for start in range(0, n_rows, mini):
-                    micro_batches = [slice(i, min(i + micro, start + mini)) for i in range(start, start + mini, micro)]
-                    engine.optimizer_zero_grad()
-                    raw, pg_metrics = model_ops.pg_backward(self._module, batch, micro_batches, scale=1.0 / ga,
-                                                            temperature=meta["temperature"])
-                    metrics.setdefault("actor/pg_loss", []).extend(raw)
-                    for key, values in pg_metrics.items():
-                        metrics.setdefault(key, []).extend(values)
-                    step_optimizer(engine, metrics, "")
-            lr = engine.lr_scheduler_step()
-        metrics["actor/lr"] = [float(lr)]
-        metrics.update({key: [value] for key, value in memory_metrics("").items()})
-        return DataProto(meta_info={"metrics": metrics})
+        mini, micro = meta["mini_batch_rows"], meta["micro_batch_size"]
+        mini_batches = micro_slices(0, prompts.shape[0], mini) * meta["epochs"]
+
+        def backward_step(index: int) -> dict:
+            rows = mini_batches[index]
+            raw, pg_metrics = model_ops.task_pg_backward(
+                self._module, batch, micro_slices(rows.start, rows.stop, micro), scale=1.0 / (mini // micro),
+                temperature=meta["temperature"])
+            return {"actor/pg_loss": raw, **pg_metrics}
+
+        return metrics_reply(optimizer_steps(self.actor.engine, len(mini_batches), backward_step, ""), "")
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def snapshot_state(self) -> None:
@@ -367,14 +317,3 @@ class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
                 "em_counted": torch.tensor([counted] + [0] * (n - 1), dtype=torch.long),
             }
         )
-
-    # ---- test support ---------------------------------------------------------------------------------------
-    @register(dispatch_mode=ACTOR_DISPATCH)
-    def get_param_vector(self, data: DataProto) -> DataProto:
-        """All parameters, gathered and flattened, one copy per row (tests compare weights before/after)."""
-        flat = []
-        for param in self._module.parameters():
-            full = param.full_tensor() if hasattr(param, "full_tensor") else param
-            flat.append(full.detach().float().flatten().cpu())
-        vec = torch.cat(flat)
-        return DataProto.from_dict(tensors={"params": vec.unsqueeze(0).expand(len(data), -1).clone()})

@@ -113,7 +113,7 @@ def ntp_step(model, opt, ids, mask, args, phases):
     plan = plan_ntp_only_update(ids.shape[0], micro_batch_size=args.micro)
     with phases("update"):
         opt.zero_grad()
-        model_ops.sft_only_backward(model, {"input_ids": ids, "attention_mask": mask}, plan, mask_pads=False)
+        model_ops.ntp_only_backward(model, {"input_ids": ids, "attention_mask": mask}, plan, mask_pads=False)
         PlainEngine(model, opt).optimizer_step()
 
 

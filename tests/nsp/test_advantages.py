@@ -1,4 +1,4 @@
-"""GRPO advantages over NSP groups (verl's function, spec 2.A step 7, Q3)."""
+"""GRPO advantages over NSP groups (verl's function, spec 2.A Step 6, Q3)."""
 
 import numpy as np
 import torch

@@ -1,4 +1,4 @@
-"""select_positions against hand-computed examples of spec 2.A step 2 (Q16, Q17, Q19, Q27)."""
+"""select_positions against hand-computed examples of spec 2.A Step 2 (Q16, Q17, Q19, Q27)."""
 
 import math
 

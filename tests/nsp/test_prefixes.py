@@ -1,4 +1,4 @@
-"""build_rollout_batch / target gathers against hand-built rows (spec 2.A step 2, Q3, Q7)."""
+"""build_rollout_batch / target gathers against hand-built rows (spec 2.A Step 2, Q3, Q7)."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""NSP rewards and reward metrics against hand computations (spec 2.A step 6, 1.4, Q4)."""
+"""NSP rewards and reward metrics against hand computations (spec 2.A Step 5, 1.4, Q4)."""
 
 import math
 

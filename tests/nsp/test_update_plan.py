@@ -126,5 +126,5 @@ def test_strict_divisibility_and_official_divisors():
         plan_combined_update(4, 30, ppo_mini_batch_rows=32, micro_batch_size=2, **common)
     with pytest.raises(ValueError, match="micro_batch_size must be an int >= 1; got 0"):
         plan_combined_update(4, 32, ppo_mini_batch_rows=32, micro_batch_size=0, **common)
-    with pytest.raises(ValueError, match="must divide by world_size / sp_size = 3"):
+    with pytest.raises(ValueError, match="= 8 must divide by world_size = 3"):
         normalized_ppo_mini_batch_rows(1, n_chunks=8, ttt_n=1, world_size=3)

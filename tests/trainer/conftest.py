@@ -98,19 +98,11 @@ def close_trainer(trainer) -> None:
             ray.util.remove_placement_group(pg)
 
 
-def param_vector(trainer):
-    """All weights of the trainer's actor, gathered and flattened (one worker call)."""
-    import torch
-    from verl import DataProto
-
-    n = trainer.world_size
-    out = trainer.actor_rollout_wg.get_param_vector(DataProto.from_dict(tensors={"i": torch.zeros(n, 1)}))
-    return out.batch["params"][0]
-
-
 @pytest.fixture
 def params():
     """params(trainer) -> all actor weights, flattened."""
+    from tests.trainer.worker_probe import param_vector
+
     return param_vector
 
 

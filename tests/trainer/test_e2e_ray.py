@@ -64,7 +64,9 @@ def test_midtrain_world_size_1_and_worker_path(make_trainer, params, tmp_path):
 
 
 def check_worker_path(trainer, flat_params):
-    """Worker-path entropies/positions/targets/rewards/advantages equal the pure functions on the same inputs."""
+    """One faithful inner step, recorded at the driver-worker boundary: positions, target hidden states, rewards
+    and advantages against an independent forward and hand computations on the same weights."""
+    import numpy as np
     import refine.models  # noqa: F401
     from transformers import AutoModelForCausalLM
     from verl import DataProto
@@ -72,60 +74,59 @@ def check_worker_path(trainer, flat_params):
     from refine.nsp.positions import select_positions
     from refine.trainer.nsp_step import StepSettings, faithful_inner_step
     from refine.trainer.rpc import worker_seed
+    from tests.trainer.worker_probe import recorded_calls
 
     reference = AutoModelForCausalLM.from_pretrained(trainer.config.actor_rollout_ref.model.path).float().eval()
     torch.nn.utils.vector_to_parameters(flat_params, reference.parameters())
     batch = DataProto.from_single_dict(next(iter(trainer.val_dataloader)))
     ids, mask = batch.batch["input_ids"], batch.batch["attention_mask"]
-    rc = trainer.rc
-
-    # analysis: entropies vs an independent forward, positions vs select_positions with the same generator
-    analysis = trainer.actor_rollout_wg.nsp_analyse(DataProto.from_dict(
-        tensors={"input_ids": ids, "attention_mask": mask},
-        meta_info={"n_chunks": rc.n_chunks, "response_length": rc.response_length, "sampling": rc.sampling,
-                   "micro_batch_size": 1, "seed": 77, "return_entropies": True}))
-    with torch.no_grad():
-        out = reference(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
-    logp = torch.log_softmax(out.logits.float(), -1)
-    entropy = -(logp.exp() * logp).sum(-1)
-    torch.testing.assert_close(analysis.batch["entropies"], entropy, rtol=1e-4, atol=1e-4)
-    generator = torch.Generator().manual_seed(worker_seed(77, 0, 0))
-    positions = select_positions(analysis.batch["entropies"], mask, n_chunks=rc.n_chunks,
-                                 response_length=rc.response_length, mode=rc.sampling, generator=generator)
-    assert torch.equal(analysis.batch["positions"], positions)
-    k = rc.response_length
-    expected_targets = torch.stack([torch.stack([out.hidden_states[-1][b, r:r + k] for r in positions[b].tolist()])
-                                    for b in range(ids.shape[0])])
-    torch.testing.assert_close(analysis.batch["target_hidden"], expected_targets, rtol=1e-4, atol=1e-4)
-
-    # one whole inner step: rewards and advantages vs the pure functions on the step's own tensors
-    import numpy as np
+    rc, k, wg = trainer.rc, trainer.rc.response_length, trainer.actor_rollout_wg
 
     inner = DataProto.from_dict(tensors={"input_ids": ids, "attention_mask": mask},
                                 non_tensors={"uid": np.array(["a", "b"], dtype=object)})
     settings = StepSettings(world_size=1, pad_token_id=trainer.pad_token_id, seed=5, sft=True, ppo=True)
-    _, extras = faithful_inner_step(trainer.actor_rollout_wg, inner, rc, settings)
-    # the ground truth is the document's own tokens [r, r + k) (an independent gather, by hand)
-    by_row = [ids[b, r:r + rc.response_length] for b in range(ids.shape[0]) for r in extras["positions"][b].tolist()]
-    assert torch.equal(extras["ground_truth_ids"], torch.stack(by_row))
-    # the rewards by hand (spec 2.A step 5): mean over the k tokens of the cosine similarity of the hidden states;
-    # exact token match; hybrid = their sum
-    cosine = torch.nn.functional.cosine_similarity(extras["response_hidden"].float(),
-                                                   extras["target_hidden"].float(), dim=-1).mean(-1)
-    binary = (extras["responses"] == extras["ground_truth_ids"]).float().mean(-1)
-    torch.testing.assert_close(extras["rewards"]["cosine_similarity"], cosine, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(extras["rewards"]["binary"], binary)
-    torch.testing.assert_close(extras["rewards"]["hybrid"], cosine + binary, rtol=1e-5, atol=1e-6)
-    expected_reward = {"cosine_similarity": cosine, "binary": binary, "hybrid": cosine + binary}[rc.reward]
-    # hand GRPO: (r - group mean) / (unbiased group std + 1e-6), groups = documents (ttt_n = 1)
-    by_hand = torch.empty_like(expected_reward)
-    assert extras["uid"].tolist() == ["a"] * rc.n_chunks + ["b"] * rc.n_chunks  # one group per document
-    for uid in set(extras["uid"].tolist()):
-        sel = torch.tensor([u == uid for u in extras["uid"].tolist()])
-        group = expected_reward[sel]
-        by_hand[sel] = (group - group.mean()) / (group.std() + 1e-6)
-    # the outcome advantage is the same on every token of a row
-    torch.testing.assert_close(extras["advantages"], by_hand.unsqueeze(1).expand(-1, k), rtol=1e-5, atol=1e-6)
+    with recorded_calls(wg, "nsp_analyse", "nsp_generate", "nsp_old_log_prob", "nsp_update") as calls:
+        metrics = faithful_inner_step(wg, inner, rc, settings)
+    analysis = calls["nsp_analyse"][0][1].batch
+
+    # analysis (before the update, so on `flat_params`): positions = select_positions on entropies of an
+    # independent forward, with the worker's generator; targets = that forward's final-norm states at [r, r + k)
+    with torch.no_grad():
+        out = reference(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
+    logp = torch.log_softmax(out.logits.float(), -1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    generator = torch.Generator().manual_seed(worker_seed(settings.seed, 0, 0))
+    positions = select_positions(entropy, mask, n_chunks=rc.n_chunks, response_length=k, mode=rc.sampling,
+                                 generator=generator)
+    assert torch.equal(analysis["positions"], positions)
+    targets = torch.stack([torch.stack([out.hidden_states[-1][b, r:r + k] for r in positions[b].tolist()])
+                           for b in range(ids.shape[0])])
+    torch.testing.assert_close(analysis["target_hidden"], targets, rtol=1e-4, atol=1e-4)
+
+    # rewards by hand (spec 2.A Step 5), ttt_n = 1: mean over the k tokens of the cosine similarity of the hidden
+    # states; exact match with the document's own tokens [r, r + k); hybrid = their sum. Checked through the
+    # logged reward metrics (mean, unbiased std) of all three kinds.
+    responses = calls["nsp_generate"][0][1].batch["responses"].flatten(0, 1)
+    response_hidden = calls["nsp_old_log_prob"][0][1].batch["response_hidden"].flatten(0, 1)
+    ground_truth = torch.stack([ids[b, r:r + k] for b in range(ids.shape[0]) for r in positions[b].tolist()])
+    cosine = torch.nn.functional.cosine_similarity(response_hidden.float(), targets.flatten(0, 1).float(),
+                                                   dim=-1).mean(-1)
+    binary = (responses == ground_truth).float().mean(-1)
+    by_kind = {"cosine_similarity": cosine, "binary": binary, "hybrid": cosine + binary}
+    for kind, stem in (("cosine_similarity", "cs"), ("binary", "binary"), ("hybrid", "hybrid")):
+        assert metrics[f"reward/{stem}_reward_mean"] == pytest.approx(float(by_kind[kind].mean()), abs=1e-5)
+        assert metrics[f"reward/{stem}_reward_std"] == pytest.approx(float(by_kind[kind].std()), abs=1e-5)
+
+    # the update gets the rollouts and old log-probs the workers returned, and hand GRPO advantages:
+    # (r - group mean) / (unbiased group std + 1e-6), one group per document (ttt_n = 1), the same on every token
+    update_in = calls["nsp_update"][0][0].batch
+    assert torch.equal(update_in["positions"], positions)
+    assert torch.equal(update_in["responses"].flatten(0, 1), responses)
+    assert torch.equal(update_in["old_log_probs"], calls["nsp_old_log_prob"][0][1].batch["old_log_probs"])
+    reward = by_kind[rc.reward].view(ids.shape[0], rc.n_chunks)
+    by_hand = (reward - reward.mean(1, keepdim=True)) / (reward.std(1, keepdim=True) + 1e-6)
+    torch.testing.assert_close(update_in["advantages"], by_hand.unsqueeze(-1).expand(-1, -1, k),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_midtrain_world_size_2(make_trainer, params, tmp_path):

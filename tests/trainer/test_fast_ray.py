@@ -24,7 +24,10 @@ def test_fast_step_equals_the_faithful_step_through_the_workers(make_trainer, tm
 
     from verl import DataProto
 
+    from refine.nsp.prefixes import expand_targets, gather_target_ids
+    from refine.nsp.rewards import all_sequence_rewards
     from refine.trainer.nsp_step import StepSettings, fast_inner_step, faithful_inner_step
+    from tests.trainer.worker_probe import recorded_calls
 
     trainer = make_trainer(FAST + [f"trainer.default_local_dir={tmp_path}"])
     wg, rc = trainer.actor_rollout_wg, dataclasses.replace(trainer.rc, mini_batch_size=mini_batch_size)
@@ -34,17 +37,28 @@ def test_fast_step_equals_the_faithful_step_through_the_workers(make_trainer, tm
                                 non_tensors={"uid": np.array(["a", "b"], dtype=object)})
     settings = StepSettings(world_size=1, pad_token_id=trainer.pad_token_id, seed=11, sft=True, ppo=True)
     wg.snapshot_state()
-    ref_metrics, ref = faithful_inner_step(wg, inner, rc, settings)
+    with recorded_calls(wg, "nsp_analyse", "nsp_generate", "nsp_old_log_prob", "nsp_update") as calls:
+        ref_metrics = faithful_inner_step(wg, inner, rc, settings)
     wg.restore_state()
-    settings.extra_meta = {"responses": ref["responses"]}
-    fast_metrics, fast = fast_inner_step(wg, inner, rc, settings)
+    analysis = calls["nsp_analyse"][0][1].batch
+    ref_positions, ttt_n = analysis["positions"], rc.n_per_prefix
+    ref_responses = calls["nsp_generate"][0][1].batch["responses"].flatten(0, 1)
+    ref_old = calls["nsp_old_log_prob"][0][1].batch
+    ref_rewards = all_sequence_rewards(
+        ref_old["response_hidden"].flatten(0, 1), expand_targets(analysis["target_hidden"], ttt_n), ref_responses,
+        expand_targets(gather_target_ids(batch.batch["input_ids"], ref_positions, rc.response_length), ttt_n))
+    settings.extra_meta = {"responses": ref_responses}
+    with recorded_calls(wg, "nsp_fast_step") as fast_calls:
+        fast_metrics = fast_inner_step(wg, inner, rc, settings)
+    fast = fast_calls["nsp_fast_step"][0][1].batch
 
-    assert torch.equal(fast["positions"], ref["positions"])
-    assert torch.equal(fast["responses"], ref["responses"])
-    torch.testing.assert_close(fast["old_log_probs"], ref["old_log_probs"], rtol=0, atol=1e-5)
-    for kind, value in ref["rewards"].items():
-        torch.testing.assert_close(fast["rewards"][kind], value, rtol=0, atol=1e-5)
-    torch.testing.assert_close(fast["advantages"], ref["advantages"], rtol=1e-4, atol=1e-4)
+    assert torch.equal(fast["position"].view(len(batch), rc.n_chunks, ttt_n)[:, :, 0], ref_positions)
+    assert torch.equal(fast["responses"], ref_responses)
+    torch.testing.assert_close(fast["old_log_probs"], ref_old["old_log_probs"].flatten(0, 1), rtol=0, atol=1e-5)
+    for kind, value in ref_rewards.items():
+        torch.testing.assert_close(fast[f"reward_{kind}"], value, rtol=0, atol=1e-5)
+    ref_advantages = calls["nsp_update"][0][0].batch["advantages"].flatten(0, 1)
+    torch.testing.assert_close(fast["advantages"], ref_advantages, rtol=1e-4, atol=1e-4)
     for key in ("actor/sft_loss_ttt", "actor/pg_loss_ttt", "actor/pg_clipfrac_ttt", "actor/ppo_kl_ttt",
                 "actor/grad_norm_ttt", "reward/cs_reward_mean", "critic/advantages/max_ttt", "prompt_length/mean_ttt",
                 "response_length/mean_ttt"):

@@ -81,19 +81,21 @@ def reference_ntp(model, sft, micro):
 
 
 def reference_pg(model, ppo, micro, ga, clip=0.2, clip_c=3.0):
-    """Dual-clip PPO (spec 2.C) written out: token-mean over each micro-batch, / GA."""
+    """Dual-clip PPO (spec 2.C) written out: token-mean over the response mask (all ones for NSP rollouts) of each
+    micro-batch, / GA."""
     n = ppo["prompts"].shape[0]
     for i in range(0, n, micro):
         sl = slice(i, i + micro)
         resp = ppo["responses"][sl]
+        resp_mask = ppo["response_mask"][sl] if "response_mask" in ppo else torch.ones_like(resp)
         logits = model(input_ids=torch.cat([ppo["prompts"][sl], resp], 1),
-                       attention_mask=torch.cat([ppo["prompt_mask"][sl], torch.ones_like(resp)], 1)).logits
+                       attention_mask=torch.cat([ppo["prompt_mask"][sl], resp_mask], 1)).logits
         logp = torch.log_softmax(logits[:, S - 1 : S + K - 1], -1).gather(-1, resp.unsqueeze(-1))[..., 0]
         adv = ppo["advantages"][sl]
         ratio = torch.exp(torch.clamp(logp - ppo["old_log_probs"][sl], -20, 20))
         clipped = torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip, 1 + clip))
         dual = torch.where(adv < 0, torch.minimum(clipped, -adv * clip_c), clipped)
-        (dual.mean() / ga).backward()
+        ((dual * resp_mask).sum() / resp_mask.sum() / ga).backward()
 
 
 def test_plan_matches_the_official_arithmetic():
@@ -108,7 +110,7 @@ def test_ppo_coef_zero_equals_ntp_only_update(setup):
 
     model, sft, ppo = setup
     combined_g = grads_of(model, lambda: combined(model, sft, ppo, 1.0, 0.0))
-    ntp_only = grads_of(model, lambda: model_ops.sft_only_backward(
+    ntp_only = grads_of(model, lambda: model_ops.ntp_only_backward(
         model, sft, plan_ntp_only_update(B, micro_batch_size=2), mask_pads=False))
     reference = grads_of(model, lambda: reference_ntp(model, sft, micro=2))
     assert combined_g.abs().sum() > 0
@@ -124,6 +126,22 @@ def test_sft_coef_zero_moves_weights_only_through_pg(setup):
     torch.testing.assert_close(combined_g, reference, rtol=1e-4, atol=1e-6)
 
 
+def test_task_pg_backward_is_the_token_mean_over_the_response_mask(setup):
+    """Task GRPO (upstream `update_policy`): tokens after a row's EOS are out of the attention and the loss."""
+    from refine.nsp.update_plan import micro_slices
+
+    model, _, ppo = setup
+    response_mask = torch.ones_like(ppo["responses"])
+    response_mask[0, 1:] = 0
+    response_mask[3, 2:] = 0
+    batch = {**ppo, "response_mask": response_mask}
+    task = grads_of(model, lambda: model_ops.task_pg_backward(
+        model, batch, micro_slices(0, B * C, 2), scale=0.5, temperature=1.0))
+    reference = grads_of(model, lambda: reference_pg(model, batch, micro=2, ga=2))
+    assert reference.abs().sum() > 0
+    torch.testing.assert_close(task, reference, rtol=1e-4, atol=1e-6)
+
+
 def test_combined_gradient_is_the_weighted_sum(setup):
     model, sft, ppo = setup
     combined_g = grads_of(model, lambda: combined(model, sft, ppo, 0.7, 0.2))
@@ -136,7 +154,7 @@ def test_mask_pads_drops_pad_positions(setup):
     from refine.nsp.update_plan import plan_ntp_only_update
 
     model, sft, _ = setup
-    masked = grads_of(model, lambda: model_ops.sft_only_backward(
+    masked = grads_of(model, lambda: model_ops.ntp_only_backward(
         model, sft, plan_ntp_only_update(B, micro_batch_size=2), mask_pads=True))
 
     def reference():
