@@ -45,9 +45,11 @@ the other and free their tensors). Per token, one block keeps for its backward
                tokens, logits of the last k + 1 positions only
   fast update  (nsp_mode=fast)    one document at a time with checkpointing forced off (it carries the fla
                cache): body over T_f = S + C*n*(k + 1) tokens (the document and its C*n branches of k + 1) +
-               T_f*V*(b_p + 8) (its own fp32 cross-entropy) + state snapshots (C + C*n)*L*(4*h_v*d_hk*d_hv +
-               b_p*(d_q + d_k + d_v)*(conv - 1)) (delta-rule state in fp32 and short-convolution caches, per cut
-               and per branch row)
+               T_f*V*(b_p + 8) (its own fp32 cross-entropy) + state snapshots (C + C*n)*L*(4*s_32 + b_p*s_p)
+               (one per cut and one per branch row). Per block and row, fla DeltaNet / GDN: s_32 = h_v*d_hk*d_hv
+               (the delta-rule state), s_p = (d_q + d_k + d_v)*(conv - 1) (short-convolution caches); LaCT:
+               s_32 = 3*h_fw*d_fw*d_fw_hidden, twice with momentum (fast weights), s_p = 2H*(window + chunk) (the
+               sliding-window keys/values and the open chunk)
   task update  (post-training)    mu_t*body(S + R) + mu_t*(R + 1)*V*(b_p + 8)
 Total = model states + the largest part. The fit check warns above 90 % of the device memory (the CUDA context,
 NCCL buffers and allocator fragmentation take the rest). Device memory: REFINE_GPU_MEMORY_GIB when set, else the
@@ -77,8 +79,8 @@ class ModelShape:
     d_k: int
     d_v: int
     d_gate: int = 0
-    state_elements: int = 0  # recurrent state per block per row: h_v * d_hk * d_hv (0: no branchable state)
-    conv_size: int = 0  # short convolution kernel (0: none)
+    state_fp32: int = 0  # s_32: recurrent state per block and row kept in fp32 (0: no branchable state)
+    state_compute: int = 0  # s_p: per block and row, in the compute dtype (caches of keys/values, convolutions)
     fused_ce: bool = False
     fused_linear_ce: bool = False
     notes: tuple[str, ...] = ()
@@ -143,8 +145,7 @@ def activation_bytes(model: ModelShape, run: RunShape) -> dict[str, int]:
     if run.nsp and run.nsp_mode == "fast":
         rows = run.n_chunks * run.n_per_prefix
         tokens = s + rows * (k + 1)
-        state = FP32_BYTES * model.state_elements + b * (model.d_q + model.d_k + model.d_v) * max(
-            model.conv_size - 1, 0)
+        state = FP32_BYTES * model.state_fp32 + b * model.state_compute
         parts["fast update"] = (body_bytes(model, run, tokens, False) + tokens * v * unfused
                                 + (run.n_chunks + rows) * model.layers * state)
     if run.task_micro:
@@ -221,16 +222,22 @@ def shape_of(model, *, on_cuda: bool) -> ModelShape:
     if not _linear_out(block, "gate_proj"):
         notes.append(f"no gate_proj in {type(block).__name__}: MLP width taken as 4 x hidden_size")
     attn = getattr(block, "attn", None)
-    state = 0
-    if all(hasattr(attn, key) for key in ("head_k_dim", "head_v_dim")):
+    state_fp32 = state_compute = 0
+    if all(hasattr(attn, key) for key in ("head_k_dim", "head_v_dim")):  # fla delta rule
         heads = getattr(attn, "num_v_heads", None) or attn.num_heads
-        state = int(heads * attn.head_k_dim * attn.head_v_dim)
-    conv = int(getattr(attn, "conv_size", 0) or 0) if getattr(attn, "use_short_conv", False) else 0
+        state_fp32 = int(heads * attn.head_k_dim * attn.head_v_dim)
+        if getattr(attn, "use_short_conv", False):
+            state_compute = (d_q + d_k + d_v) * (int(attn.conv_size) - 1)
+    elif hasattr(attn, "num_fw_heads"):  # LaCT
+        weights = 3 * attn.num_fw_heads * attn.fw_head_dim * attn.fw_hidden_dim
+        state_fp32 = weights * (2 if getattr(config, "use_momentum", False) else 1)
+        state_compute = 2 * hidden * (int(config.window_size) + int(config.lact_chunk_size))
     is_fla = type(model).__module__.startswith("fla.")
     return ModelShape(
         n_params=sum(p.numel() for p in model.parameters()), hidden=hidden,
         layers=len(blocks) or int(config.num_hidden_layers), vocab=int(config.vocab_size), mlp=mlp,
-        d_q=d_q, d_k=d_k, d_v=d_v, d_gate=_linear_out(block, "g_proj"), state_elements=state, conv_size=conv,
+        d_q=d_q, d_k=d_k, d_v=d_v, d_gate=_linear_out(block, "g_proj"), state_fp32=state_fp32,
+        state_compute=state_compute,
         fused_ce=on_cuda and is_fla and bool(getattr(config, "fuse_cross_entropy", False)),
         fused_linear_ce=on_cuda and is_fla and bool(getattr(config, "fuse_linear_cross_entropy", False)),
         notes=tuple(notes))
@@ -301,17 +308,17 @@ def report_lines(model: ModelShape, run: RunShape, device: str, memory: tuple[in
     est = estimate(model, run)
     states = ", ".join(f"{name} {_size(n)}" for name, n in est.states.items())
     parts = ", ".join(f"{name} {_size(n)}" for name, n in est.parts.items()) or "no update configured"
-    lines = [
-        f"refine: memory estimate per {'GPU' if device == 'cuda' else 'worker'} (refine/trainer/memory_estimate.py): "
-        f"{_count(model.n_params)} parameters sharded over {run.shard}, master / compute {run.dtypes}, "
-        f"S={run.seq_len}, micro-batch {run.micro}, "
-        f"nsp_mode={run.nsp_mode}, activation checkpointing {'on' if run.checkpointing else 'off'}",
-        f"  model states {_size(sum(est.states.values()))} ({states}); activations {_size(est.activations)} "
-        f"(largest of: {parts}); total {_size(est.total)}",
-    ]
+    header = (f"refine: memory estimate per {'GPU' if device == 'cuda' else 'worker'} "
+              f"(refine/trainer/memory_estimate.py): {_count(model.n_params)} parameters sharded over {run.shard}, "
+              f"master / compute {run.dtypes}, S={run.seq_len}, micro-batch {run.micro}, nsp_mode={run.nsp_mode}, "
+              f"activation checkpointing {'on' if run.checkpointing else 'off'}")
+    sizes = (f"  model states {_size(sum(est.states.values()))} ({states}); activations {_size(est.activations)} "
+             f"(largest of: {parts}); total {_size(est.total)}")
+    lines = [header, sizes]
     if run.nsp:
         other = "fast" if run.nsp_mode == "faithful" else "faithful"
-        lines.append(f"  with refine.nsp_mode={other}: total {_size(estimate(model, replace(run, nsp_mode=other)).total)}")
+        other_total = estimate(model, replace(run, nsp_mode=other)).total
+        lines.append(f"  with refine.nsp_mode={other}: total {_size(other_total)}")
     lines += [f"  note: {note}" for note in model.notes]
     if memory is None:
         lines.append(f"  no fit check: trainer.device={device} (set {MEMORY_ENV}=<GiB> to check against a GPU size)")

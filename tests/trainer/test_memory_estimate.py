@@ -36,7 +36,8 @@ def _shapes(model_dir, overrides, *, on_cuda=True):
     from refine.trainer import memory_estimate as me
     from refine.trainer.config import apply_official_aliases, refine_config_from
 
-    config = apply_official_aliases(compose([*overrides, f"actor_rollout_ref.model.path={model_dir}"]))
+    config = compose([*overrides, f"actor_rollout_ref.model.path={model_dir}"])
+    apply_official_aliases(config)
     return me.model_shape(str(model_dir), on_cuda=on_cuda), me.run_shape(config, refine_config_from(config))
 
 
