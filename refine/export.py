@@ -181,7 +181,13 @@ def export(checkpoint: str | Path, out: str | Path, dtype: str = "keep") -> str:
                                hf_model_config_path=str(actor / "huggingface"), trust_remote_code=False)
     merger = _merger_class()(config)
     merger.target_dtype = getattr(torch, DTYPES[dtype]) if DTYPES[dtype] else None
-    merger.merge_and_save()
+    # verl's merge_and_save, without its prints and upload
+    world_size = merger._get_world_size()
+    print(f"refine.export: reading {actor} (world size {world_size})", flush=True)
+    mesh, mesh_dim_names = merger._extract_device_mesh_info(merger._load_rank_zero_state_dict(world_size), world_size)
+    total_shards, mesh_shape = merger._calculate_shard_configuration(mesh, mesh_dim_names)
+    merger.save_hf_model_and_tokenizer(
+        merger._load_and_merge_state_dicts(world_size, total_shards, mesh_shape, mesh_dim_names))
     tokenizer_files = copy_tokenizer(actor / "huggingface", out)
     normal_modes(out)
     check_model_dir(str(out))  # the checks the next phase runs before Ray
@@ -189,7 +195,7 @@ def export(checkpoint: str | Path, out: str | Path, dtype: str = "keep") -> str:
     size = sum(f.stat().st_size for f in out.glob("*.safetensors")) / 2**20
     return (f"refine.export: wrote {out}: {merger.n_tensors} tensors, {size:.1f} MiB, "
             f"{str(merger.saved_dtype).removeprefix('torch.')} (--dtype {dtype}), tokenizer "
-            f"{', '.join(tokenizer_files)}; from {actor} (world size {merger._get_world_size()}). "
+            f"{', '.join(tokenizer_files)}; from {actor} (world size {world_size}). "
             f"Use it as MODEL_PATH / actor_rollout_ref.model.path")
 
 
