@@ -155,7 +155,8 @@ def _offline_env(tmp_path: Path) -> dict:
 
 
 def _run(args: list[str], env: dict, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, *args], check=False, env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
 
 
 @pytest.fixture(scope="module")
