@@ -43,6 +43,8 @@ def compose(overrides: list[str] | None = None, config_name: str = DEFAULT_CONFI
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    import refine.trainer.config_schema  # noqa: F401 - stores the refine.* defaults in Hydra's ConfigStore
+
     # also callable inside `@hydra.main` (the unknown-key check composes the base config): set the running
     # Hydra aside and put it back
     outer = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
@@ -153,6 +155,7 @@ def dead_worker_message(exc: BaseException, config) -> str:
 def _hydra_main() -> None:
     import hydra
 
+    import refine.trainer.config_schema  # noqa: F401 - stores the refine.* defaults in Hydra's ConfigStore
     from refine.stack import StackError
 
     @hydra.main(config_path=str(CONFIG_DIR), config_name=DEFAULT_CONFIG, version_base=None)
@@ -182,10 +185,10 @@ _HYDRA_QUIET = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_loggin
 
 
 def help_text() -> str:
-    """`python -m refine.main --help`: the refine group with defaults and docs, and where the rest is."""
-    import dataclasses
-
-    from refine.trainer.config import OFFICIAL_ALIASES, RefineConfig
+    """`python -m refine.main --help`: each refine field with its default, official key and doc, and where the rest
+    is."""
+    from refine.trainer.config import OFFICIAL_ALIASES
+    from refine.trainer.config_schema import RefineConfig, describe_fields
 
     lines = [
         "usage: python -m refine.main [key=value ...] [+preset=midtrain|posttrain|testtimetrain] [--cfg job]",
@@ -195,13 +198,10 @@ def help_text() -> str:
         "and `python -m refine.main --cfg job` for the resolved config); the official ReFINE +key=value overrides",
         "are mapped onto refine.* (docs/phases.md).",
         "",
-        "refine.* keys (default):",
+        " ".join((RefineConfig.__doc__ or "").split("\n\n")[0].split()),
+        "refine.* keys (default) and what they do (refine/trainer/config_schema.py, RefineConfig):",
     ]
-    official = {name: key for key, name in OFFICIAL_ALIASES.items() if name}
-    for field in dataclasses.fields(RefineConfig):
-        alias = f"  [official: +{official[field.name]}]" if field.name in official else ""
-        lines.append(f"  refine.{field.name} = {field.default!r}{alias}")
-    lines += ["", "What they mean (refine/trainer/config.py, RefineConfig):", RefineConfig.__doc__ or ""]
+    lines += describe_fields({name: key for key, name in OFFICIAL_ALIASES.items() if name})
     return "\n".join(lines)
 
 

@@ -26,12 +26,21 @@ class StackError(RuntimeError):
     """The installed packages or the requested device cannot run ReFINE. The message is one line."""
 
 
-def _installed(distribution: str) -> str | None:
+def installed_version(distribution: str) -> str | None:
+    """The installed version of `distribution`, None if it is not installed."""
     try:
         # Looked up on the module at call time, so tests can monkeypatch `importlib.metadata.version`.
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def pinned(distribution: str) -> tuple[str, str]:
+    """(required version, pip requirement) of a distribution of `EXACT_PINS`."""
+    for name, version, requirement in EXACT_PINS:
+        if name == distribution:
+            return version, requirement
+    raise KeyError(f"{distribution} is not in refine.stack.EXACT_PINS")
 
 
 def _public_version(version: str) -> str:
@@ -47,7 +56,7 @@ def check_stack() -> dict[str, str]:
     """
     found: dict[str, str] = {}
     for distribution, needed, requirement in EXACT_PINS:
-        version = _installed(distribution)
+        version = installed_version(distribution)
         if version is None or _public_version(version) != needed:
             raise StackError(
                 f"{distribution} {version or 'is not installed'}{' is installed' if version else ''} "
@@ -55,7 +64,7 @@ def check_stack() -> dict[str, str]:
             )
         found[distribution] = version
 
-    torch_version = _installed("torch")
+    torch_version = installed_version("torch")
     if torch_version is None or not _public_version(torch_version).startswith(TORCH_SERIES + "."):
         raise StackError(
             f"torch {torch_version or 'is not installed'}{' is installed' if torch_version else ''} "

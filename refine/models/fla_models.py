@@ -2,7 +2,8 @@
 
 Importing this module
 1. makes sure `triton` imports (fla needs it even on CPU) and fails with one line naming the fix otherwise;
-2. registers fla's DeltaNet and GatedDeltaNet with the HF Auto classes (idempotent: `exist_ok=True`);
+2. imports fla's models, which registers DeltaNet and GatedDeltaNet with the HF Auto classes, and gives their
+   configs the attention-style head names verl reads (`num_attention_heads`, `num_key_value_heads`);
 3. when CUDA is absent (or `REFINE_CPU_KERNELS=1`; `=0` forces them off) replaces the fla names listed in
    `CPU_KERNEL_PATCHES` with `refine.models.cpu_kernels`. Those names were read from fla `FLA_VERSION`; on any other
    fla version the switch refuses with a one-line error instead of patching blindly.
@@ -13,9 +14,10 @@ from __future__ import annotations
 
 import importlib
 import os
-from importlib import metadata
 
-FLA_VERSION = "0.6.0"
+from refine.stack import installed_version, pinned
+
+FLA_VERSION = pinned("flash-linear-attention")[0]
 ENV_SWITCH = "REFINE_CPU_KERNELS"
 
 # (fla module, attribute path in it, replacement in refine.models.cpu_kernels). Written for fla 0.6.0:
@@ -53,12 +55,9 @@ def _require_triton() -> None:
 
 def installed_fla_version() -> str:
     """The installed flash-linear-attention version."""
-    try:
-        return metadata.version("flash-linear-attention")
-    except metadata.PackageNotFoundError:
-        import fla
+    import fla
 
-        return fla.__version__
+    return installed_version("flash-linear-attention") or fla.__version__
 
 
 def cpu_kernels_wanted() -> bool:
@@ -144,29 +143,16 @@ def _add_attention_head_names(config_class) -> None:
             setattr(config_class, alias, property(get, make_setter(alias)))
 
 
-def register_fla_models() -> None:
-    """Register fla's DeltaNet and GatedDeltaNet with AutoConfig / AutoModel / AutoModelForCausalLM (idempotent)."""
-    from fla.models import (
-        DeltaNetConfig,
-        DeltaNetForCausalLM,
-        DeltaNetModel,
-        GatedDeltaNetConfig,
-        GatedDeltaNetForCausalLM,
-        GatedDeltaNetModel,
-    )
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+def name_attention_heads() -> None:
+    """Give fla's DeltaNet and GatedDeltaNet configs the attention-style head names (idempotent). Importing
+    `fla.models` is what registers those models with AutoConfig / AutoModel / AutoModelForCausalLM."""
+    from fla.models import DeltaNetConfig, GatedDeltaNetConfig
 
-    for config, model, causal_lm in (
-        (DeltaNetConfig, DeltaNetModel, DeltaNetForCausalLM),
-        (GatedDeltaNetConfig, GatedDeltaNetModel, GatedDeltaNetForCausalLM),
-    ):
+    for config in (DeltaNetConfig, GatedDeltaNetConfig):
         _add_attention_head_names(config)
-        AutoConfig.register(config.model_type, config, exist_ok=True)
-        AutoModel.register(config, model, exist_ok=True)
-        AutoModelForCausalLM.register(config, causal_lm, exist_ok=True)
 
 
 _require_triton()
-register_fla_models()
+name_attention_heads()
 if cpu_kernels_wanted():
     install_cpu_kernels()

@@ -13,6 +13,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CORPUS_PATH = REPO_ROOT / "data" / "corpus" / "python_docs.parquet"
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]
+# the tiny models' special ids are the tokenizer's: bos 1, eos 2, no pad (as the real checkpoints)
+SPECIAL_TOKEN_IDS = {"bos_token_id": SPECIAL_TOKENS.index("<s>"), "eos_token_id": SPECIAL_TOKENS.index("</s>"),
+                     "pad_token_id": None}
 
 
 def corpus_texts(path: str | Path = CORPUS_PATH) -> list[str]:
@@ -54,9 +57,7 @@ def _cpu_fla_kwargs(vocab_size: int) -> dict:
         num_hidden_layers=2,
         num_heads=2,
         vocab_size=vocab_size,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=None,
+        **SPECIAL_TOKEN_IDS,
         fuse_norm=False,
         fuse_swiglu=False,
         fuse_cross_entropy=False,
@@ -65,18 +66,11 @@ def _cpu_fla_kwargs(vocab_size: int) -> dict:
     )
 
 
-def _with_attention_head_names(config):
-    # verl's monkey patch reads these attention-style names; fla's configs do not define them.
-    config.num_attention_heads = config.num_heads
-    config.num_key_value_heads = config.num_heads
-    return config
-
-
 def tiny_deltanet_config(vocab_size: int = 512, **overrides):
     """A 2-layer, 64-wide fla DeltaNet config that runs on CPU."""
     from fla.models import DeltaNetConfig
 
-    return _with_attention_head_names(DeltaNetConfig(**{**_cpu_fla_kwargs(vocab_size), **overrides}))
+    return DeltaNetConfig(**{**_cpu_fla_kwargs(vocab_size), **overrides})
 
 
 def tiny_gated_deltanet_config(vocab_size: int = 512, **overrides):
@@ -84,4 +78,4 @@ def tiny_gated_deltanet_config(vocab_size: int = 512, **overrides):
     from fla.models import GatedDeltaNetConfig
 
     kwargs = {**_cpu_fla_kwargs(vocab_size), "head_dim": 32, "expand_v": 1, **overrides}
-    return _with_attention_head_names(GatedDeltaNetConfig(**kwargs))
+    return GatedDeltaNetConfig(**kwargs)

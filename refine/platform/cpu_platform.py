@@ -30,6 +30,20 @@ def _total_and_free_memory() -> tuple[int, int]:
         return 0, 0
 
 
+def _nothing(*args: Any, **kwargs: Any) -> None:
+    """A device call that has nothing to do on CPU (caches, device selection, profiling, synchronisation)."""
+    return None
+
+
+def _no_device_bytes(device: Any = None) -> int:
+    """Device memory figures: there is no device memory on CPU."""
+    return 0
+
+
+def _seed(seed: int) -> None:
+    torch.manual_seed(seed)  # the CPU generator is torch's default generator
+
+
 class CPUDeviceModule(ModuleType):
     """Stand-in for `torch.cuda` on CPU: `torch.cpu` plus no-op memory/cache calls verl makes unconditionally.
 
@@ -44,44 +58,15 @@ class CPUDeviceModule(ModuleType):
     def __getattr__(self, name: str) -> Any:
         return getattr(torch.cpu, name)
 
-    # --- memory: there is no device cache on CPU ---
-    @staticmethod
-    def empty_cache() -> None:
-        return None
-
-    @staticmethod
-    def ipc_collect() -> None:
-        return None
+    empty_cache = ipc_collect = reset_peak_memory_stats = set_per_process_memory_fraction = staticmethod(_nothing)
+    set_device = staticmethod(_nothing)
+    memory_allocated = memory_reserved = max_memory_allocated = max_memory_reserved = staticmethod(_no_device_bytes)
+    manual_seed = manual_seed_all = staticmethod(_seed)
 
     @staticmethod
     def mem_get_info(device: Any = None) -> tuple[int, int]:
         return _total_and_free_memory()
 
-    @staticmethod
-    def memory_allocated(device: Any = None) -> int:
-        return 0
-
-    @staticmethod
-    def memory_reserved(device: Any = None) -> int:
-        return 0
-
-    @staticmethod
-    def max_memory_allocated(device: Any = None) -> int:
-        return 0
-
-    @staticmethod
-    def max_memory_reserved(device: Any = None) -> int:
-        return 0
-
-    @staticmethod
-    def reset_peak_memory_stats(device: Any = None) -> None:
-        return None
-
-    @staticmethod
-    def set_per_process_memory_fraction(fraction: float, device: Any = None) -> None:
-        return None
-
-    # --- device identity ---
     @staticmethod
     def get_device_name(device: Any = None) -> str:
         return PLATFORM_NAME
@@ -89,19 +74,6 @@ class CPUDeviceModule(ModuleType):
     @staticmethod
     def is_available() -> bool:
         return True
-
-    @staticmethod
-    def set_device(device: Any) -> None:
-        return None
-
-    # --- RNG: the CPU generator is torch's default generator ---
-    @staticmethod
-    def manual_seed(seed: int) -> None:
-        torch.manual_seed(seed)
-
-    @staticmethod
-    def manual_seed_all(seed: int) -> None:
-        torch.manual_seed(seed)
 
     @staticmethod
     def get_rng_state(device: Any = None) -> torch.Tensor:
@@ -143,23 +115,9 @@ class PlatformCPU(PlatformBase):
     def device_count(self) -> int:
         return 1
 
-    def set_device(self, device_index: int) -> None:
-        return None
-
-    def synchronize(self, device_index: Optional[int] = None) -> None:
-        return None
-
-    def manual_seed(self, seed: int) -> None:
-        torch.manual_seed(seed)
-
-    def manual_seed_all(self, seed: int) -> None:
-        torch.manual_seed(seed)
-
-    def set_allocator_settings(self, settings: str) -> None:
-        return None
-
-    def empty_cache(self) -> None:
-        return None
+    set_device = synchronize = set_allocator_settings = empty_cache = staticmethod(_nothing)
+    profiler_start = profiler_stop = staticmethod(_nothing)
+    manual_seed = manual_seed_all = staticmethod(_seed)
 
     def get_device_capability(self, device_index: int = 0) -> tuple[Optional[int], Optional[int]]:
         return None, None
@@ -174,12 +132,6 @@ class PlatformCPU(PlatformBase):
     @contextmanager
     def nvtx_range(self, msg: str):
         yield
-
-    def profiler_start(self) -> None:
-        return None
-
-    def profiler_stop(self) -> None:
-        return None
 
     def ray_resource_name(self) -> str:
         return "CPU"

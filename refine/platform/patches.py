@@ -16,16 +16,14 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.abc
-import importlib.metadata
 import sys
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from refine.stack import StackError
+from refine.stack import StackError, installed_version, pinned
 
-VERL_VERSION = "0.9.1"
-VERL_PIP_REQUIREMENT = f"verl[verl-core]=={VERL_VERSION}"
+VERL_VERSION, VERL_PIP_REQUIREMENT = pinned("verl")
 
 _PATCH_MARK = "__refine_platform_patch__"
 
@@ -152,17 +150,9 @@ PATCHES: tuple[VerlPatch, ...] = (
 assert all(patch.verl_version == VERL_VERSION for patch in PATCHES)
 
 
-def installed_verl_version() -> str | None:
-    """The installed verl distribution version, or None if verl is not installed."""
-    try:
-        return importlib.metadata.version("verl")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def check_verl_version() -> None:
     """Raise `StackError` (one line) unless the installed verl is the version the patches were written for."""
-    found = installed_verl_version()
+    found = installed_version("verl")
     if found != VERL_VERSION:
         raise StackError(
             f"refine.platform patches verl {VERL_VERSION} internals but found verl {found or 'not installed'}; "

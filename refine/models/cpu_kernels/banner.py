@@ -15,9 +15,3 @@ def announce_once() -> None:
     if not _announced:
         _announced = True
         print(BANNER, file=sys.stderr, flush=True)
-
-
-def reset_announcement() -> None:
-    """Forget that the banner was printed (for tests)."""
-    global _announced
-    _announced = False

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from refine.models.cpu_kernels.delta_core import auto_delta_core, chunk_delta_core, run_delta_rule
-from refine.models.cpu_kernels.delta_rule import CHUNK_SIZES
+from refine.models.cpu_kernels.delta_rule import chunk_size_from
 
 
 def gdn_gate(g: torch.Tensor, A_log: torch.Tensor, dt_bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -73,11 +73,7 @@ def chunk_gated_delta_rule(
     state_v_first = _state_layout(state_v_first, kwargs)
     if cp_context is not None:
         raise NotImplementedError("context parallelism (cp_context) is not supported by the CPU kernels")
-    if "head_first" in kwargs:
-        raise DeprecationWarning("head_first has been removed. Inputs must be in `[B, T, H, ...]` format.")
-    chunk_size = kwargs.pop("chunk_size", 64)
-    if chunk_size not in CHUNK_SIZES:
-        raise ValueError(f"`chunk_size` must be 16, 32, or 64 for Gated Delta Rule, got {chunk_size}.")
+    chunk_size = chunk_size_from(kwargs, " for Gated Delta Rule")
     g, beta = _prepare_gate_and_beta(
         g, beta, kwargs.get("use_gate_in_kernel", False), kwargs.get("A_log"), kwargs.get("dt_bias"),
         use_beta_sigmoid_in_kernel, allow_neg_eigval,
