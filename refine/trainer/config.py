@@ -1,118 +1,34 @@
-"""The `refine:` config group, the official key aliases, and up-front validation (before Ray starts).
+"""The official key aliases of the `refine:` group, and up-front validation (before Ray starts).
 
-Every ReFINE knob lives in one documented group, `refine:` (the dataclass `RefineConfig` below). The official
-ReFINE command lines add their keys to verl's groups with `+key=value` (spec §3); `apply_official_aliases`
-moves each of them onto its `refine.*` name, so those command lines work unchanged. `prepare_config` runs every
-check before Ray starts: unknown keys (`unknown_keys`), the cross-field rules (`config_rules`), the data files
-(`data_checks`), the model folder (`model_checks`); each raises one `ValueError` naming the key/column, the value
-and the fix. The NSP limits and mode names come from `refine.nsp` (their one home).
+Every ReFINE knob lives in one documented group, `refine:` (the self-validating dataclass `RefineConfig` of
+`config_schema`, re-exported here). The official ReFINE command lines add their keys to verl's groups with
+`+key=value` (spec §3); `apply_official_aliases` moves each of them onto its `refine.*` name, so those command lines
+work unchanged, and an error about such a value names the key the user typed. `prepare_config` runs every check
+before Ray starts: unknown keys (`unknown_keys`), each field (`RefineConfig.__post_init__`), the cross-field rules
+(`config_rules`), the data files (`data_checks`), the model folder (`model_checks`); each raises one `ValueError`
+naming the key/column, the value and the fix. The NSP limits and mode names come from `refine.nsp` (their one home).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from dataclasses import dataclass
+import re
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from refine.errors import config_error
+from refine.trainer.config_schema import (  # noqa: F401 - re-exported: the refine group's one home
+    NSP_MODES,
+    PHASE_FLAGS,
+    REFINE_KEYS,
+    TARGET,
+    RefineConfig,
+    group_of,
+    refine_config_from,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-PHASE_FLAGS = (
-    "ttt_sft_update",
-    "ttt_ppo_update",
-    "task_sft_update",
-    "task_ppo_update",
-    "val_ttt_sft_update",
-    "val_ttt_ppo_update",
-    "val_get_loss",
-)
-NSP_MODES = ("faithful", "fast")
-
-
-@dataclass
-class RefineConfig:
-    """All ReFINE knobs (the `refine:` group). Defaults are the official ones (spec §3, §2.E).
-
-    Phase flags (spec §1): which updates run where.
-      ttt_sft_update / ttt_ppo_update: inner-loop NTP / NSP-GRPO on each training batch (mid- and post-training).
-      task_sft_update / task_ppo_update: outer task update on each training batch (post-training).
-      val_ttt_sft_update / val_ttt_ppo_update: inner loop on each validation batch before generating (TTT).
-      val_get_loss: mid-training validation (val_loss / val_em_score) instead of generation.
-    NSP (spec §2.A):
-      sampling: position selection, entropy | uniform | argmax | argmin.
-      n_chunks (C): prefixes per sequence.  n_per_prefix (ttt_n): rollouts per prefix.
-      response_length (k): rollout length, ≤ 20.  temperature / top_p / top_k: rollout sampling (top_k 0 = off).
-      reward: cosine_similarity | binary | hybrid.
-    Update (spec §2.C):
-      sft_coef / ppo_coef: weights of the NTP and PG terms in the combined update.
-      mini_batch_size: global mini-batch in sequences (×C×ttt_n/W rows per rank).
-      micro_batch_size_per_gpu: micro-batch of both parts of the update.
-      log_prob_micro_batch_size_per_gpu: micro-batch of the analysis forward, rollouts, old log-probs, val loss.
-      ntp_pad_mask: `model` = the model's own NTP loss (official: DeltaNet counts pads, LaCT masks them, Q6);
-        `mask` = always mask pad positions (deviation flag).
-    Data: answer_key / data_source_key (post-training and TTT; spec §4.1).
-    Reproducibility: seed drives position selection and rollout sampling (the official code is unseeded, Q27).
-    nsp_mode: the NSP implementation behind `refine.trainer.nsp_step`: `faithful` (the official algorithm) or
-      `fast` (rollouts and the PPO forward branch off the recurrent state at each position; DeltaNet / GDN; see
-      docs/fast_nsp.md).
-    Issue-8 knobs (post-training / TTT): ttt_reset (cumulative | batch), on_overlong (truncate | error),
-      use_row_max_gen_tokens.
-    plot: write a PNG of rewards and losses per step into the run directory.
-    max_consecutive_skips: stop the run (non-zero exit) after this many global steps in a row that did not train
-      (every optimiser step skipped for a non-finite gradient norm, or a non-finite loss).
-    """
-
-    ttt_sft_update: bool = False
-    ttt_ppo_update: bool = False
-    task_sft_update: bool = False
-    task_ppo_update: bool = False
-    val_ttt_sft_update: bool = False
-    val_ttt_ppo_update: bool = False
-    val_get_loss: bool = False
-
-    sampling: str = "entropy"
-    n_chunks: int | None = None
-    n_per_prefix: int | None = None
-    response_length: int | None = None
-    temperature: float | None = None
-    top_p: float = 1.0
-    top_k: int = 0
-    reward: str | None = None
-
-    sft_coef: float | None = None
-    ppo_coef: float | None = None
-    mini_batch_size: int | None = None
-    micro_batch_size_per_gpu: int | None = None
-    log_prob_micro_batch_size_per_gpu: int | None = None
-    ntp_pad_mask: str = "model"
-
-    answer_key: str | None = None
-    data_source_key: str | None = None
-
-    seed: int = 1
-    nsp_mode: str = "faithful"
-
-    ttt_reset: str = "cumulative"
-    on_overlong: str = "truncate"
-    use_row_max_gen_tokens: bool = False
-
-    plot: bool = True
-    max_consecutive_skips: int = 3
-
-    @property
-    def inner_enabled(self) -> bool:
-        return self.ttt_sft_update or self.ttt_ppo_update
-
-    @property
-    def outer_enabled(self) -> bool:
-        return self.task_sft_update or self.task_ppo_update
-
-
-REFINE_KEYS = tuple(f.name for f in dataclasses.fields(RefineConfig))
 
 # official key (spec §3) -> refine.* name; None = accepted and dropped (officially unused)
 OFFICIAL_ALIASES: dict[str, str | None] = {
@@ -142,13 +58,15 @@ OFFICIAL_ALIASES: dict[str, str | None] = {
 }
 
 
-def apply_official_aliases(config: DictConfig) -> DictConfig:
-    """Move every official key (spec §3) present in `config` onto `refine.*`, in place; returns `config`.
+def apply_official_aliases(config: DictConfig) -> dict[str, str]:
+    """Move every official key (spec §3) present in `config` onto `refine.*`, in place; returns {refine field:
+    official key} of the values moved (what the user typed, for the error messages: `spelled_as_typed`).
 
     The official keys are removed from verl's groups (verl builds dataclasses from those groups and would reject
     an unknown field); the official key's value replaces the `refine.*` value of the base config or a preset. Both
     spellings typed on one command line with different values are refused by `alias_conflicts` (before Hydra).
     """
+    typed = {}
     with open_dict(config):
         if config.get("refine") is None:
             config.refine = {}
@@ -162,7 +80,13 @@ def apply_official_aliases(config: DictConfig) -> DictConfig:
                 parent.pop(leaf)
             if name is not None:
                 config.refine[name] = value
-    return config
+                typed[name] = official
+    return typed
+
+
+def spelled_as_typed(message: str, typed: dict[str, str]) -> str:
+    """`message` with every `refine.<field>` whose value came from an official key written as that key."""
+    return re.sub(r"\brefine\.(\w+)", lambda m: typed.get(m.group(1), m.group(0)), message)
 
 
 def alias_conflicts(overrides: list[str]) -> str | None:
@@ -177,19 +101,6 @@ def alias_conflicts(overrides: list[str]) -> str | None:
             return (f"+{official}={given[official]}: conflicts with refine.{name}={given[f'refine.{name}']} on the "
                     f"same command line (the same setting twice). Fix: give only one of the two keys")
     return None
-
-
-def refine_config_from(config: DictConfig) -> RefineConfig:
-    """The typed `RefineConfig` of a composed config; an unknown `refine.*` key is a ValueError."""
-    group = config.get("refine") or {}
-    raw = OmegaConf.to_container(group, resolve=True) if isinstance(group, DictConfig) else dict(group)
-    unknown = sorted(set(raw) - set(REFINE_KEYS))
-    if unknown:
-        raise ValueError(
-            f"unknown key(s) refine.{', refine.'.join(unknown)}; the refine group accepts: {', '.join(REFINE_KEYS)} "
-            "(see refine/trainer/config.py RefineConfig)"
-        )
-    return RefineConfig(**raw)
 
 
 _fail = config_error  # the one error shape (refine.errors)
@@ -245,23 +156,35 @@ def prepare_config(config: DictConfig) -> RefineConfig:
     """Aliases, unknown-key check, path resolution and the whole validation; runs before Ray starts.
 
     Mutates `config` (aliases moved, paths absolute, `refine` group completed with defaults) and returns the
-    typed `RefineConfig`.
+    typed `RefineConfig`. An error about a value given through an official key names that key.
     """
-    from refine.trainer.config_rules import check_generation_data, validate_refine, validates_by_generation
-    from refine.trainer.data_checks import check_nsp_row_lengths, check_overlong, validate_data
     from refine.trainer.unknown_keys import check_unknown_keys
 
     check_unknown_keys(config)  # typos (`+trainer.save_freqq=1`) would otherwise be accepted silently
-    apply_official_aliases(config)
+    typed = apply_official_aliases(config)
+    try:
+        return _validate(config)
+    except ValueError as exc:
+        message = spelled_as_typed(str(exc), typed)
+        if message == str(exc):
+            raise
+        raise ValueError(message) from exc
+
+
+def _validate(config: DictConfig) -> RefineConfig:
+    from refine.trainer.config_rules import check_generation_data, validate_refine, validates_by_generation
+    from refine.trainer.data_checks import check_nsp_row_lengths, check_overlong, validate_data
+
+    target = OmegaConf.select(config, "refine._target_") or TARGET
     rc = refine_config_from(config)
     with open_dict(config):
-        config.refine = OmegaConf.structured(rc)
+        config.refine = group_of(rc, target)
     absolutize_paths(config)
     validate_refine(rc, config)
     validate_data(rc, config)
     rc = check_generation_data(rc, config)
     with open_dict(config):
-        config.refine = OmegaConf.structured(rc)
+        config.refine = group_of(rc, target)
     model = config.actor_rollout_ref.model
     tokenizer_path = model.get("tokenizer_path") or model.path
     if not os.path.isfile(os.path.join(str(tokenizer_path), "config.json")) and not os.path.isfile(
@@ -295,6 +218,8 @@ def prepare_config(config: DictConfig) -> RefineConfig:
 __all__ = [
     "RefineConfig",
     "OFFICIAL_ALIASES",
+    "alias_conflicts",
+    "spelled_as_typed",
     "PHASE_FLAGS",
     "REFINE_KEYS",
     "apply_official_aliases",

@@ -1,4 +1,5 @@
-"""Cross-field rules of a ReFINE config (spec §3 assertions, Q16, Q21, Q30), checked before Ray starts.
+"""Cross-field rules of a ReFINE config (spec §3 assertions, Q16, Q21, Q30), checked before Ray starts. Each field
+on its own is checked by `RefineConfig.__post_init__` (config_schema).
 
 Each failure is one ValueError naming the key, the value and the fix (`refine.errors.config_error`).
 """
@@ -11,8 +12,8 @@ import math
 from omegaconf import DictConfig, OmegaConf
 
 from refine.errors import config_error as _fail
-from refine.nsp import positions, rewards
-from refine.trainer.config import NSP_MODES, PHASE_FLAGS, RefineConfig, _required, n_workers
+from refine.nsp import positions
+from refine.trainer.config import PHASE_FLAGS, RefineConfig, _required, n_workers
 from refine.trainer.data_checks import _files
 
 
@@ -32,10 +33,6 @@ def validate_refine(rc: RefineConfig, config: DictConfig) -> None:
     if rc.task_sft_update and rc.task_ppo_update:
         _fail("refine.task_sft_update/task_ppo_update", (True, True), "exactly one outer update may be on",
               "switch one of them off")
-    if rc.sampling not in positions.SAMPLING_MODES:
-        _fail("refine.sampling", rc.sampling, f"must be one of {positions.SAMPLING_MODES}", "pick one of those")
-    if rc.nsp_mode not in NSP_MODES:
-        _fail("refine.nsp_mode", rc.nsp_mode, f"must be one of {NSP_MODES}", "use refine.nsp_mode=faithful")
     estimator = OmegaConf.select(config, "algorithm.adv_estimator")
     if estimator != "grpo":
         _fail("algorithm.adv_estimator", estimator, "ReFINE computes GRPO advantages (NSP groups and task GRPO); "
@@ -44,23 +41,10 @@ def validate_refine(rc: RefineConfig, config: DictConfig) -> None:
     if engine != "hf":
         _fail("actor_rollout_ref.rollout.name", engine, "ReFINE rolls out with HF generate inside the actor worker; "
               "no rollout engine is started, so this one would be ignored", "use actor_rollout_ref.rollout.name=hf")
-    if rc.ntp_pad_mask not in ("model", "mask"):
-        _fail("refine.ntp_pad_mask", rc.ntp_pad_mask, "must be 'model' or 'mask'", "pick one of those")
-    if rc.ttt_reset not in ("cumulative", "batch"):
-        _fail("refine.ttt_reset", rc.ttt_reset, "must be 'cumulative' or 'batch'", "pick one of those")
-    if not isinstance(rc.max_consecutive_skips, int) or rc.max_consecutive_skips < 1:
-        _fail("refine.max_consecutive_skips", rc.max_consecutive_skips, "must be an int >= 1", "use e.g. 3")
-    for name in ("sft_coef", "ppo_coef", "temperature", "top_p"):
-        value = getattr(rc, name)
-        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
-            _fail(f"refine.{name}", value, "must be a finite number", "use a finite value")
     for key in ("actor_rollout_ref.actor.optim.lr", "actor_rollout_ref.actor.optim.weight_decay"):
         value = OmegaConf.select(config, key)
         if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
             _fail(key, value, "must be a finite number", "use a finite value")
-    if rc.on_overlong not in ("truncate", "error"):
-        _fail("refine.on_overlong", rc.on_overlong, "must be 'truncate' or 'error'", "pick one of those")
-
     w = n_workers(config)
     inner_train = rc.ttt_sft_update or rc.ttt_ppo_update
     inner_val = rc.val_ttt_sft_update or rc.val_ttt_ppo_update
@@ -76,18 +60,7 @@ def validate_refine(rc: RefineConfig, config: DictConfig) -> None:
              "mini_batch_size"],
             "NSP-GRPO (ttt_ppo_update / val_ttt_ppo_update) is on",
         )
-        if rc.reward not in rewards.REWARD_KINDS:
-            _fail("refine.reward", rc.reward, f"must be one of {rewards.REWARD_KINDS}", "pick one of those")
         check_nsp_sizes(rc, config)
-        for name in ("n_chunks", "n_per_prefix", "mini_batch_size"):
-            if getattr(rc, name) < 1:
-                _fail(f"refine.{name}", getattr(rc, name), "must be >= 1", "use a positive value")
-        if not rc.temperature > 0:
-            _fail("refine.temperature", rc.temperature, "must be > 0", "use e.g. 1.0 (official)")
-    for name in ("micro_batch_size_per_gpu", "log_prob_micro_batch_size_per_gpu"):
-        value = getattr(rc, name)
-        if value is not None and value < 1:
-            _fail(f"refine.{name}", value, "must be >= 1", "use a positive value")
 
     def check_batch(key: str, batch: int, inner_ppo: bool) -> None:
         if batch % w:

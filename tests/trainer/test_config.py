@@ -369,17 +369,20 @@ def test_rows_too_short_for_c_prefixes_are_counted_in_a_warning(compose_config, 
 
 def test_each_nsp_limit_has_one_home_that_validation_follows(compose_config, monkeypatch):
     """Change the clamp margin, the sampling modes or the reward kinds in refine.nsp only: the config check
-    follows (k = 15 is valid with the official margin 20 and refused with 10)."""
+    follows (k = 15 is valid with the official margin 20 and refused with 10), and so does `--help`."""
+    from refine.main import help_text
     from refine.nsp import positions, rewards
 
     assert prepare_config(compose_config(["refine.response_length=15"])).response_length == 15
     monkeypatch.setattr(positions, "CLAMP_MARGIN", 10)
     with pytest.raises(ValueError, match=r"^refine.response_length=15: .*\[1, 10\]"):
         prepare_config(compose_config(["refine.response_length=15"]))
+    assert "in [1, 10]" in help_text()  # the documentation follows too
     monkeypatch.undo()
     monkeypatch.setattr(positions, "SAMPLING_MODES", ("entropy",))
     with pytest.raises(ValueError, match=r"^refine.sampling='uniform': must be one of \('entropy',\)"):
         prepare_config(compose_config(["refine.sampling=uniform"]))
+    assert "chosen; one of entropy\n" in help_text()
     monkeypatch.setattr(rewards, "REWARD_KINDS", ("binary",))
     with pytest.raises(ValueError, match=r"^refine.reward='cosine_similarity': must be one of \('binary',\)"):
         prepare_config(compose_config([]))
@@ -407,3 +410,60 @@ def test_both_spellings_of_one_setting_on_a_command_line_must_agree():
                              "+actor_rollout_ref.actor.ttt_n_chunks=2"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(
         "refine: configuration error: +actor_rollout_ref.actor.ttt_n_chunks=2: conflicts")
+
+
+@pytest.mark.parametrize("override,pattern", [
+    ("+actor_rollout_ref.actor.ttt_n_chunks=0", r"^actor_rollout_ref\.actor\.ttt_n_chunks=0: must be >= 1"),
+    ("+actor_rollout_ref.rollout.ttt_temperature=abc",
+     r"^actor_rollout_ref\.rollout\.ttt_temperature='abc': must be a finite number or null"),
+    ("+algorithm.ttt_sampling=topk", r"^algorithm\.ttt_sampling='topk': must be one of"),
+    ("+actor_rollout_ref.rollout.ttt_response_length=25",
+     r"^actor_rollout_ref\.rollout\.ttt_response_length=25: .*\[1, 20\]"),
+    ("+actor_rollout_ref.actor.ttt_ppo_mini_batch_size=4",
+     r"^data\.train_batch_size=2: smaller than actor_rollout_ref\.actor\.ttt_ppo_mini_batch_size=4 .*"
+     r"lower actor_rollout_ref\.actor\.ttt_ppo_mini_batch_size$"),
+])
+def test_an_error_about_a_value_given_through_an_official_key_names_that_key(compose_config, override, pattern):
+    """The per-field checks (the dataclass) and the cross-field rules alike name the key the user typed."""
+    with pytest.raises(ValueError, match=pattern) as err:
+        prepare_config(compose_config([override]))
+    name = OFFICIAL_ALIASES[override[1:].split("=")[0]]
+    assert f"refine.{name}" not in str(err.value) and "\n" not in str(err.value)
+    # the same value under the refine.* name is reported under that name
+    with pytest.raises(ValueError, match=rf"refine\.{name}="):
+        prepare_config(compose_config([f"refine.{name}={override.split('=', 1)[1]}"]))
+
+
+@pytest.mark.parametrize("fields,pattern", [
+    ({"n_per_prefix": 0}, r"^refine\.n_per_prefix=0: must be >= 1"),
+    ({"sft_coef": float("nan")}, r"^refine\.sft_coef=nan: must be a finite number"),
+    ({"plot": "yes"}, r"^refine\.plot='yes': must be true or false"),
+    ({"seed": 1.5}, r"^refine\.seed=1\.5: must be a whole number"),
+    ({"top_p": 0.0}, r"^refine\.top_p=0\.0: must be in \(0, 1\]"),
+    ({"top_k": -1}, r"^refine\.top_k=-1: must be >= 0"),
+    ({"ttt_reset": "epoch"}, r"^refine\.ttt_reset='epoch': must be one of \('cumulative', 'batch'\)"),
+])
+def test_the_refine_dataclass_checks_each_field_itself(fields, pattern):
+    from refine.trainer.config import RefineConfig
+
+    with pytest.raises(ValueError, match=pattern):
+        RefineConfig(**fields)
+
+
+def test_the_yaml_restates_no_default_and_the_group_is_built_through_its_target(compose_config):
+    """configs/refine_trainer.yaml holds only the refine group's `_target_`; the composed group has every field at
+    the dataclass default (so `refine.<key>=v` needs no `+`), and the dataclass is built from it via `_target_`."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from refine.main import CONFIG_DIR, compose
+    from refine.trainer.config import RefineConfig, refine_config_from
+
+    assert list(OmegaConf.load(CONFIG_DIR / "refine_trainer.yaml").refine) == ["_target_"]
+    group = OmegaConf.to_container(compose([]).refine)
+    target = group.pop("_target_")
+    assert group == {f.name: f.default for f in dataclasses.fields(RefineConfig)}
+    assert target == f"{RefineConfig.__module__}.{RefineConfig.__qualname__}"
+    built = refine_config_from(compose(["refine.n_chunks=3", "refine.reward=binary"]))
+    assert isinstance(built, RefineConfig) and (built.n_chunks, built.reward, built.top_p) == (3, "binary", 1.0)
