@@ -30,6 +30,7 @@ HEADS_KEY = {"fla_hub_deltanet": "num_heads", "lact_760m": "num_attn_heads"}
 # itself stays unchanged, the run overrides the flag as the README says for CPU runs.
 CPU_RUN = {"fla_hub_deltanet": ["+actor_rollout_ref.model.override_config.fuse_cross_entropy=False"],
            "lact_760m": []}
+WORLD_SIZE = {"fla_hub_deltanet": 1, "lact_760m": 2}  # two FSDP ranks: the export concatenates real shards
 
 
 @pytest.fixture(scope="module", params=list(WRITERS))
@@ -93,6 +94,23 @@ def test_the_trainers_tokenizer_pads_with_eos_when_the_tokenizer_has_none(layout
     assert (tokenizer.pad_token, tokenizer.pad_token_id) == ("</s>", 2)  # tokenizer_config: eos </s>, id 2
 
 
+def checkpoint_weights(actor: Path, world_size: int) -> dict:
+    """The whole tensors of an FSDP checkpoint by the definition of a `Shard(d)` placement: the ranks' local parts
+    concatenated along d in rank order."""
+    from torch.distributed.tensor import Shard
+
+    shards = [torch.load(actor / f"model_world_size_{world_size}_rank_{r}.pt", map_location="cpu", weights_only=True)
+              for r in range(world_size)]
+    whole = {}
+    for key, first in shards[0].items():
+        (placement,) = first.placements
+        assert isinstance(placement, Shard), (key, placement)
+        whole[key] = torch.cat([shard[key].to_local() for shard in shards], dim=placement.dim)
+    split = [k for k in whole if all(shard[k].to_local().numel() for shard in shards)]
+    assert world_size == 1 or split, "no tensor is spread over the ranks"
+    return whole
+
+
 @pytest.mark.slow
 def test_one_training_step_through_the_worker_then_export_reloads_the_checkpoint(layout, make_trainer, tmp_path):
     import refine.models  # noqa: F401
@@ -102,8 +120,10 @@ def test_one_training_step_through_the_worker_then_export_reloads_the_checkpoint
 
     name, folder, reference = layout
     run_dir = tmp_path / "run"
+    world_size = WORLD_SIZE[name]
     trainer = make_trainer([f"actor_rollout_ref.model.path={folder}", "trainer.total_training_steps=1",
-                            "trainer.save_freq=1", f"trainer.default_local_dir={run_dir}", *CPU_RUN[name]])
+                            "trainer.save_freq=1", f"trainer.default_local_dir={run_dir}",
+                            f"trainer.n_gpus_per_node={world_size}", *CPU_RUN[name]])
     trainer.fit()
     step = next(r for r in trainer.history if r.get("training/global_step") == 1)
     assert torch.isfinite(torch.tensor(step["actor/sft_loss_ttt"])) and step["actor/grad_norm_ttt"] > 0
@@ -112,8 +132,7 @@ def test_one_training_step_through_the_worker_then_export_reloads_the_checkpoint
     out = tmp_path / "export"
     summary = export(actor, out)
     assert summary.startswith(f"refine.export: wrote {out}")
-    shard = torch.load(actor / "model_world_size_1_rank_0.pt", map_location="cpu", weights_only=True)
-    own = {k: v.to_local() for k, v in shard.items()}  # world size 1: each DTensor's local part is all of it
+    own = checkpoint_weights(actor, world_size)
     loaded = AutoModelForCausalLM.from_pretrained(out).eval()
     assert loaded.dtype == torch.float32  # the trainer's fp32 weights, kept (the source folder was bf16 for fla)
     exported = loaded.state_dict()
