@@ -13,6 +13,6 @@ def ray_cpu_cluster():
     activate()
     if ray.is_initialized():  # another module's cluster leaked: start from a clean one
         ray.shutdown()
-    ray.init(num_cpus=2, runtime_env=ray_runtime_env(), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, runtime_env=ray_runtime_env(), include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()

@@ -57,7 +57,8 @@ def ray_session():
     from refine.platform import ray_runtime_env
 
     refine.platform.activate()
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+    # address="local": always a fresh instance, never a cluster some other process started on this machine
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
              runtime_env=ray_runtime_env({"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}))
     yield
     ray.shutdown()
