@@ -8,6 +8,7 @@ override parser, and composed as `python -m refine.main` composes it, with the o
 import pytest
 from omegaconf import OmegaConf
 
+from refine.main import CONFIG_DIR
 from refine.trainer.config import OFFICIAL_ALIASES
 from refine.trainer.official_presets import FIXES, NOT_IN_PRESETS, OFFICIAL, PHASES, expected
 
@@ -39,10 +40,16 @@ def test_each_fix_changes_an_official_value_and_says_why():
             assert OFFICIAL[phase].get(key) != value and why.startswith("Q24"), (phase, key)
 
 
-@pytest.mark.parametrize("phase", PHASES)
-def test_phase_preset_holds_the_official_values(phase):
+# each phase preset, and the GPU presets built on it (configs/preset/gpu_<phase>.yaml: the phase preset plus the
+# GPU set-up, every official value unchanged)
+PRESETS = [(phase, name) for phase in PHASES for name in (phase, f"gpu_{phase}") if (CONFIG_DIR / "preset" /
+                                                                                   f"{name}.yaml").exists()]
+
+
+@pytest.mark.parametrize("phase,preset", PRESETS)
+def test_phase_preset_holds_the_official_values(phase, preset):
     want = {key: value for key, value in expected(phase).items() if key not in NOT_IN_PRESETS}
-    assert values(composed([f"+preset={phase}"]), want) == want
+    assert values(composed([f"+preset={preset}"]), want) == want
 
 
 @pytest.mark.parametrize("phase", PHASES)
