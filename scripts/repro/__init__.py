@@ -1,0 +1,1 @@
+"""Small-scale reproduction study of the ReFINE claim (issue 13): `python scripts/repro/run.py [--quick]`."""
