@@ -170,6 +170,7 @@ def test_post_training_bad_input(compose_config, ruler_files, tmp_path):
 def test_phase_presets_validate(compose_config, ruler_files, preset):
     """The official phase presets compose and pass validation (data and sizes shrunk to the shipped files)."""
     from refine.trainer.config import REPO_ROOT
+    from refine.trainer.official_presets import expected
 
     train, val = ruler_files
     data = {
@@ -183,10 +184,12 @@ def test_phase_presets_validate(compose_config, ruler_files, preset):
                              "data.train_batch_size=2", "data.val_batch_size=2", "refine.mini_batch_size=2"] + data,
                             fast=False)
     rc = prepare_config(config)
-    assert rc.response_length == 5 and rc.n_chunks == 2
-    expected = {"midtrain": ("ttt_ppo_update", "val_get_loss"), "posttrain": ("ttt_ppo_update", "task_sft_update"),
-                "testtimetrain": ("val_ttt_sft_update", "val_ttt_ppo_update")}[preset]
-    assert all(getattr(rc, flag) for flag in expected)
+    # validation keeps the official values (the table, refine/trainer/official_presets.py) it was not told to change
+    assert rc.n_chunks == 2 and rc.mini_batch_size == 2
+    changed = ("refine.n_chunks", "refine.mini_batch_size", "refine.answer_key")
+    kept = {key[len("refine."):]: value for key, value in expected(preset).items()
+            if key.startswith("refine.") and key not in changed}
+    assert {name: getattr(rc, name) for name in kept} == kept
 
 
 def test_task_scorer_default_and_custom(tmp_path):
