@@ -92,6 +92,11 @@ def _merger_class():
             mesh_log.setLevel(logging.ERROR)  # "unpickling of the DeviceMesh before the PGs": no PG is needed here
             try:
                 return torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - truncated / corrupt / foreign files all mean the same here
+                # the first sentence only: torch's next ones advise weights_only=False, never right here
+                cause = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else "no detail"
+                _fail(path, f"unreadable ({type(exc).__name__}: {cause})",
+                      "export another step (the run's latest_checkpointed_iteration.txt names a complete one)")
             finally:
                 mesh_log.setLevel(level)
 
@@ -167,6 +172,24 @@ def export(checkpoint: str | Path, out: str | Path, dtype: str = "keep") -> str:
         _fail(checkpoint, f"--dtype {dtype!r} is not one of {sorted(DTYPES)}", "use keep, bf16 or fp32")
     actor = find_actor_dir(checkpoint)
     out = check_out_dir(out)
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _fail(out, f"cannot be created ({exc.strerror})", "choose a writable output folder")
+    try:
+        return _write(actor, out, dtype)
+    except BaseException:
+        # leave nothing half-written behind (a rerun would refuse the non-empty folder)
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            for file in out.iterdir():
+                file.unlink()
+        raise
+
+
+def _write(actor: Path, out: Path, dtype: str) -> str:
     import torch
 
     with warnings.catch_warnings():  # fla's "Triton is not supported on current platform" on CPU hosts
@@ -176,7 +199,6 @@ def export(checkpoint: str | Path, out: str | Path, dtype: str = "keep") -> str:
 
     from refine.trainer.model_checks import check_model_dir, check_tokenizer
 
-    out.mkdir(parents=True, exist_ok=True)
     config = ModelMergerConfig(operation="merge", backend="fsdp", local_dir=str(actor), target_dir=str(out),
                                hf_model_config_path=str(actor / "huggingface"), trust_remote_code=False)
     merger = _merger_class()(config)

@@ -97,6 +97,18 @@ def test_a_non_empty_output_folder_is_never_overwritten(tmp_path):
     assert f"{out}: exists and is not an empty folder" in line and (out / "keep.txt").read_text() == "mine"
 
 
+def test_an_unreadable_shard_is_one_line_and_leaves_no_output(tmp_path):
+    import shutil
+
+    actor = fake_step(tmp_path, 4)  # shards of one byte
+    shutil.copyfile(REPO_ROOT / "data" / "demo" / "model" / "config.json", actor / "huggingface" / "config.json")
+    code, out, err = run_export(str(actor), str(tmp_path / "out"))
+    assert code == 2 and not (tmp_path / "out").exists()
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"refine.export: {actor / 'model_world_size_1_rank_0.pt'}: unreadable (")
+    assert len(err.strip().splitlines()) == 1, err
+
+
 # ---- SMOKE=1 honours MODEL_PATH --------------------------------------------------------------------------------
 
 RECORD_ARGS = """#!/bin/sh
