@@ -53,7 +53,7 @@ def find_actor_dir(checkpoint: str | Path) -> Path:
         _fail(path, "is not a folder", f"pass a checkpoint step folder, {ACTOR_LAYOUT}")
     actor = path / "actor" if (path / "actor").is_dir() else path
     if not (actor / "fsdp_config.json").is_file():
-        steps = sorted((int(m.group(1)) for p in path.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()))
+        steps = sorted(int(m.group(1)) for p in path.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir())
         if steps:
             _fail(path, "is a run folder, not a checkpoint step folder",
                   f"pass one of its steps, e.g. {path / f'global_step_{steps[-1]}' / 'actor'}")

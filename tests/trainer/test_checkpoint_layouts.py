@@ -61,8 +61,9 @@ def test_the_trainers_preparation_accepts_the_folder(layout, compose_config, tmp
 
 
 def test_from_pretrained_loads_every_weight_in_the_stored_dtype(layout):
-    import refine.models  # noqa: F401
     from transformers import AutoModelForCausalLM
+
+    import refine.models  # noqa: F401
 
     name, folder, reference = layout
     model, info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True)
@@ -113,9 +114,9 @@ def checkpoint_weights(actor: Path, world_size: int) -> dict:
 
 @pytest.mark.slow
 def test_one_training_step_through_the_worker_then_export_reloads_the_checkpoint(layout, make_trainer, tmp_path):
-    import refine.models  # noqa: F401
     from transformers import AutoModelForCausalLM
 
+    import refine.models  # noqa: F401
     from refine.export import export
 
     name, folder, reference = layout

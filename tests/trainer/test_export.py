@@ -102,8 +102,9 @@ def test_an_unreadable_shard_is_one_line_and_leaves_no_output(tmp_path):
 
     actor = fake_step(tmp_path, 4)  # shards of one byte
     shutil.copyfile(REPO_ROOT / "data" / "demo" / "model" / "config.json", actor / "huggingface" / "config.json")
-    code, out, err = run_export(str(actor), str(tmp_path / "out"))
+    code, stdout, err = run_export(str(actor), str(tmp_path / "out"))
     assert code == 2 and not (tmp_path / "out").exists()
+    assert stdout == f"refine.export: reading {actor} (world size 1)\n"  # the progress line, then the refusal
     line = err.strip().splitlines()[-1]
     assert line.startswith(f"refine.export: {actor / 'model_world_size_1_rank_0.pt'}: unreadable (")
     assert len(err.strip().splitlines()) == 1, err
@@ -170,11 +171,13 @@ def safetensors_dtypes(folder: Path) -> set:
 
 @pytest.mark.slow
 def test_export_round_trip_then_the_post_training_demo_runs_on_it(make_trainer, tmp_path):
-    import refine.models  # noqa: F401
     from transformers import AutoModelForCausalLM
 
+    import refine.models  # noqa: F401
+
     run_dir = tmp_path / "run"
-    trainer = make_trainer(["trainer.total_training_steps=1", "trainer.save_freq=1", f"trainer.default_local_dir={run_dir}"])
+    trainer = make_trainer(["trainer.total_training_steps=1", "trainer.save_freq=1",
+                            f"trainer.default_local_dir={run_dir}"])
     trainer.fit()
     actor = run_dir / "global_step_1" / "actor"
     reference, weights = checkpoint_model(actor)
@@ -183,12 +186,12 @@ def test_export_round_trip_then_the_post_training_demo_runs_on_it(make_trainer, 
     out = tmp_path / "export"
     code, stdout, _ = run_export(str(run_dir / "global_step_1"), str(out))  # the step folder itself is accepted
     assert code == 0
+    mib = (out / "model.safetensors").stat().st_size / 2**20
     assert stdout.splitlines() == [
         f"refine.export: reading {actor} (world size 1)",
-        f"refine.export: wrote {out}: {len(weights)} tensors, {(out / 'model.safetensors').stat().st_size / 2**20:.1f} "
-        "MiB, float32 (--dtype keep), tokenizer "
-        f"tokenizer.json, tokenizer_config.json; from {actor} (world size 1). "
-        "Use it as MODEL_PATH / actor_rollout_ref.model.path"]
+        (f"refine.export: wrote {out}: {len(weights)} tensors, {mib:.1f} MiB, float32 (--dtype keep), tokenizer "
+         f"tokenizer.json, tokenizer_config.json; from {actor} (world size 1). "
+         "Use it as MODEL_PATH / actor_rollout_ref.model.path")]
 
     # dtype kept (verl's merger alone writes bf16), in the file and in config.json
     assert safetensors_dtypes(out) == {"F32"}
