@@ -62,13 +62,14 @@ def segment_bounds(positions: Sequence[int]) -> list[int]:
 
 @contextlib.contextmanager
 def cache_friendly(module):
-    """Switch off transformers' per-layer activation checkpointing for the duration: it forces `use_cache=False`
-    in training, and the fast mode carries the fla cache through the graph."""
+    """Switch off transformers' per-layer activation checkpointing for the duration (it forces `use_cache=False`
+    in training, and the fast mode carries the cache through the graph). Yields whether it was on: the fast update
+    then checkpoints whole segments instead (`run_document(checkpoint=True)`)."""
     layers = [m for m in module.modules() if getattr(m, "gradient_checkpointing", False) is True]
     for m in layers:
         m.gradient_checkpointing = False
     try:
-        yield
+        yield bool(layers)
     finally:
         for m in layers:
             m.gradient_checkpointing = True
@@ -89,14 +90,26 @@ def shifted_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, *, mas
     return shifted
 
 
+def _checkpointed_segment(module, ids, mask, state, labels):
+    """(summed CE, state after) of one segment continuing from `state` (None: the document's start), on a cache
+    rebuilt from `state` so that a recomputation in the backward starts from the same state."""
+    out = module(input_ids=ids, attention_mask=mask, use_cache=True,
+                 past_key_values=None if state is None else branch_cache([state]))
+    part = F.cross_entropy(out.logits[0].float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return part, snapshot(out.past_key_values)
+
+
 def run_document(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: Sequence[int], *,
-                 shift_labels: torch.Tensor | None = None) -> tuple[dict[int, list[dict]], torch.Tensor | None]:
+                 shift_labels: torch.Tensor | None = None, checkpoint: bool = False
+                 ) -> tuple[dict[int, list[dict]], torch.Tensor | None]:
     """One [S] document read segment by segment. Returns ({cut: state snapshot}, summed NTP CE or None).
 
     Without `shift_labels` (no NTP) only the C segments up to the last cut run and only the last logit is kept;
     with it, one more segment reads the tail. Both passes cut the prefix identically (`segment_bounds`), so their
     states agree bit for bit. Snapshots are copied when gradients are off (a later single-token step may update a
-    cache in place).
+    cache in place). `checkpoint` (with gradients and labels): each segment is an activation checkpoint that keeps
+    only its input state and recomputes its activations in the backward, so the document's activations are never
+    all held at once (what per-layer checkpointing would give, which the cache rules out).
     """
     seq_len = input_ids.shape[0]
     cuts = set(cut_points(positions))
@@ -106,6 +119,18 @@ def run_document(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     grad = torch.is_grad_enabled()
     padded = bool((attention_mask[: bounds[1]] == 0).any())  # left pads can only be in the first segment
     snapshots, loss_sum, cache = {}, None, None
+    if checkpoint and grad and shift_labels is not None:
+        from torch.utils.checkpoint import checkpoint as activation_checkpoint
+
+        state = None
+        for start, stop in zip(bounds[:-1], bounds[1:]):
+            mask = attention_mask[start:stop].unsqueeze(0) if padded and start == 0 else None
+            part, state = activation_checkpoint(_checkpointed_segment, module, input_ids[start:stop].unsqueeze(0),
+                                                mask, state, shift_labels[start:stop], use_reentrant=False)
+            loss_sum = part if loss_sum is None else loss_sum + part
+            if stop in cuts:
+                snapshots[stop] = state
+        return snapshots, loss_sum
     for start, stop in zip(bounds[:-1], bounds[1:]):
         # a one-token segment without grad would take fla's in-place decoding step, whose arithmetic differs from
         # the convolution the update runs; keep the old and new log-probs bit-identical

@@ -110,10 +110,11 @@ def _update(engine, module, meta, plan, ids, mask, positions, step, inline) -> d
     docs = {"input_ids": ids, "attention_mask": mask}
     ppo = {"positions": positions, "responses": step.responses, "old_log_probs": step.old_log_probs,
            "advantages": step.advantages}
-    with fast_ops.cache_friendly(module):
+    with fast_ops.cache_friendly(module) as checkpointed:
         return combined_update_loop(engine, plan, lambda index, pair: fast_backward(
             module, docs, ppo, pair, plan, n_rows_per_doc=n_chunks * ttt_n, ttt_n=ttt_n,
-            temperature=meta["temperature"], mask_pads=meta["mask_pads"], inline=inline if index == 0 else None))
+            temperature=meta["temperature"], mask_pads=meta["mask_pads"], inline=inline if index == 0 else None,
+            checkpoint=checkpointed))
 
 
 class _StepRows:

@@ -65,12 +65,13 @@ def _ppo_objective(old, new, advantages, rows: slice, pair: MiniBatchPair, plan:
 
 def fast_backward(module, docs: dict[str, torch.Tensor], ppo: dict[str, torch.Tensor], pair: MiniBatchPair,
                   plan: CombinedUpdatePlan, *, n_rows_per_doc: int, ttt_n: int, temperature: float,
-                  mask_pads: bool, inline: InlineRollout | None = None
+                  mask_pads: bool, inline: InlineRollout | None = None, checkpoint: bool = False
                   ) -> tuple[list[float], list[float], dict[str, list[float]]]:
     """Backward of one (NTP, PPO) mini-batch pair: the same objective as `model_ops.combined_backward`.
 
     docs: input_ids / attention_mask [B, S]; ppo: positions [B, C], responses, old_log_probs, advantages [N, k]
-    (with `inline`, this pair's rows of the last three are written here). Returns the raw NTP and pg losses per
+    (with `inline`, this pair's rows of the last three are written here). `checkpoint`: segment-level activation
+    checkpointing of the document pass (`fast_ops.run_document`). Returns the raw NTP and pg losses per
     micro-batch and the per-micro-batch PPO metrics, as the faithful one (0-d tensors or floats: no host sync per
     document; the caller converts once).
     """
@@ -87,7 +88,8 @@ def fast_backward(module, docs: dict[str, torch.Tensor], ppo: dict[str, torch.Te
     for d in range(pair.sft.start, pair.sft.stop):
         micro = _micro_of(d, pair.sft_micro)
         positions = ppo["positions"][d].tolist()
-        snaps, loss_sum = run_document(module, ids[d], mask[d], positions, shift_labels=labels[d])
+        snaps, loss_sum = run_document(module, ids[d], mask[d], positions, shift_labels=labels[d],
+                                       checkpoint=checkpoint)
         ntp = loss_sum / counts[micro.start]
         rows = slice(d * n_rows_per_doc, (d + 1) * n_rows_per_doc)
         branches = row_snapshots(snaps, positions, ttt_n)

@@ -2,7 +2,7 @@
 (c) fast ReFINE (`refine.nsp_mode=fast`), at two document lengths.
 
     .venv/bin/python scripts/bench/nsp_step.py [--models delta_net gated_deltanet lact] [--lengths 512 2048]
-        [--batch 2] [--chunks 8] [--k 5] [--repeats 3] [--threads 2]
+        [--batch 2] [--chunks 8] [--k 5] [--repeats 3] [--threads 2] [--gradient-checkpointing]
 
 Runs the worker-side functions the trainer's RPCs run (`model_ops`, `fast_ops`), on one process with AdamW, so
 each figure is pure compute (no Ray). Every mode starts from the same weights and optimiser state; the modes take
@@ -289,10 +289,15 @@ def main(argv=None) -> None:
     parser.add_argument("--micro", type=int, default=1, help="micro-batch of every phase (documents / rows)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds; in each the modes take turns. Ratios: the median over rounds")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="activation checkpointing as on a GPU run (faithful/NTP: per layer; fast: per segment)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     summary, decode, timings = [], {}, {}
     models = {name: build(name) for name in args.models}
+    if args.gradient_checkpointing:
+        for model in models.values():
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     for name, model in models.items():
         for seq_len in args.lengths:
             timings[name, seq_len] = measure(name, model, seq_len, args, memory=False)

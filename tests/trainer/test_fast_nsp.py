@@ -104,10 +104,13 @@ def gradients(model):
     return {name: p.grad.detach().clone() for name, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("ttt_n,micro,mask_pads", [(1, 2, False), (1, 3, True), (2, 4, False)])
-def test_loss_and_every_gradient_equal_faithful(case, ttt_n, micro, mask_pads):
+@pytest.mark.parametrize("ttt_n,micro,mask_pads,checkpoint", [(1, 2, False, False), (1, 3, True, False),
+                                                                (2, 4, False, False), (1, 2, False, True)])
+def test_loss_and_every_gradient_equal_faithful(case, ttt_n, micro, mask_pads, checkpoint):
     """Same documents, positions and (injected) responses; old log-probs moved off the current ones so that the
-    clip and the dual clip are reached; PPO micro-batches that split a document's rows (micro 4 with 6 rows)."""
+    clip and the dual clip are reached; PPO micro-batches that split a document's rows (micro 4 with 6 rows);
+    segment-level activation checkpointing (what the fast update uses when the model has gradient checkpointing
+    on)."""
     model, ids, mask = case
     rollout = faithful_rollout_inputs(ids, mask, ttt_n)
     n = len(rollout)
@@ -131,7 +134,8 @@ def test_loss_and_every_gradient_equal_faithful(case, ttt_n, micro, mask_pads):
     model.zero_grad()
     fast = fast_update.fast_backward(
         model, docs, {"positions": POSITIONS, "responses": responses, "old_log_probs": old, "advantages": advantages},
-        pair, plan, n_rows_per_doc=C * ttt_n, ttt_n=ttt_n, temperature=1.0, mask_pads=mask_pads)
+        pair, plan, n_rows_per_doc=C * ttt_n, ttt_n=ttt_n, temperature=1.0, mask_pads=mask_pads,
+        checkpoint=checkpoint)
     fast_grads = gradients(model)
     model.zero_grad()
 
@@ -293,3 +297,24 @@ def test_rollouts_made_inside_the_update_give_the_faithful_gradients(case):
     for name, grad in ref_grads.items():
         rel = (fast_grads[name] - grad).norm() / grad.norm().clamp_min(1e-12)
         assert rel <= 1e-4, f"{name}: relative gradient difference {rel:.2e}"
+
+
+def test_checkpointed_segments_are_recomputed_in_the_backward():
+    """With `checkpoint=True` each segment's activations are not kept: the backward re-runs every segment's
+    forward (the gradients are those of the plain pass, `test_loss_and_every_gradient_equal_faithful`)."""
+    model = build_model("delta_net")
+    ids, mask = documents()
+    labels = fast_ops.shifted_labels(ids, mask, mask_pads=False)
+    calls = []
+    handle = model.register_forward_pre_hook(lambda module, args: calls.append(torch.is_grad_enabled()))
+    try:
+        for checkpoint in (False, True):
+            calls.clear()
+            _, loss_sum = fast_ops.run_document(model, ids[1], mask[1], POSITIONS[1].tolist(), shift_labels=labels[1],
+                                                checkpoint=checkpoint)
+            forwards = len(calls)
+            loss_sum.backward()
+            assert forwards == C + 1  # C segments up to the last cut, then the tail
+            assert len(calls) - forwards == (C + 1 if checkpoint else 0)
+    finally:
+        handle.remove()
