@@ -43,9 +43,12 @@ the other and free their tensors). Per token, one block keeps for its backward
   NTP update   (faithful, or NTP-only)  mu*body(S) + mu*logits(S)
   NSP update   (faithful)         mu*body(S + k) + mu*(k + 1)*V*(b_p + 8): the re-encoded prefix rows of S + k
                tokens, logits of the last k + 1 positions only
-  fast update  (nsp_mode=fast)    one document at a time with checkpointing forced off (it carries the fla
-               cache): body over T_f = S + C*n*(k + 1) tokens (the document and its C*n branches of k + 1) +
-               T_f*V*(b_p + 8) (its own fp32 cross-entropy) + state snapshots (C + C*n)*L*(4*s_32 + b_p*s_p)
+  fast update  (nsp_mode=fast)    one document at a time; per-layer checkpointing cannot carry the cache, so
+               with checkpointing on the document's segments are checkpointed whole and one is recomputed at a
+               time: T_m = min(S, ceil(2S/C)) tokens (a segment spans at most two of the C equal chunks), else
+               T_m = S; its body without checkpointing and its own fp32 cross-entropy, body(T_m) + T_m*V*(b_p + 8),
+               + the same for the C*n branches of k + 1 tokens, T_b = C*n*(k + 1): body(T_b) + T_b*V*(b_p + 8),
+               + state snapshots (C + C*n)*L*(4*s_32 + b_p*s_p)
                (one per cut and one per branch row). Per block and row, fla DeltaNet / GDN: s_32 = h_v*d_hk*d_hv
                (the delta-rule state), s_p = (d_q + d_k + d_v)*(conv - 1) (short-convolution caches); LaCT:
                s_32 = 3*h_fw*d_fw*d_fw_hidden, twice with momentum (fast weights), s_p = 2H*(window + chunk) (the
@@ -144,9 +147,12 @@ def activation_bytes(model: ModelShape, run: RunShape) -> dict[str, int]:
         parts["NSP update"] = run.micro * (body_bytes(model, run, s + k, run.checkpointing) + (k + 1) * v * unfused)
     if run.nsp and run.nsp_mode == "fast":
         rows = run.n_chunks * run.n_per_prefix
-        tokens = s + rows * (k + 1)
+        branches = rows * (k + 1)
+        # checkpointed: one segment (at most two chunks' worth of tokens) is recomputed at a time
+        main = min(s, -(-2 * s // run.n_chunks)) if run.checkpointing else s
         state = FP32_BYTES * model.state_fp32 + b * model.state_compute
-        parts["fast update"] = (body_bytes(model, run, tokens, False) + tokens * v * unfused
+        parts["fast update"] = (body_bytes(model, run, main, False) + main * v * unfused
+                                + body_bytes(model, run, branches, False) + branches * v * unfused
                                 + (run.n_chunks + rows) * model.layers * state)
     if run.task_micro:
         r = run.task_response_length
@@ -328,7 +334,7 @@ def report_lines(model: ModelShape, run: RunShape, device: str, memory: tuple[in
             f"{_size(memory[0])} of one GPU ({memory[1]}); the largest part is {est.largest_part}. Fix: a smaller "
             "refine.micro_batch_size_per_gpu / refine.log_prob_micro_batch_size_per_gpu, "
             "actor_rollout_ref.model.enable_gradient_checkpointing=true, refine.nsp_mode=faithful (the fast update "
-            "runs without activation checkpointing), or more GPUs (trainer.n_gpus_per_node / trainer.nnodes)")
+            "checkpoints whole segments, not layers), or more GPUs (trainer.n_gpus_per_node / trainer.nnodes)")
     else:
         lines.append(f"  fits: {_size(est.total)} of {_size(memory[0])} ({memory[1]})")
     return lines

@@ -69,14 +69,15 @@ def test_deltanet_1_3b_at_16k_micro_batch_2_bf16_matches_the_hand_computation(de
 
     fast_model, fast_run = _shapes(deltanet_1_3b, ["+preset=gpu_midtrain", "refine.nsp_mode=fast"])
     fast = estimate(fast_model, fast_run)
-    # one document and its 8 branches of 6 tokens = 16432 tokens, no checkpointing (24 full blocks), own fp32
-    # cross-entropy over all of them, + 16 state snapshots (8 cuts, 8 rows) x 24 blocks x (fp32 delta-rule state
-    # 16 x 128 x 128 + bf16 conv caches 3 x 2048 x 3)
-    update = (2 * 16432 * (24 * 45568 + 2 * 2048) + 16432 * 32000 * (2 + 4 + 4)
+    # checkpointed segments: one segment of at most 2 x 16384 / 8 = 4096 tokens recomputed at a time (24 full
+    # blocks, own fp32 cross-entropy), the 8 branches of 6 tokens likewise, + 16 state snapshots (8 cuts, 8 rows) x
+    # 24 blocks x (fp32 delta-rule state 16 x 128 x 128 + bf16 conv caches 3 x 2048 x 3)
+    update = (2 * 4096 * (24 * 45568 + 2 * 2048) + 4096 * 32000 * (2 + 4 + 4)
+              + 2 * 48 * (24 * 45568 + 2 * 2048) + 48 * 32000 * (2 + 4 + 4)
               + 16 * 24 * (4 * 16 * 128 * 128 + 2 * 6144 * 3))
-    assert update == 41_750_781_952
+    assert update == 10_840_858_624
     assert fast.parts == {"analysis": analysis, "validation": validation, "fast update": update}
-    assert fast.total == 8_194_062_336 + update and round(fast.total / GIB, 1) == 46.5
+    assert fast.total == 8_194_062_336 + update and round(fast.total / GIB, 1) == 17.7
 
 
 def test_tiny_cpu_model_fp32_without_checkpointing_matches_the_hand_computation():
@@ -101,13 +102,13 @@ def test_report_warns_when_it_will_not_fit_and_says_when_there_is_no_check(delta
     from refine.trainer.memory_estimate import MEMORY_ENV, device_memory, report_lines
 
     model, run = _shapes(deltanet_1_3b, ["+preset=gpu_midtrain", "refine.nsp_mode=fast"])
-    small = report_lines(model, run, "cuda", (40 * GIB, "a 40 GiB GPU"))
+    small = report_lines(model, run, "cuda", (16 * GIB, "a 16 GiB GPU"))
     warning = [line for line in small if "WARNING" in line]
-    assert len(warning) == 1 and "46.5 GiB" in warning[0] and "fast update" in warning[0]
+    assert len(warning) == 1 and "17.7 GiB" in warning[0] and "fast update" in warning[0]
     assert "refine.micro_batch_size_per_gpu" in warning[0]
     assert any("refine.nsp_mode=faithful: total 16.5 GiB" in line for line in small)
     big = report_lines(model, run, "cuda", (80 * GIB, "an 80 GiB GPU"))
-    assert not any("WARNING" in line for line in big) and "fits: 46.5 GiB of 80.0 GiB" in big[-1]
+    assert not any("WARNING" in line for line in big) and "fits: 17.7 GiB of 80.0 GiB" in big[-1]
     none = report_lines(model, run, "cpu", None)
     assert "no fit check: trainer.device=cpu" in none[-1] and MEMORY_ENV in none[-1]
 
