@@ -61,6 +61,40 @@ def test_midtrain_world_size_1_and_worker_path(make_trainer, params, tmp_path):
     assert (after - before).abs().max() > 0, "the weights did not change"
     assert (tmp_path / "metrics.jsonl").exists() and (tmp_path / "metrics.png").exists()
     check_worker_path(trainer, after)
+    check_ntp_only_update(trainer, params)
+
+
+def check_ntp_only_update(trainer, params):
+    """The NTP-only inner update (ttt_ppo_update off) through its RPC: the raw loss logged is the model's own NTP
+    loss (pads counted, DeltaNet official) per micro-batch on an independent forward, the official one is / GA,
+    and one optimiser step changes the weights."""
+    import refine.models  # noqa: F401
+    from transformers import AutoModelForCausalLM
+    from verl import DataProto
+
+    from refine.trainer.nsp_step import StepSettings, ntp_only_step
+
+    import dataclasses
+
+    rc = dataclasses.replace(trainer.rc, micro_batch_size_per_gpu=1)  # 2 documents: 2 micro-batches, GA = 2
+    assert rc.ntp_pad_mask == "model"
+    before = params(trainer)
+    reference = AutoModelForCausalLM.from_pretrained(trainer.config.actor_rollout_ref.model.path).float().eval()
+    torch.nn.utils.vector_to_parameters(before, reference.parameters())
+    batch = DataProto.from_single_dict(next(iter(trainer.val_dataloader)))
+    ids, mask = batch.batch["input_ids"], batch.batch["attention_mask"]
+    settings = StepSettings(world_size=1, pad_token_id=trainer.pad_token_id, seed=0, sft=True, ppo=False)
+    metrics = ntp_only_step(trainer.actor_rollout_wg, batch, rc, settings)
+    raw = []
+    with torch.no_grad():
+        for row in range(ids.shape[0]):
+            logits = reference(input_ids=ids[row:row + 1], attention_mask=mask[row:row + 1], use_cache=False).logits
+            raw.append(float(torch.nn.functional.cross_entropy(logits[0, :-1], ids[row, 1:])))
+    assert len(raw) == 2
+    assert metrics["actor/ntp_loss_raw_ttt"] == pytest.approx(sum(raw) / 2, rel=1e-4)
+    assert metrics["actor/sft_loss_ttt"] == pytest.approx(sum(raw) / 2 / 2, rel=1e-4)  # mean of loss / GA
+    assert metrics["actor/optimizer_steps_ttt"] == 1 and metrics["actor/grad_norm_ttt"] > 0
+    assert (params(trainer) - before).abs().max() > 0
 
 
 def check_worker_path(trainer, flat_params):
