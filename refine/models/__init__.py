@@ -1,7 +1,8 @@
 """`import refine.models` registers every model of the project with the HF Auto classes.
 
-Usable as verl's `actor_rollout_ref.model.external_lib=refine.models`. It registers fla's DeltaNet /
-GatedDeltaNet (and, when CUDA is absent, switches fla's Triton ops to the pure-PyTorch CPU kernels) and LaCT.
+Usable as verl's `actor_rollout_ref.model.external_lib=refine.models`. It imports fla's DeltaNet / GatedDeltaNet
+(fla registers them on import; refine gives their configs the attention-style head names verl reads and, when CUDA
+is absent, switches fla's Triton ops to the pure-PyTorch CPU kernels) and registers LaCT.
 """
 
 from refine.models import fla_models  # noqa: F401
