@@ -17,10 +17,9 @@ from refine.nsp.advantages import grpo_advantages
 from refine.nsp.prefixes import expand_targets, gather_target_ids, rollout_uids
 from refine.nsp.rewards import REWARD_KINDS, all_sequence_rewards, token_level_rewards
 from refine.nsp.sampling import eos_ids, sampling_processors
-from refine.nsp.update_plan import normalized_ppo_mini_batch_rows, plan_combined_update
 from refine.trainer import fast_ops, model_ops
 from refine.trainer.fast_update import InlineRollout, fast_backward
-from refine.trainer.rpc import combined_update_loop, worker_seed
+from refine.trainer.rpc import combined_update_loop, combined_update_plan, worker_seed
 
 
 def run_fast_step(engine, module, ids: torch.Tensor, mask: torch.Tensor, meta: dict, *, uids=None, rank: int = 0,
@@ -43,7 +42,7 @@ def run_fast_step(engine, module, ids: torch.Tensor, mask: torch.Tensor, meta: d
                                          sampling=meta["sampling"], micro_batch_size=lp_micro, generator=gen)
     positions = analysis.positions
     rows_per_doc, n_rows = n_chunks * ttt_n, n_docs * n_chunks * ttt_n
-    plan = fast_plan(meta, n_docs)
+    plan = combined_update_plan(meta, n_docs)
     step = _StepRows(
         targets=analysis.target_hidden.flatten(0, 1).repeat_interleave(ttt_n, dim=0),
         ground_truth=expand_targets(gather_target_ids(ids, positions, k), ttt_n),
@@ -93,16 +92,6 @@ def run_fast_step(engine, module, ids: torch.Tensor, mask: torch.Tensor, meta: d
         **{f"reward_{kind}": value for kind, value in step.rewards.items()},
     }
     return tensors, metrics
-
-
-def fast_plan(meta: dict, n_docs: int):
-    """The official update plan of this rank (`refine.nsp.update_plan`)."""
-    n_chunks, ttt_n = meta["n_chunks"], meta["n_per_prefix"]
-    m_rows = normalized_ppo_mini_batch_rows(meta["mini_batch_size"], n_chunks=n_chunks, ttt_n=ttt_n,
-                                            world_size=meta["world_size"])
-    return plan_combined_update(n_docs, n_docs * n_chunks * ttt_n, ppo_mini_batch_rows=m_rows,
-                                micro_batch_size=meta["micro_batch_size"], n_chunks=n_chunks, ttt_n=ttt_n,
-                                sft_loss_coef=meta["sft_coef"], ppo_loss_coef=meta["ppo_coef"])
 
 
 def _update(engine, module, meta, plan, ids, mask, positions, step, inline) -> dict[str, list[float]]:

@@ -28,7 +28,7 @@ RUN_IDENTITY = (
     "trainer.n_gpus_per_node",
     "trainer.nnodes",
 )
-IGNORED = ("refine.plot", "refine.max_consecutive_skips")
+IGNORED = ("refine.plot", "refine.max_consecutive_skips", "refine._target_")
 SECRET_NAME = re.compile(r"(api_?key|token|secret|password)", re.IGNORECASE)
 MASK = "***"
 
