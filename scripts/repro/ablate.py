@@ -23,8 +23,8 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from repro import runs  # noqa: E402
-from repro.sizes import FULL  # noqa: E402
+from repro import runs
+from repro.sizes import FULL
 
 REPO = Path(__file__).resolve().parents[2]
 # tag -> the one override that differs from the study's ReFINE arm
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
                      for o in runs.mid_overrides(FULL, pretrained, out, args.seed, "refine", data)]
         runs.run_trainer(out, overrides)
         rows.append((f"refine, {key}={value}", out))
-    print("| run (seed %d) | val_loss (validation split, last) | val_em_score | wall s |" % args.seed)
+    print(f"| run (seed {args.seed}) | val_loss (validation split, last) | val_em_score | wall s |")
     print("|---|---|---|---|")
     for label, out in rows:
         metrics = runs.read_metrics(out)

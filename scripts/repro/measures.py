@@ -52,7 +52,6 @@ def test_stream(tokenizer, test_file: Path) -> tuple[list[int], list[list[int]]]
 
 def _token_losses(model, ids):
     """Per-position NLL [B, S-1] of ids[:, 1:] given the prefix."""
-    import torch
     import torch.nn.functional as F
 
     logits = model(input_ids=ids).logits[:, :-1].float()
@@ -170,7 +169,7 @@ def niah_measures(model, tokenizer, frames) -> dict:
     for length, frame in frames.items():
         report, _ = evaluate_frame(model, tokenizer, frame, mode="all")
         out[f"niah@{length}"] = report["average"]
-        out[f"niah_nll@{length}"] = answer_nll(model, tokenizer, list(frame.prompt), [list(a)[0] for a in frame.answer])
+        out[f"niah_nll@{length}"] = answer_nll(model, tokenizer, list(frame.prompt), [next(iter(a)) for a in frame.answer])
     return out
 
 
@@ -182,7 +181,7 @@ def qa_measures(model, tokenizer, qa_file: Path, sizes) -> dict:
     frame = pd.read_parquet(qa_file)
     report, _ = evaluate_frame(model, tokenizer, frame, max_new_tokens=sizes.answer_tokens, mode="refine")
     return {"qa_em": report["average"],
-            "qa_nll": answer_nll(model, tokenizer, list(frame.prompt), [list(a)[0] for a in frame.answer])}
+            "qa_nll": answer_nll(model, tokenizer, list(frame.prompt), [next(iter(a)) for a in frame.answer])}
 
 
 def evaluate_model(model_dir: Path, test_file: Path, qa_file: Path, sizes, niah_cache: Path,
@@ -206,5 +205,5 @@ def evaluate_model(model_dir: Path, test_file: Path, qa_file: Path, sizes, niah_
             import pandas as pd
 
             frame = pd.read_parquet(qa_file)
-            out["qa_nll"] = answer_nll(model, tokenizer, list(frame.prompt), [list(a)[0] for a in frame.answer])
+            out["qa_nll"] = answer_nll(model, tokenizer, list(frame.prompt), [next(iter(a)) for a in frame.answer])
     return out

@@ -29,9 +29,8 @@ def split_of(index: int) -> str:
 def build_splits(work: Path, train_len: int) -> dict[str, Path]:
     """Parquet files (columns title, text) per split under work/data; skipped when present."""
     import pandas as pd
-    from transformers import AutoTokenizer
-
     from build_demo_model import token_windows
+    from transformers import AutoTokenizer
 
     out = work / "data"
     paths = {split: out / f"{split}.parquet" for split in SPLITS}
@@ -81,10 +80,10 @@ def pretrained_model(work: Path, sizes, train_file: Path) -> Path:
         return out
     import pandas as pd
     import torch
+    from build_demo_model import pretrain
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import refine.models  # noqa: F401
-    from build_demo_model import pretrain
 
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER_DIR)
     torch.manual_seed(0)

@@ -60,7 +60,7 @@ def val_reward(results, run) -> float | None:
 
 def tables(results) -> dict[str, list[str]]:
     models, seeds = results["models"], results["sizes"]["seeds"]
-    base = lambda name, m: cell([models[name][m]] if m in models.get(name, {}) else [])  # noqa: E731
+    base = lambda name, m: cell([models[name][m]] if m in models.get(name, {}) else [])
     lm = _measure_order({m for name, v in models.items() if name.startswith("mid/") for m in v if "@" in m})
     mid_rows = []
     for m in lm:
@@ -170,20 +170,19 @@ def write(results, report_dir: Path) -> list[Path]:
     t = tables(results)
     s = results["sizes"]
     pre = results.get("pretrain", {})
-    total = results.get("stage_wall_s", 0)
     lines = [
         "# Small-scale reproduction: results" + (" (--quick: toy sizes, no claim)" if results.get("quick") else ""),
         "",
-        f"Command: `{results['command']}` (seeds {', '.join(map(str, s['seeds']))}); wall time of this invocation "
-        f"{results['wall_s']:.0f} s (stages found cached are not re-run; per-run wall times below).",
+        (f"Command: `{results['command']}` (seeds {', '.join(map(str, s['seeds']))}); wall time of this invocation "
+         f"{results['wall_s']:.0f} s (stages found cached are not re-run; per-run wall times below)."),
         "",
-        f"Model: fla DeltaNet, {s['num_layers']} layers x {s['hidden_size']} wide, "
-        f"{pre.get('parameters', 0) / 1e6:.2f}M parameters, vocab 512. Pre-training: {pre.get('steps')} steps x "
-        f"{pre.get('batch')} x {pre.get('seq_len')} tokens ({pre.get('tokens')} tokens), AdamW lr {pre.get('lr')} cosine, "
-        f"{pre.get('wall_s')} s. Data rows: {results.get('data_rows')}. Trainer learning rate (every run, both arms): "
-        f"{s['lr']}. NSP: C={s['n_chunks']}, k={s['response_length']}, sampling {s['sampling']}, fast NSP; "
-        f"mid-training reward {s['reward']}, ppo_coef {s['ppo_coef']}; post-training reward {s['post_reward']}; "
-        f"TTT reward {s['ttt_reward']}, ppo_coef {s['ttt_ppo_coef']}.",
+        (f"Model: fla DeltaNet, {s['num_layers']} layers x {s['hidden_size']} wide, "
+         f"{pre.get('parameters', 0) / 1e6:.2f}M parameters, vocab 512. Pre-training: {pre.get('steps')} steps x "
+         f"{pre.get('batch')} x {pre.get('seq_len')} tokens ({pre.get('tokens')} tokens), AdamW lr {pre.get('lr')} cosine, "
+         f"{pre.get('wall_s')} s. Data rows: {results.get('data_rows')}. Trainer learning rate (every run, both arms): "
+         f"{s['lr']}. NSP: C={s['n_chunks']}, k={s['response_length']}, sampling {s['sampling']}, fast NSP; "
+         f"mid-training reward {s['reward']}, ppo_coef {s['ppo_coef']}; post-training reward {s['post_reward']}; "
+         f"TTT reward {s['ttt_reward']}, ppo_coef {s['ttt_ppo_coef']}."),
         "",
         "## Mid-training (held-out test documents)",
         "",

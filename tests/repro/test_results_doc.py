@@ -16,7 +16,7 @@ def table_after(text: str, heading: str) -> tuple[list[str], list[list[str]]]:
     lines = text.split(heading, 1)[1].splitlines()
     rows = [line for line in lines[next(i for i, l in enumerate(lines) if l.startswith("|")):]]
     rows = rows[:next((i for i, l in enumerate(rows) if not l.startswith("|")), len(rows))]
-    split = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]  # noqa: E731
+    split = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]
     assert set(rows[1].replace("|", "")) == {"-"}, rows[1]
     return split(rows[0]), [split(r) for r in rows[2:]]
 
