@@ -139,16 +139,17 @@ def analysis(model, ids, mask, args, phases):
 
 
 def faithful_step(model, opt, ids, mask, args, phases):
-    found = analysis(model, ids, mask, args, phases)
-    rollout = build_rollout_batch(ids, mask, found.positions, response_length=args.k, pad_token_id=PAD)
-    torch.manual_seed(2)
-    with phases("generate"):
-        responses = model_ops.generate_responses(model, rollout.input_ids, rollout.attention_mask,
-                                                 response_length=args.k, temperature=1.0, top_p=1.0, top_k=0,
-                                                 micro_batch_size=args.micro, eos_token_id=PAD, pad_token_id=PAD)
-    with phases("old_log_prob"):
-        old, hidden = model_ops.old_log_probs_and_hidden(model, rollout.input_ids, rollout.attention_mask, responses,
-                                                         temperature=1.0, micro_batch_size=args.micro)
+    with PlainEngine(model, opt).eval_mode():  # as the worker RPCs: eval mode outside the update
+        found = analysis(model, ids, mask, args, phases)
+        rollout = build_rollout_batch(ids, mask, found.positions, response_length=args.k, pad_token_id=PAD)
+        torch.manual_seed(2)
+        with phases("generate"):
+            responses = model_ops.generate_responses(model, rollout.input_ids, rollout.attention_mask,
+                                                     response_length=args.k, temperature=1.0, top_p=1.0, top_k=0,
+                                                     micro_batch_size=args.micro, eos_token_id=PAD, pad_token_id=PAD)
+        with phases("old_log_prob"):
+            old, hidden = model_ops.old_log_probs_and_hidden(model, rollout.input_ids, rollout.attention_mask,
+                                                             responses, temperature=1.0, micro_batch_size=args.micro)
     advantages = grpo(hidden, expand_targets(found.target_hidden), responses, rollout.ground_truth_ids, rollout.uid)
     plan = update_plan(args, ids.shape[0])
     ppo = {"prompts": rollout.input_ids, "prompt_mask": rollout.attention_mask, "responses": responses,
