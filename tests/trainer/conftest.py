@@ -111,3 +111,19 @@ def params():
 def close():
     """close(trainer): stop its workers and free its placement groups."""
     return close_trainer
+
+
+def shrunk_phase_overrides(preset: str, phase: str, ruler_files) -> list[str]:
+    """`+preset=<preset>` of `phase` on the demo model, with the shipped data files and sizes shrunk to them."""
+    from refine.trainer.config import REPO_ROOT
+
+    train, val = ruler_files
+    data = {
+        "midtrain": [f"data.train_files={REPO_ROOT}/data/demo/midtrain_train.parquet",
+                     f"data.val_files={REPO_ROOT}/data/demo/midtrain_val.parquet"],
+        "posttrain": [f"data.train_files={train}", f"data.val_files={val}"],
+        "testtimetrain": [f"data.val_files={val}", "refine.answer_key=answer"],
+    }[phase]
+    return [f"+preset={preset}", f"actor_rollout_ref.model.path={REPO_ROOT}/data/demo/model",
+            "data.max_prompt_length=256", "trainer.n_gpus_per_node=1", "refine.n_chunks=2",
+            "data.train_batch_size=2", "data.val_batch_size=2", "refine.mini_batch_size=2", *data]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from tests.trainer.conftest import shrunk_phase_overrides
 from refine.trainer.config import OFFICIAL_ALIASES, REFINE_KEYS, prepare_config
 
 
@@ -169,20 +170,9 @@ def test_post_training_bad_input(compose_config, ruler_files, tmp_path):
 @pytest.mark.parametrize("preset", ["midtrain", "posttrain", "testtimetrain"])
 def test_phase_presets_validate(compose_config, ruler_files, preset):
     """The official phase presets compose and pass validation (data and sizes shrunk to the shipped files)."""
-    from refine.trainer.config import REPO_ROOT
     from refine.trainer.official_presets import expected
 
-    train, val = ruler_files
-    data = {
-        "midtrain": [f"data.train_files={REPO_ROOT}/data/demo/midtrain_train.parquet",
-                     f"data.val_files={REPO_ROOT}/data/demo/midtrain_val.parquet"],
-        "posttrain": [f"data.train_files={train}", f"data.val_files={val}"],
-        "testtimetrain": [f"data.val_files={val}", "refine.answer_key=answer"],
-    }[preset]
-    config = compose_config([f"+preset={preset}", f"actor_rollout_ref.model.path={REPO_ROOT}/data/demo/model",
-                             "data.max_prompt_length=256", "trainer.n_gpus_per_node=1", "refine.n_chunks=2",
-                             "data.train_batch_size=2", "data.val_batch_size=2", "refine.mini_batch_size=2"] + data,
-                            fast=False)
+    config = compose_config(shrunk_phase_overrides(preset, preset, ruler_files), fast=False)
     rc = prepare_config(config)
     # validation keeps the official values (the table, refine/trainer/official_presets.py) it was not told to change
     assert rc.n_chunks == 2 and rc.mini_batch_size == 2

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from refine.trainer.config import REPO_ROOT
 from refine.trainer.official_presets import NOT_IN_PRESETS, PHASES, expected
+from tests.trainer.conftest import shrunk_phase_overrides
 
 # what a GPU preset adds to its phase preset: precision, checkpointing, sharding, no offload, CUDA
 GPU_SETUP = {
@@ -80,17 +80,7 @@ def test_gpu_preset_validates(compose_config, ruler_files, phase):
     own test does); the device check is `refine.main.prepare`'s and needs a GPU."""
     from refine.trainer.config import prepare_config
 
-    train, val = ruler_files
-    data = {
-        "midtrain": [f"data.train_files={REPO_ROOT}/data/demo/midtrain_train.parquet",
-                f"data.val_files={REPO_ROOT}/data/demo/midtrain_val.parquet"],
-        "posttrain": [f"data.train_files={train}", f"data.val_files={val}"],
-        "testtimetrain": [f"data.val_files={val}", "refine.answer_key=answer"],
-    }[phase]
-    config = compose_config([f"+preset=gpu_{phase}", f"actor_rollout_ref.model.path={REPO_ROOT}/data/demo/model",
-                             "data.max_prompt_length=256", "trainer.n_gpus_per_node=1", "refine.n_chunks=2",
-                             "data.train_batch_size=2", "data.val_batch_size=2", "refine.mini_batch_size=2"] + data,
-                            fast=False)
+    config = compose_config(shrunk_phase_overrides(f"gpu_{phase}", phase, ruler_files), fast=False)
     rc = prepare_config(config)
     assert rc.micro_batch_size_per_gpu == 2 and config.trainer.device == "cuda"
 
