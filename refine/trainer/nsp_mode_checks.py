@@ -22,11 +22,6 @@ def model_config_at(path: str) -> dict:
         return json.load(handle)
 
 
-def model_type_at(path: str) -> str | None:
-    """`model_type` of the local HF config at `path` (None when there is none to read)."""
-    return model_config_at(path).get("model_type")
-
-
 def check_fast_mode(rc, config: DictConfig) -> None:
     """ValueError (one line: key, value, fix) when the fast NSP mode cannot run this config."""
     if rc.nsp_mode != "fast":
