@@ -3,7 +3,8 @@
 Dry runs (fast, no Ray): each script is run with a stand-in interpreter that records the arguments it passes to
 `python -m refine.main`; those are composed and validated by refine's own preparation (tests/demo/dry_run.py), and
 the resulting values are compared with the official table (refine/trainer/official_presets.py) and the Q24
-fixes. Smoke runs: each script with SMOKE=1 runs to the end on CPU with the tiny demo model.
+fixes. Smoke runs: each script with SMOKE=1 runs to the end on CPU with the tiny demo model (post-training: on an
+exported checkpoint, in tests/trainer/test_export.py).
 """
 
 import json
@@ -179,15 +180,8 @@ def test_midtrain_smoke_run_finishes_on_cpu(smoke_dir):
     assert -1.0 <= last["reward/cs_reward_mean"] <= 1.0 and 0.0 <= last["val_em_score"] <= 1.0
 
 
-@pytest.mark.slow
-def test_posttrain_smoke_run_finishes_on_cpu(smoke_dir):
-    records, _ = run_smoke("posttrain", smoke_dir)
-    steps = [r["step"] for r in records if "training/global_step" in r["data"]]
-    assert steps == [1, 2]
-    last = records[-1]["data"]
-    # Inner loop (hybrid reward), outer task SFT, then validation by generation with the RULER scorer.
-    assert {"reward/hybrid_reward_mean", "actor/sft_loss_ttt", "actor/sft_loss", "val_reward"} <= set(last)
-    assert 0.0 <= last["val_reward"] <= 1.0 and -1.0 <= last["reward/hybrid_reward_mean"] <= 2.0
+# The post-training demo's smoke run is in tests/trainer/test_export.py (it runs on an exported checkpoint, with
+# the same checks), so that the suite runs it once.
 
 
 @pytest.mark.slow
