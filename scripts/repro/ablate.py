@@ -28,7 +28,10 @@ from repro.sizes import FULL
 
 REPO = Path(__file__).resolve().parents[2]
 # tag -> the one override that differs from the study's ReFINE arm
-ABLATIONS = {"reward_binary": ("refine.reward", "binary"), "ppo_coef_1": ("refine.ppo_coef", "1.0")}
+ABLATIONS = {"reward_binary": ("refine.reward", "binary"), "reward_hybrid": ("refine.reward", "hybrid"),
+             "ppo_coef_0.05": ("refine.ppo_coef", "0.05"), "ppo_coef_1": ("refine.ppo_coef", "1.0"),
+             "C_8": ("refine.n_chunks", "8"), "k_10": ("refine.response_length", "10"),
+             "sampling_uniform": ("refine.sampling", "uniform")}
 
 
 def last(metrics: list[dict], key: str):
@@ -40,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", type=Path, default=REPO / "runs" / "repro" / "full")
     parser.add_argument("--seed", type=int, default=FULL.seeds[0])
+    parser.add_argument("--jobs", type=int, default=2, help="trainer runs at a time (default 2)")
     args = parser.parse_args(argv)
     work = args.work_dir.resolve()
     data = {split: work / "data" / f"{split}.parquet" for split in ("train", "val", "test")}
@@ -49,12 +53,18 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for arm in runs.MID_ARMS:
         rows.append((f"study {arm}", work / "runs" / "mid" / f"{arm}_s{args.seed}"))
-    for tag, (key, value) in ABLATIONS.items():
+    def one(item):
+        tag, (key, value) = item
         out = work / "runs" / "ablation" / f"refine_{tag}_s{args.seed}"
         overrides = [f"{key}={value}" if o.split("=")[0] == key else o
                      for o in runs.mid_overrides(FULL, pretrained, out, args.seed, "refine", data)]
         runs.run_trainer(out, overrides)
-        rows.append((f"refine, {key}={value}", out))
+        return f"refine, {key}={value}", out
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        rows += list(pool.map(one, ABLATIONS.items()))
     print(f"| run (seed {args.seed}) | val_loss (validation split, last) | val_em_score | wall s |")
     print("|---|---|---|---|")
     for label, out in rows:
@@ -68,32 +78,35 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def post_control(work: Path, data: dict) -> None:
-    """Post-training with inner NTP only + task SFT, every study seed; qa_nll next to the study's two arms."""
+    """Post-training with inner NTP only + task SFT, every study seed; qa_tok / qa_nll next to the study's arms."""
     import json
     import statistics
 
     from repro.measures import evaluate_model
 
     pretrained = work / "models" / "pretrained"
-    values: dict[str, list[float]] = {"sft": [], "inner_ntp": [], "refine": []}
+    values: dict[str, list[dict]] = {"sft": [], "inner_ntp": [], "refine": []}
     for seed in FULL.seeds:
         out = work / "runs" / "ablation" / f"post_inner_ntp_s{seed}"
         overrides = [o for o in runs.post_overrides(FULL, pretrained, out, seed, "sft")
                      if not o.startswith("refine.ttt_sft_update=")] + ["refine.ttt_sft_update=true"]
         runs.run_trainer(out, overrides)
-        cache = out / "qa_nll.json"
+        cache = out / "qa.json"
         if not cache.exists():
-            result = evaluate_model(runs.export_hf(out), data["test"], runs.QA_TEST, FULL, work / "niah", parts=("qa_nll",))
+            result = evaluate_model(runs.export_hf(out), data["test"], runs.QA_TEST, FULL, work / "niah", pretrained,
+                                    parts=("qa",))
             cache.write_text(json.dumps(result))
-        values["inner_ntp"].append(json.loads(cache.read_text())["qa_nll"])
+        values["inner_ntp"].append(json.loads(cache.read_text()))
         for arm in ("sft", "refine"):
-            values[arm].append(json.loads((work / "eval" / f"post__{arm}_s{seed}.json").read_text())["qa_nll"])
-    print("\n| post-training arm | qa_nll per seed " + str(FULL.seeds) + " | mean ± std |")
-    print("|---|---|---|")
-    for arm, label in (("sft", "task SFT"), ("inner_ntp", "inner NTP + task SFT (control)"),
-                       ("refine", "ReFINE: inner NTP + NSP-GRPO + task SFT")):
-        v = values[arm]
-        print(f"| {label} | {', '.join(f'{x:.4f}' for x in v)} | {statistics.fmean(v):.4f} ± {statistics.stdev(v):.2g} |")
+            values[arm].append(json.loads((work / "eval" / f"post__{arm}_s{seed}.json").read_text()))
+    for measure in ("qa_tok", "qa_nll"):
+        print(f"\n| post-training arm | {measure} per seed {FULL.seeds} | mean ± std |")
+        print("|---|---|---|")
+        for arm, label in (("sft", "task SFT"), ("inner_ntp", "inner NTP + task SFT (control)"),
+                           ("refine", "ReFINE: inner NTP + NSP-GRPO + task SFT")):
+            v = [record[measure] for record in values[arm]]
+            print(f"| {label} | {', '.join(f'{x:.4f}' for x in v)} | {statistics.fmean(v):.4f} ± "
+                  f"{statistics.stdev(v):.2g} |")
 
 
 if __name__ == "__main__":

@@ -5,18 +5,26 @@ is scored on exactly the same inputs. Higher is better unless the name ends in `
 
 - ntp_loss@L: mean next-token cross-entropy over windows of L tokens (L up to 4x the training length).
 - short_loss@S: the same on the first S tokens of each test row (short-context sanity: no forgetting).
-- nsp_em@L, nsp_tok@L, nsp_cos@L: the NSP objective itself. At a random position r in the second half of an L-token
-  window, greedy k tokens from the prefix [0, r): exact match of all k tokens, fraction of matching tokens, and the
-  mean cosine between the final-norm hidden states of the generated tokens and of the ground-truth tokens at the
-  same positions (the cosine reward of refine.nsp.rewards, with greedy instead of sampled rollouts).
-- recall@T: in-context recall. T-token sequences [filler][span][filler][span] of test text (span 24 tokens); the
-  mean loss on the first occurrence of the span minus the mean loss on its second occurrence (nats/token, the
-  span's first token excluded). 0 = no use of the earlier copy; the copies are T - 2*span - filler apart.
-- niah@L, niah_nll@L: offline RULER NIAH (refine.eval.niah, niah_single_1: noise haystack, word key, number
-  value) at L tokens: greedy string_match_all x100 (refine.eval.evaluate), and the teacher-forced mean NLL of the
-  answer's tokens after the prompt (moves long before exact match does).
-- qa_em, qa_nll: the held-out synthetic QA prompts (data/ruler_train/*_16_val): greedy answer scored by the
-  RULER QA scorer (x100), and the teacher-forced answer NLL.
+- nsp_em@L, nsp_cos@L: the NSP objective itself, scored by the method's own rewards (refine.nsp.rewards). At a
+  random position r in the second half of an L-token window, the model continues the prefix [0, r) greedily for k
+  tokens; nsp_em is the exact-match reward (share of the k tokens equal to the ground truth, x100) and nsp_cos the
+  cosine reward (mean cosine between final-norm hidden states of the generated and the ground-truth tokens). The
+  hidden states come from one fixed *judge*, the pre-trained checkpoint every arm starts from, so the cosine
+  compares continuations, not models: a model's own hidden states are no yardstick across models (an untrained
+  model's are nearly collinear whatever the token, so its own cosine is high).
+- recall@T: in-context recall at distance. Two T-token sequences [lead][span][gap][span] and
+  [lead][other][gap][span] of test text (span 24 tokens) that differ only in whether the final span was seen
+  before; recall = mean loss on the final span without the earlier copy minus with it (nats/token, the span's first
+  token excluded). Same tokens at the same positions, so context length does not count as recall; 0 = no use of
+  the copy.
+- niah_tok@L, niah_nll@L: offline RULER NIAH prompts (refine.eval.niah, niah_single_1: noise haystack, word key,
+  number value) at L tokens, scored teacher-forced on the answer's tokens after the prompt: share of answer tokens
+  that are the model's top prediction (x100), and their mean NLL.
+- qa_tok, qa_nll: the same two on the held-out synthetic QA prompts (data/ruler_train/*_16_val).
+
+Greedy exact match of whole NIAH / QA answers (RULER string match) and of all k NSP tokens at once were measured in
+the first run of the study and were 0 for every model at this size, random or trained, so they cannot rank
+anything here (docs/results.md); the token-level forms above are the ones a model of this size moves.
 """
 
 from __future__ import annotations
@@ -77,33 +85,30 @@ def ntp_measures(model, stream, rows, sizes) -> dict:
     return out
 
 
-def nsp_measures(model, stream, sizes) -> dict:
+def nsp_measures(model, judge, stream, sizes) -> dict:
     import torch
-    import torch.nn.functional as F
 
     from refine.models.last_hidden import capture_last_hidden
+    from refine.nsp.rewards import all_sequence_rewards
 
     k = sizes.response_length
     out = {}
     rng = random.Random(12)
     for length in sizes.nsp_lengths:
-        em, tok, cos = [], [], []
+        em, cos = [], []
         for window in _windows(stream, length, sizes.nsp_positions, rng):
             r = rng.randrange(length // 2, length - k)
             ids = torch.tensor([window])
             generated = model.generate(input_ids=ids[:, :r], attention_mask=torch.ones_like(ids[:, :r]),
                                        max_new_tokens=k, min_new_tokens=k, do_sample=False,
                                        pad_token_id=0)[:, r:r + k]
-            with capture_last_hidden(model) as seen:
-                model(input_ids=ids[:, :r + k])
-                model(input_ids=torch.cat([ids[:, :r], generated], dim=1))
-            target_hidden, response_hidden = seen[0][0, r:r + k], seen[1][0, r:r + k]
-            match = (generated[0] == ids[0, r:r + k]).float()
-            em.append(match.prod().item())
-            tok.append(match.mean().item())
-            cos.append(F.cosine_similarity(response_hidden, target_hidden, dim=-1).mean().item())
+            with capture_last_hidden(judge) as seen:
+                judge(input_ids=ids[:, :r + k])
+                judge(input_ids=torch.cat([ids[:, :r], generated], dim=1))
+            rewards = all_sequence_rewards(seen[1][:, r:r + k], seen[0][:, r:r + k], generated, ids[:, r:r + k])
+            em.append(rewards["binary"].item())
+            cos.append(rewards["cosine_similarity"].item())
         out[f"nsp_em@{length}"] = 100 * sum(em) / len(em)
-        out[f"nsp_tok@{length}"] = 100 * sum(tok) / len(tok)
         out[f"nsp_cos@{length}"] = sum(cos) / len(cos)
     return out
 
@@ -121,28 +126,31 @@ def recall_measures(model, stream, sizes) -> dict:
             raise SystemExit(f"repro: recall length {total} is too short for span {span}")
         gains = []
         for _ in range(sizes.recall_samples):
-            s0, s1, s2 = (rng.randrange(0, len(stream) - max(gap, span)) for _ in range(3))
-            piece = stream[s1:s1 + span]
-            ids = torch.tensor([stream[s0:s0 + lead] + piece + stream[s2:s2 + gap] + piece])
-            losses = _token_losses(model, ids)[0]  # losses[i] = NLL of token i + 1
-            first = losses[lead:lead + span - 1].mean()  # tokens lead+1 .. lead+span-1
-            second = losses[total - span:total - 1].mean()
-            gains.append((first - second).item())
+            s0, s1, s2, s3 = (rng.randrange(0, len(stream) - max(gap, span)) for _ in range(4))
+            piece, other = stream[s1:s1 + span], stream[s3:s3 + span]
+            head, middle = stream[s0:s0 + lead], stream[s2:s2 + gap]
+            ids = torch.tensor([head + piece + middle + piece, head + other + middle + piece])
+            final_span = _token_losses(model, ids)[:, total - span:total - 1].mean(dim=1)  # tokens 2..span
+            gains.append((final_span[1] - final_span[0]).item())
         out[f"recall@{total}"] = sum(gains) / len(gains)
     return out
 
 
-def answer_nll(model, tokenizer, prompts, answers) -> float:
-    """Mean over rows of the teacher-forced mean NLL of ' ' + answer's tokens after the prompt."""
+def answer_scores(model, tokenizer, prompts, answers) -> tuple[float, float]:
+    """Teacher-forced ' ' + answer after each prompt: (mean NLL, share of tokens predicted top-1 x100), averaged
+    over rows."""
     import torch
+    import torch.nn.functional as F
 
-    values = []
+    nll, top1 = [], []
     for prompt, answer in zip(prompts, answers):
         p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         a = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
-        losses = _token_losses(model, torch.tensor([p + a]))[0]
-        values.append(losses[len(p) - 1:].mean().item())
-    return sum(values) / len(values)
+        logits = model(input_ids=torch.tensor([p + a])).logits[0, len(p) - 1:-1].float()
+        target = torch.tensor(a)
+        nll.append(F.cross_entropy(logits, target).item())
+        top1.append(100 * (logits.argmax(-1) == target).float().mean().item())
+    return sum(nll) / len(nll), sum(top1) / len(top1)
 
 
 def niah_frames(tokenizer, sizes, cache: Path) -> dict:
@@ -153,7 +161,7 @@ def niah_frames(tokenizer, sizes, cache: Path) -> dict:
 
     frames = {}
     for length in sizes.niah_lengths:
-        path = cache / f"niah_single_1_{length}.parquet"
+        path = cache / f"niah_single_1_{length}_{sizes.niah_samples}.parquet"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             generate_niah(tokenizer, tasks=["niah_single_1"], num_samples=sizes.niah_samples, max_seq_length=length,
@@ -163,30 +171,25 @@ def niah_frames(tokenizer, sizes, cache: Path) -> dict:
 
 
 def niah_measures(model, tokenizer, frames) -> dict:
-    from refine.eval.evaluate import evaluate_frame
-
     out = {}
     for length, frame in frames.items():
-        report, _ = evaluate_frame(model, tokenizer, frame, mode="all")
-        out[f"niah@{length}"] = report["average"]
-        out[f"niah_nll@{length}"] = answer_nll(model, tokenizer, list(frame.prompt), [next(iter(a)) for a in frame.answer])
+        nll, top1 = answer_scores(model, tokenizer, list(frame.prompt), [next(iter(a)) for a in frame.answer])
+        out[f"niah_tok@{length}"], out[f"niah_nll@{length}"] = top1, nll
     return out
 
 
-def qa_measures(model, tokenizer, qa_file: Path, sizes) -> dict:
+def qa_measures(model, tokenizer, qa_file: Path) -> dict:
     import pandas as pd
 
-    from refine.eval.evaluate import evaluate_frame
-
     frame = pd.read_parquet(qa_file)
-    report, _ = evaluate_frame(model, tokenizer, frame, max_new_tokens=sizes.answer_tokens, mode="refine")
-    return {"qa_em": report["average"],
-            "qa_nll": answer_nll(model, tokenizer, list(frame.prompt), [next(iter(a)) for a in frame.answer])}
+    nll, top1 = answer_scores(model, tokenizer, list(frame.prompt), [next(iter(a)) for a in frame.answer])
+    return {"qa_tok": top1, "qa_nll": nll}
 
 
-def evaluate_model(model_dir: Path, test_file: Path, qa_file: Path, sizes, niah_cache: Path,
+def evaluate_model(model_dir: Path, test_file: Path, qa_file: Path, sizes, niah_cache: Path, judge_dir: Path,
                    parts=("lm", "qa")) -> dict:
-    """Every measure of `parts` ("lm": ntp/short/nsp/recall/niah; "qa": qa_em/qa_nll; "qa_nll": qa_nll only) for one model folder."""
+    """Every measure of `parts` ("lm": ntp/short/nsp/recall/niah; "qa": qa_tok/qa_nll) for one model folder;
+    `judge_dir` is the model whose hidden states score nsp_cos (the study's pre-trained checkpoint)."""
     import torch
 
     torch.manual_seed(0)
@@ -194,16 +197,12 @@ def evaluate_model(model_dir: Path, test_file: Path, qa_file: Path, sizes, niah_
     out = {}
     with torch.no_grad():
         if "lm" in parts:
+            judge = model if Path(judge_dir).resolve() == Path(model_dir).resolve() else load(judge_dir)[0]
             stream, rows = test_stream(tokenizer, test_file)
             out.update(ntp_measures(model, stream, rows, sizes))
-            out.update(nsp_measures(model, stream, sizes))
+            out.update(nsp_measures(model, judge, stream, sizes))
             out.update(recall_measures(model, stream, sizes))
             out.update(niah_measures(model, tokenizer, niah_frames(tokenizer, sizes, niah_cache)))
         if "qa" in parts:
-            out.update(qa_measures(model, tokenizer, qa_file, sizes))
-        elif "qa_nll" in parts:  # post-trained models: their greedy EM is the trainer's own val_reward
-            import pandas as pd
-
-            frame = pd.read_parquet(qa_file)
-            out["qa_nll"] = answer_nll(model, tokenizer, list(frame.prompt), [next(iter(a)) for a in frame.answer])
+            out.update(qa_measures(model, tokenizer, qa_file))
     return out

@@ -52,33 +52,24 @@ def _arm_values(models, prefix, arm, seeds, measure):
     return [models[f"{prefix}/{arm}_s{s}"][measure] for s in seeds if measure in models.get(f"{prefix}/{arm}_s{s}", {})]
 
 
-def val_reward(results, run) -> float | None:
-    """The trainer's last validation score (val_reward, x100) of a post-training / TTT run."""
-    scores = [m["val_reward"] for m in results["runs"].get(run, {}).get("metrics", []) if "val_reward" in m]
-    return 100 * scores[-1] if scores else None
+QA_MEASURES = ("qa_tok", "qa_nll")
 
 
 def tables(results) -> dict[str, list[str]]:
     models, seeds = results["models"], results["sizes"]["seeds"]
     base = lambda name, m: cell([models[name][m]] if m in models.get(name, {}) else [])
     lm = _measure_order({m for name, v in models.items() if name.startswith("mid/") for m in v if "@" in m})
-    mid_rows = []
+    mid_rows, post_rows, ttt_rows = [], [], []
     for m in lm:
         ntp, ref = _arm_values(models, "mid", "ntp", seeds, m), _arm_values(models, "mid", "refine", seeds, m)
         mid_rows.append([m, base("random_init", m), base("pretrained", m), cell(ntp), cell(ref), *_paired(ntp, ref, m)])
-    # qa_em: greedy answers scored by the RULER QA scorer, x100 -- for the post-trained models it is the trainer's
-    # own final validation (val_reward, same 16 prompts, same scorer and answer budget)
-    sft_val = [v for s in seeds if (v := val_reward(results, f"post/sft_s{s}")) is not None]
-    ref_val = [v for s in seeds if (v := val_reward(results, f"post/refine_s{s}")) is not None]
-    post_rows = [["qa_em", base("random_init", "qa_em"), base("pretrained", "qa_em"), cell(sft_val), cell(ref_val),
-                  *_paired(sft_val, ref_val, "qa_em")]]
-    sft, ref = _arm_values(models, "post", "sft", seeds, "qa_nll"), _arm_values(models, "post", "refine", seeds, "qa_nll")
-    post_rows.append(["qa_nll", base("random_init", "qa_nll"), base("pretrained", "qa_nll"), cell(sft), cell(ref),
-                      *_paired(sft, ref, "qa_nll")])
-    ttt_val = [v for s in seeds if (v := val_reward(results, f"ttt/ttt_s{s}")) is not None]
-    ttt_rows = [["qa_em", cell(sft_val), cell(ttt_val), *_paired(sft_val, ttt_val, "qa_em")]]
+    for m in QA_MEASURES:
+        sft, ref = _arm_values(models, "post", "sft", seeds, m), _arm_values(models, "post", "refine", seeds, m)
+        post_rows.append([m, base("random_init", m), base("pretrained", m), cell(sft), cell(ref), *_paired(sft, ref, m)])
+        ttt = _arm_values(models, "ttt", "ttt", seeds, m)
+        ttt_rows.append([m, cell(sft), cell(ttt), *_paired(sft, ttt, m)])
     sanity_rows = []
-    for m in lm + ["qa_em", "qa_nll"]:
+    for m in lm + list(QA_MEASURES):
         r, p = models["random_init"].get(m), models["pretrained"].get(m)
         if r is None or p is None:
             continue
@@ -95,16 +86,13 @@ def compute_rows(results) -> list[str]:
     for phase, arms, steps, batch, length in (
         ("mid", ("ntp", "refine"), s["mid_steps"], s["mid_batch"], s["train_len"]),
         ("post", ("sft", "refine"), s["post_steps"], s["post_batch"], 480),
-        ("ttt", ("ttt",), 1, s["qa_val_batch"], 480),
+        ("ttt", ("ttt",), s["ttt_steps"], s["qa_val_batch"], 480),
     ):
         for arm in arms:
             recs = [results["runs"][f"{phase}/{arm}_s{x}"] for x in seeds if f"{phase}/{arm}_s{x}" in results["runs"]]
-            nsp = arm in ("refine", "ttt")
-            rollout = f"{steps * batch * s['n_chunks'] * s['response_length']}" if nsp and phase != "ttt" else (
-                "per val batch" if nsp else "0")
-            rows.append([f"{phase}/{arm}", str(steps), f"{batch} x <= {length}", f"<= {steps * batch * length}"
-                         if phase != "ttt" else "16 prompts", rollout,
-                         cell([r["wall_s"] for r in recs]), cell([r["train_s"] for r in recs])])
+            rollout = steps * batch * s["n_chunks"] * s["response_length"] if arm in ("refine", "ttt") else 0
+            rows.append([f"{phase}/{arm}", str(steps), f"{batch} x <= {length}", f"<= {steps * batch * length}",
+                         str(rollout), cell([r["wall_s"] for r in recs]), cell([r["train_s"] for r in recs])])
     return _table(("run", "steps", "batch (rows x tokens)", "tokens seen (NTP)", "NSP rollout tokens",
                    "wall s per run (incl. Ray start)", "trainer step time s"), rows)
 
@@ -118,7 +106,7 @@ def plots(results, out_dir: Path) -> list[Path]:
     models, seeds = results["models"], results["sizes"]["seeds"]
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    stems = ["ntp_loss", "nsp_cos", "nsp_tok", "recall", "niah_nll"]
+    stems = ["ntp_loss", "nsp_em", "nsp_cos", "recall", "niah_tok", "niah_nll"]
     fig, axes = plt.subplots(1, len(stems), figsize=(4 * len(stems), 3.6))
     for ax, stem in zip(axes, stems):
         names = _measure_order({m for v in models.values() for m in v if m.startswith(stem + "@")})
@@ -192,7 +180,8 @@ def write(results, report_dir: Path) -> list[Path]:
         "",
         *t["post"],
         "",
-        "## Test-time training (held-out synthetic QA, from each seed's task-SFT model)",
+        (f"## Test-time training (held-out synthetic QA prompts, inner steps: {s['ttt_steps']}, from each seed's "
+         "task-SFT model)"),
         "",
         *t["ttt"],
         "",

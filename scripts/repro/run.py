@@ -7,7 +7,7 @@ Stages, each cached under the work dir and skipped when done (an interrupted stu
 1. data splits (train / val / test by document) and the NTP pre-trained DeltaNet (scripts/repro/pretrain.py);
 2. mid-training from that checkpoint, NTP-only vs ReFINE (NTP + NSP-GRPO, fast NSP), per seed;
 3. post-training on the synthetic QA set, task SFT vs ReFINE (inner NTP + NSP-GRPO + task SFT), per seed;
-4. test-time training on the held-out QA prompts, from each seed's SFT post-trained model (TTT vs none);
+4. test-time training on the held-out QA prompts (prompts only), from each seed's SFT post-trained model;
 5. every measure of scripts/repro/measures.py on every model, then the report (markdown + PNG plots).
 Sizes and hyper-parameters: scripts/repro/sizes.py. The report path and plot paths are printed at the end.
 """
@@ -33,13 +33,13 @@ from repro.sizes import FULL, QUICK
 REPO = Path(__file__).resolve().parents[2]
 
 
-def cached_eval(work: Path, name: str, model_dir: Path, data: dict, sizes, parts) -> dict:
+def cached_eval(work: Path, name: str, model_dir: Path, data: dict, sizes, parts, judge: Path) -> dict:
     path = work / "eval" / f"{name.replace('/', '__')}.json"
     if path.exists():
         return json.loads(path.read_text())
     print(f"repro: evaluating {name} ({'+'.join(parts)}) ...", flush=True)
     start = time.time()
-    values = measures.evaluate_model(model_dir, data["test"], runs.QA_TEST, sizes, work / "niah", parts=parts)
+    values = measures.evaluate_model(model_dir, data["test"], runs.QA_TEST, sizes, work / "niah", judge, parts=parts)
     values["eval_s"] = round(time.time() - start, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(values, indent=1))
@@ -78,9 +78,11 @@ def study(work: Path, sizes, n_jobs: int = 2) -> dict:
     ttt_jobs = [("ttt", "ttt", seed, lambda out, seed=seed: runs.ttt_overrides(sizes, models[f"post/sft_s{seed}"], out, seed))
                 for seed in sizes.seeds]
     run_all(work, ttt_jobs, results, n_jobs)
+    for name in [n for n in results["runs"] if n.startswith("ttt/")]:
+        models[name] = runs.export_hf(work / "runs" / name)
     for name, model_dir in models.items():
-        parts = ("qa_nll",) if name.startswith("post/") else ("lm",) if name.startswith("mid/") else ("lm", "qa")
-        results["models"][name] = cached_eval(work, name, model_dir, data, sizes, parts)
+        parts = ("lm",) if name.startswith("mid/") else ("qa",) if name.startswith(("post/", "ttt/")) else ("lm", "qa")
+        results["models"][name] = cached_eval(work, name, model_dir, data, sizes, parts, pre)
     for name in results["runs"]:
         results["runs"][name]["metrics"] = runs.read_metrics(work / "runs" / name)
     pretrain_record = work / "models" / "pretrain.json"

@@ -17,7 +17,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 QA_TRAIN = REPO / "data" / "ruler_train" / "ruler_synthqa_tiny_512_64_train.parquet"
-QA_TEST = REPO / "data" / "ruler_train" / "ruler_synthqa_tiny_512_16_val.parquet"  # never trained on
+# held out: no run sees its answers (test-time training reads its prompts only)
+QA_TEST = REPO / "data" / "ruler_train" / "ruler_synthqa_tiny_512_16_val.parquet"
 QA_MAX_PROMPT = 480  # data/ruler_train prompts are <= 480 tokens of the tiny tokenizer
 
 # the arms: what differs between them (everything else is shared, see `common`)
@@ -71,13 +72,18 @@ def post_overrides(sizes, model, out, seed, arm) -> list[str]:
 
 
 def ttt_overrides(sizes, model, out, seed) -> list[str]:
-    """Validation-only run: per batch of held-out QA prompts the inner loop, then greedy answers (cumulative)."""
-    shared = [o for o in common(sizes, model, out, seed, 1) if not o.startswith("trainer.save_freq=")]
-    return shared + qa_common(sizes) + [
-        "trainer.val_only=true", "trainer.val_before_train=true", "trainer.save_freq=-1",
-        f"data.train_batch_size={sizes.qa_val_batch}", "refine.ttt_sft_update=false", "refine.ttt_ppo_update=false",
-        "refine.val_ttt_sft_update=true", "refine.val_ttt_ppo_update=true", f"refine.reward={sizes.ttt_reward}",
-        f"refine.ppo_coef={sizes.ttt_ppo_coef}", "refine.mini_batch_size=2",
+    """Test-time training on the held-out QA prompts (no answers seen): the inner loop (NTP + NSP-GRPO on the
+    prompts) for one pass over them, cumulative, then the weights are kept and scored like every other model.
+
+    The official TTT answers each batch right after its own inner update; here the answers are scored after the
+    whole pass (transductive over the 16 prompts), because a teacher-forced score needs the updated weights."""
+    prompts_only = [o for o in qa_common(sizes) if not o.startswith("data.train_files=")]
+    return common(sizes, model, out, seed, sizes.ttt_steps) + prompts_only + [
+        f"data.train_files={QA_TEST}", f"data.train_batch_size={sizes.qa_val_batch}",
+        f"actor_rollout_ref.actor.ppo_mini_batch_size={sizes.qa_val_batch}",
+        "refine.ttt_sft_update=true", "refine.ttt_ppo_update=true", "refine.task_sft_update=false",
+        f"refine.reward={sizes.ttt_reward}", f"refine.ppo_coef={sizes.ttt_ppo_coef}",
+        f"trainer.test_freq={sizes.ttt_steps}",
     ]
 
 

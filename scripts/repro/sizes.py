@@ -39,6 +39,7 @@ class Sizes:
     # test-time training on the held-out QA prompts
     ttt_reward: str = "binary"       # paper's TTT value
     ttt_ppo_coef: float = 0.4
+    ttt_steps: int = 4               # one pass over the 16 held-out prompts, batches of qa_val_batch
     qa_val_batch: int = 4
     answer_tokens: int = 16
     # evaluation (held-out test documents)
@@ -46,12 +47,12 @@ class Sizes:
     short_len: int = 64
     ntp_windows: int = 16
     nsp_lengths: tuple[int, ...] = (256, 1024)
-    nsp_positions: int = 32
+    nsp_positions: int = 64
     recall_lengths: tuple[int, ...] = (128, 256, 512, 1024)
     recall_span: int = 24
-    recall_samples: int = 16
-    niah_lengths: tuple[int, ...] = (256, 512, 1024)
-    niah_samples: int = 8
+    recall_samples: int = 32
+    niah_lengths: tuple[int, ...] = (256, 512)  # up to 2x the training length: beyond, NIAH is not a measure a model this size can move
+    niah_samples: int = 16
     extra: dict = field(default_factory=dict)
 
 
@@ -59,7 +60,7 @@ FULL = Sizes()
 # --quick: the same pipeline end to end, sizes that prove nothing (CI)
 QUICK = replace(
     FULL, hidden_size=64, num_layers=2, num_heads=2, pretrain_steps=10, pretrain_batch=4, pretrain_seq_len=128,
-    seeds=(1,), mid_steps=2, post_steps=2, ntp_lengths=(128, 256), ntp_windows=2, nsp_lengths=(128,),
+    seeds=(1,), mid_steps=2, post_steps=2, ttt_steps=1, ntp_lengths=(128, 256), ntp_windows=2, nsp_lengths=(128,),
     nsp_positions=3, recall_lengths=(96, 256), recall_samples=2, niah_lengths=(256,), niah_samples=2,
     train_len=128,
 )

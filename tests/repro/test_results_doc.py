@@ -8,7 +8,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CELL = re.compile(r"^-?\d[\d.e+-]* ± \d[\d.e+-]* \(n=(\d+)\)$")
-MID_STEMS = ("ntp_loss", "short_loss", "nsp_em", "nsp_tok", "nsp_cos", "recall", "niah", "niah_nll")
+MID_STEMS = ("ntp_loss", "short_loss", "nsp_em", "nsp_cos", "recall", "niah_tok", "niah_nll")
 
 
 def table_after(text: str, heading: str) -> tuple[list[str], list[list[str]]]:
@@ -51,14 +51,21 @@ def test_committed_report_tables_have_the_study_shape():
 
     header, rows = table_after(text, "## Post-training")
     assert tuple(header) == POST_COLUMNS
-    assert [r[0] for r in rows] == ["qa_em", "qa_nll"]
+    assert [r[0] for r in rows] == ["qa_tok", "qa_nll"]
     for row in rows:
         assert runs_in(row[1]) == runs_in(row[2]) == 1
         assert runs_in(row[3]) == runs_in(row[4]) == runs_in(row[5]) == n_seeds, row[0]
 
     header, rows = table_after(text, "## Test-time training")
     assert tuple(header) == TTT_COLUMNS
-    assert len(rows) == 1 and runs_in(rows[0][1]) == runs_in(rows[0][2]) == n_seeds
+    assert [r[0] for r in rows] == ["qa_tok", "qa_nll"]
+    for row in rows:
+        assert runs_in(row[1]) == runs_in(row[2]) == runs_in(row[3]) == n_seeds, row[0]
+
+    # the sanity table (pre-trained vs random init) covers every measure of the other tables
+    header, rows = table_after(text, "## Sanity")
+    assert [r[0] for r in rows] == [r[0] for r in table_after(text, "## Mid-training")[1]] + ["qa_tok", "qa_nll"]
+    assert {r[3] for r in rows} <= {"yes", "**no**"}
 
     for name in ("midtrain_vs_length", "midtrain_curves", "posttrain_curves"):
         assert f"(results/{name}.png)" in text
