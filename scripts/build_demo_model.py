@@ -52,8 +52,12 @@ def build_data(tokenizer, *, max_tokens: int):
     return train, val
 
 
-def pretrain(model, tokenizer, passages: list[str], *, steps: int, seq_len: int, batch: int, lr: float, seed: int):
-    """AdamW on random `seq_len`-token windows of the train passages (cosine decay); prints the loss."""
+def pretrain(model, tokenizer, passages: list[str], *, steps: int, seq_len: int, batch: int, lr: float, seed: int,
+             augment=None):
+    """AdamW on random `seq_len`-token windows of the train passages (cosine decay); prints the loss.
+
+    `augment(batch, rng)`, when given, rewrites each [batch, seq_len] id tensor before its step.
+    """
     import torch
 
     rng = random.Random(seed)
@@ -68,6 +72,8 @@ def pretrain(model, tokenizer, passages: list[str], *, steps: int, seq_len: int,
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
         offsets = [rng.randrange(0, len(data) - seq_len - 1) for _ in range(batch)]
         x = torch.stack([data[o : o + seq_len] for o in offsets])
+        if augment is not None:
+            x = augment(x, rng)
         loss = model(input_ids=x, attention_mask=torch.ones_like(x), labels=x).loss
         opt.zero_grad()
         loss.backward()

@@ -5,7 +5,16 @@ Data: the bundled corpus (data/corpus/python_docs.parquet), split by document ti
 the rest *train* (pre-training and mid-training). Rows are windows of `train_len` tokens of the demo tokenizer
 (data/demo/model, byte-level BPE, vocab 512), cut by `scripts/build_demo_model.py`'s `token_windows`.
 Model: an fla DeltaNet (`tiny_deltanet_config` widened by `Sizes`), AdamW on random windows of the train split with
-`scripts/build_demo_model.py`'s `pretrain` (cosine decay, fixed seed 0).
+`scripts/build_demo_model.py`'s `pretrain` (cosine decay, fixed seed 0), after a *copy warm-up*.
+
+Copy warm-up: a model this size trained on this corpus alone never learns in-context copying within the budget (no
+recall, no NIAH: the study's first runs; `scripts/repro/copy_probe.py`), and from scratch it learns to copy random
+ids of the full vocabulary only after a long plateau. Copying ids from a small vocabulary is learned in ~800 steps,
+and then carries over to the full vocabulary in a few hundred more. So pre-training starts with `Sizes.copy_steps`
+steps on synthetic [x][x] rows (x random ids; the first `copy_vocab_steps` with ids below `copy_small_vocab`, the
+rest from the full vocabulary), then the NTP pre-training on the corpus, where a share `pretrain_copy_share` of the
+windows carries one random-id span written twice (`random_span_copies`), so the ability is kept. Mid-training,
+post-training and every measure use the corpus and the QA data as they are.
 """
 
 from __future__ import annotations
@@ -46,6 +55,51 @@ def build_splits(work: Path, train_len: int) -> dict[str, Path]:
         pd.DataFrame(rows[split]).to_parquet(path, index=False)
     print(f"repro: data splits {({s: len(r) for s, r in rows.items()})} rows of <= {train_len} tokens in {out}")
     return paths
+
+
+def copy_warmup(model, sizes, vocab_size: int, seed: int = 0) -> list[dict]:
+    """AdamW (constant lr `pretrain_lr`) on [x][x] rows of random ids; returns the logged losses of both halves."""
+    import torch
+    import torch.nn.functional as F
+
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=sizes.pretrain_lr, weight_decay=0.01)
+    model.train()
+    log, n = [], sizes.copy_span
+    for step in range(sizes.copy_steps):
+        high = sizes.copy_small_vocab if step < sizes.copy_vocab_steps else vocab_size
+        half = torch.randint(3, high, (sizes.copy_batch, n), generator=generator)
+        ids = torch.cat([half, half], dim=1)
+        losses = F.cross_entropy(model(input_ids=ids).logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+        optimizer.zero_grad()
+        losses.mean().backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if step % 200 == 0 or step == sizes.copy_steps - 1:
+            log.append({"step": step, "vocab": high, "first_half": round(losses[:, :n - 1].mean().item(), 3),
+                        "second_half": round(losses[:, n:].mean().item(), 3)})
+            print(f"copy warm-up step {step:4d}  ids < {high}  loss first half {log[-1]['first_half']:.3f}  "
+                  f"copy {log[-1]['second_half']:.3f}", flush=True)
+    return log
+
+
+def random_span_copies(share: float, span: int, vocab_size: int):
+    """`augment` for `pretrain`: in a share of the rows, `span` random ids written at a random place and again at a
+    random later place (labels follow the ids: only a copy predicts the second one)."""
+    import torch
+
+    def augment(batch, rng):
+        batch = batch.clone()
+        seq_len = batch.shape[1]
+        for row in batch:
+            if rng.random() >= share:
+                continue
+            source = rng.randrange(0, seq_len - 2 * span + 1)
+            target = rng.randrange(source + span, seq_len - span + 1)
+            ids = torch.tensor([rng.randrange(3, vocab_size) for _ in range(span)])
+            row[source:source + span], row[target:target + span] = ids, ids
+        return batch
+    return augment
 
 
 def model_config(sizes, vocab_size: int):
@@ -91,15 +145,20 @@ def pretrained_model(work: Path, sizes, train_file: Path) -> Path:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"repro: pre-training a {n_params / 1e6:.2f}M-parameter DeltaNet for {sizes.pretrain_steps} steps", flush=True)
     start = time.time()
+    copy_log = copy_warmup(model, sizes, len(tokenizer))
     passages = list(pd.read_parquet(train_file).text)
     model = pretrain(model, tokenizer, passages, steps=sizes.pretrain_steps, seq_len=sizes.pretrain_seq_len,
-                     batch=sizes.pretrain_batch, lr=sizes.pretrain_lr, seed=0)
+                     batch=sizes.pretrain_batch, lr=sizes.pretrain_lr, seed=0,
+                     augment=random_span_copies(sizes.pretrain_copy_share, sizes.copy_span, len(tokenizer)))
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     record = {"parameters": n_params, "steps": sizes.pretrain_steps, "batch": sizes.pretrain_batch,
               "seq_len": sizes.pretrain_seq_len, "lr": sizes.pretrain_lr,
               "tokens": sizes.pretrain_steps * sizes.pretrain_batch * sizes.pretrain_seq_len,
+              "copy_steps": sizes.copy_steps, "copy_vocab_steps": sizes.copy_vocab_steps,
+              "copy_small_vocab": sizes.copy_small_vocab, "copy_span": sizes.copy_span, "copy_batch": sizes.copy_batch,
+              "copy_share": sizes.pretrain_copy_share, "copy_log": copy_log,
               "wall_s": round(time.time() - start, 1)}
     (work / "models" / "pretrain.json").write_text(json.dumps(record, indent=1))
     return out

@@ -106,7 +106,7 @@ def plots(results, out_dir: Path) -> list[Path]:
     models, seeds = results["models"], results["sizes"]["seeds"]
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    stems = ["ntp_loss", "nsp_em", "nsp_cos", "recall", "niah_tok", "niah_nll"]
+    stems = ["ntp_loss", "nsp_em", "nsp_cos", "recall", "niah_nll"]
     fig, axes = plt.subplots(1, len(stems), figsize=(4 * len(stems), 3.6))
     for ax, stem in zip(axes, stems):
         names = _measure_order({m for v in models.values() for m in v if m.startswith(stem + "@")})

@@ -21,6 +21,13 @@ class Sizes:
     pretrain_batch: int = 8
     pretrain_seq_len: int = 256
     pretrain_lr: float = 2e-3
+    # copy warm-up before the NTP pre-training (scripts/repro/pretrain.py says why)
+    copy_steps: int = 1600
+    copy_vocab_steps: int = 1000     # the first copy steps draw ids below copy_small_vocab, the rest from all 512
+    copy_small_vocab: int = 57
+    copy_span: int = 32              # rows [x][x], x of copy_span ids
+    copy_batch: int = 16
+    pretrain_copy_share: float = 0.25  # NTP pre-training windows that carry one random-id span written twice
     # mid-training (both arms: same steps, documents, lr)
     seeds: tuple[int, ...] = (1, 2, 3)
     train_len: int = 256             # rows of 252-256 tokens = data.max_prompt_length
@@ -60,7 +67,7 @@ FULL = Sizes()
 # --quick: the same pipeline end to end, sizes that prove nothing (CI)
 QUICK = replace(
     FULL, hidden_size=64, num_layers=2, num_heads=2, pretrain_steps=10, pretrain_batch=4, pretrain_seq_len=128,
-    seeds=(1,), mid_steps=2, post_steps=2, ttt_steps=1, ntp_lengths=(128, 256), ntp_windows=2, nsp_lengths=(128,),
+    copy_steps=20, copy_vocab_steps=10, seeds=(1,), mid_steps=2, post_steps=2, ttt_steps=1, ntp_lengths=(128, 256), ntp_windows=2, nsp_lengths=(128,),
     nsp_positions=3, recall_lengths=(96, 256), recall_samples=2, niah_lengths=(256,), niah_samples=2,
     train_len=128,
 )
