@@ -165,8 +165,12 @@ def write(results, report_dir: Path) -> list[Path]:
          f"{results['wall_s']:.0f} s (stages found cached are not re-run; per-run wall times below)."),
         "",
         (f"Model: fla DeltaNet, {s['num_layers']} layers x {s['hidden_size']} wide, "
-         f"{pre.get('parameters', 0) / 1e6:.2f}M parameters, vocab 512. Pre-training: {pre.get('steps')} steps x "
-         f"{pre.get('batch')} x {pre.get('seq_len')} tokens ({pre.get('tokens')} tokens), AdamW lr {pre.get('lr')} cosine, "
+         f"{pre.get('parameters', 0) / 1e6:.2f}M parameters, vocab 512. Copy warm-up: {pre.get('copy_steps', 0)} steps "
+         f"of {pre.get('copy_batch')} x [x][x] rows, x = {pre.get('copy_span')} random ids (below "
+         f"{pre.get('copy_small_vocab')} for the first {pre.get('copy_vocab_steps')} steps, then any). Pre-training: "
+         f"{pre.get('steps')} steps x "
+         f"{pre.get('batch')} x {pre.get('seq_len')} tokens ({pre.get('tokens')} tokens; a share {pre.get('copy_share')} of "
+         f"the windows carries one random span written twice), AdamW lr {pre.get('lr')} cosine, "
          f"{pre.get('wall_s')} s. Data rows: {results.get('data_rows')}. Trainer learning rate (every run, both arms): "
          f"{s['lr']}. NSP: C={s['n_chunks']}, k={s['response_length']}, sampling {s['sampling']}, fast NSP; "
          f"mid-training reward {s['reward']}, ppo_coef {s['ppo_coef']}; post-training reward {s['post_reward']}; "

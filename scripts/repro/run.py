@@ -105,11 +105,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report-dir", type=Path, help="where results.md and results/*.png go (default: work dir)")
     parser.add_argument("--seeds", type=int, nargs="+", help="override the seeds (default 1 2 3; quick: 1)")
     parser.add_argument("--jobs", type=int, default=2, help="trainer runs at a time (default 2)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write results.md and the plots again from the work dir's results.json; run nothing")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     if args.seeds:
         sizes = replace(sizes, seeds=tuple(args.seeds))
     work = (args.work_dir or REPO / "runs" / "repro" / ("quick" if args.quick else "full")).resolve()
+    if args.report_only:
+        saved = work / "results.json"
+        if not saved.exists():
+            raise SystemExit(f"repro: --report-only: no {saved}; run the study first")
+        for path in report.write(json.loads(saved.read_text()), args.report_dir or work):
+            print(f"repro: wrote {path}")
+        return
     work.mkdir(parents=True, exist_ok=True)
     started = time.time()
     results = study(work, sizes, args.jobs)
