@@ -103,10 +103,10 @@ def nsp_measures(model, judge, stream, sizes) -> dict:
             generated = model.generate(input_ids=ids[:, :r], attention_mask=torch.ones_like(ids[:, :r]),
                                        max_new_tokens=k, min_new_tokens=k, do_sample=False,
                                        pad_token_id=0)[:, r:r + k]
-            with capture_last_hidden(judge) as seen:
-                judge(input_ids=ids[:, :r + k])
-                judge(input_ids=torch.cat([ids[:, :r], generated], dim=1))
-            rewards = all_sequence_rewards(seen[1][:, r:r + k], seen[0][:, r:r + k], generated, ids[:, r:r + k])
+            with capture_last_hidden(judge) as seen:  # ground truth and continuation as one batch of two rows
+                judge(input_ids=torch.cat([ids[:, :r + k], torch.cat([ids[:, :r], generated], dim=1)]))
+            hidden = seen[0][:, r:r + k]
+            rewards = all_sequence_rewards(hidden[1:], hidden[:1], generated, ids[:, r:r + k])
             em.append(rewards["binary"].item())
             cos.append(rewards["cosine_similarity"].item())
         out[f"nsp_em@{length}"] = 100 * sum(em) / len(em)
