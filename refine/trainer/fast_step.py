@@ -17,41 +17,41 @@ from refine.nsp.advantages import grpo_advantages
 from refine.nsp.prefixes import expand_targets, gather_target_ids, rollout_uids
 from refine.nsp.rewards import REWARD_KINDS, all_sequence_rewards, token_level_rewards
 from refine.nsp.sampling import eos_ids, sampling_processors
+from refine.settings import NspSettings
 from refine.trainer import fast_ops, model_ops
 from refine.trainer.fast_update import InlineRollout, fast_backward
 from refine.trainer.rpc import combined_update_loop, combined_update_plan, worker_seed
 
 
-def run_fast_step(engine, module, ids: torch.Tensor, mask: torch.Tensor, meta: dict, *, uids=None, rank: int = 0,
-                  eos_token_id=None, injected: torch.Tensor | None = None) -> tuple[dict, dict]:
+def run_fast_step(engine, module, ids: torch.Tensor, mask: torch.Tensor, settings: NspSettings, *, uids=None,
+                  rank: int = 0, eos_token_id=None, injected: torch.Tensor | None = None) -> tuple[dict, dict]:
     """One fast inner step on [b, S] documents. Returns (per-row tensors, metrics {key: [values]}).
 
-    meta: n_chunks, n_per_prefix, response_length, sampling, temperature, top_p, top_k, reward,
-    log_prob_micro_batch_size, seed, mini_batch_size, micro_batch_size, sft_coef, ppo_coef, mask_pads,
-    world_size. `injected` [N, k] replaces sampling (tests).
+    settings: every field of `NspSettings` but pad_token_id (the fast mode never pads a prefix).
+    `injected` [N, k] replaces sampling (tests).
     """
     n_docs = ids.shape[0]
-    k, n_chunks, ttt_n = meta["response_length"], meta["n_chunks"], meta["n_per_prefix"]
-    lp_micro = meta["log_prob_micro_batch_size"]
+    k, n_chunks, ttt_n = settings.response_length, settings.n_chunks, settings.n_per_prefix
+    lp_micro = settings.log_prob_micro_batch_size_per_gpu
     device = ids.device
     timing: dict[str, float] = {"state_pass": 0.0, "gen": 0.0, "old_log_prob": 0.0}
     with engine.eval_mode():
-        gen = torch.Generator(device=device).manual_seed(worker_seed(meta["seed"], rank, 0))
+        gen = torch.Generator(device=device).manual_seed(worker_seed(settings.seed, rank, 0))
         with fast_ops.timed(timing, "forward"):
             analysis = model_ops.analyse(module, ids, mask, n_chunks=n_chunks, response_length=k,
-                                         sampling=meta["sampling"], micro_batch_size=lp_micro, generator=gen)
+                                         sampling=settings.sampling, micro_batch_size=lp_micro, generator=gen)
     positions = analysis.positions
     rows_per_doc, n_rows = n_chunks * ttt_n, n_docs * n_chunks * ttt_n
-    plan = combined_update_plan(meta, n_docs)
+    plan = combined_update_plan(settings, n_docs)
     step = _StepRows(
         targets=analysis.target_hidden.flatten(0, 1).repeat_interleave(ttt_n, dim=0),
         ground_truth=expand_targets(gather_target_ids(ids, positions, k), ttt_n),
         uids=rollout_uids(n_docs, n_chunks, ttt_n, uids),
-        reward=meta["reward"], n_rows=n_rows, k=k, device=device,
+        reward=settings.reward, n_rows=n_rows, k=k, device=device,
     )
-    processors = sampling_processors(temperature=meta["temperature"], top_k=meta["top_k"],
-                                     top_p=meta["top_p"], suppress_ids=eos_ids(eos_token_id))
-    sampler = torch.Generator(device=device).manual_seed(worker_seed(meta["seed"], rank, 1))
+    processors = sampling_processors(temperature=settings.temperature, top_k=settings.top_k,
+                                     top_p=settings.top_p, suppress_ids=eos_ids(eos_token_id))
+    sampler = torch.Generator(device=device).manual_seed(worker_seed(settings.seed, rank, 1))
 
     # documents updated after the first optimiser step are rolled out now, from the current weights
     later = slice(plan.mini_batches[0].sft.stop, n_docs)
@@ -60,7 +60,7 @@ def run_fast_step(engine, module, ids: torch.Tensor, mask: torch.Tensor, meta: d
         with engine.eval_mode():
             rollout = fast_ops.fast_rollout(
                 module, ids[later], mask[later], positions[later], ttt_n=ttt_n, response_length=k,
-                temperature=meta["temperature"], processors=processors, micro_batch_size=lp_micro,
+                temperature=settings.temperature, processors=processors, micro_batch_size=lp_micro,
                 generator=sampler, responses=None if injected is None else injected[rows], timing=timing)
         step.responses[rows], step.old_log_probs[rows] = rollout.responses, rollout.old_log_probs
         step.advantages[rows] = step.score(rows, rollout.response_hidden, rollout.responses)
@@ -78,7 +78,7 @@ def run_fast_step(engine, module, ids: torch.Tensor, mask: torch.Tensor, meta: d
     inline = InlineRollout(decode=decode, score=step.score, timing=timing)
     gen_before = timing["gen"]
     with fast_ops.timed(timing, "update_actor"):
-        metrics = _update(engine, module, meta, plan, ids, mask, positions, step, inline)
+        metrics = _update(engine, module, settings, plan, ids, mask, positions, step, inline)
     timing["update_actor"] -= timing["gen"] - gen_before  # decoding inside the update is reported as gen
     # the faithful phase names, measured on the worker (`state_pass` is the fast mode's own phase)
     metrics.update({f"timing_s/{key}_ttt": [value] for key, value in timing.items()})
@@ -94,15 +94,15 @@ def run_fast_step(engine, module, ids: torch.Tensor, mask: torch.Tensor, meta: d
     return tensors, metrics
 
 
-def _update(engine, module, meta, plan, ids, mask, positions, step, inline) -> dict[str, list[float]]:
-    n_chunks, ttt_n = positions.shape[1], meta["n_per_prefix"]
+def _update(engine, module, settings, plan, ids, mask, positions, step, inline) -> dict[str, list[float]]:
+    n_chunks, ttt_n = positions.shape[1], settings.n_per_prefix
     docs = {"input_ids": ids, "attention_mask": mask}
     ppo = {"positions": positions, "responses": step.responses, "old_log_probs": step.old_log_probs,
            "advantages": step.advantages}
     with fast_ops.cache_friendly(module) as checkpointed:
         return combined_update_loop(engine, plan, lambda index, pair: fast_backward(
             module, docs, ppo, pair, plan, n_rows_per_doc=n_chunks * ttt_n, ttt_n=ttt_n,
-            temperature=meta["temperature"], mask_pads=meta["mask_pads"], inline=inline if index == 0 else None,
+            temperature=settings.temperature, mask_pads=settings.mask_pads, inline=inline if index == 0 else None,
             checkpoint=checkpointed))
 
 

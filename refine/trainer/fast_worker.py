@@ -11,6 +11,7 @@ from verl import DataProto
 from verl.single_controller.base.decorator import register
 
 from refine.models.state_branching import check_branchable
+from refine.settings import NspSettings, settings_of
 from refine.trainer.fast_step import run_fast_step
 from refine.trainer.rpc import ACTOR_DISPATCH, memory_metrics
 
@@ -23,22 +24,22 @@ class FastNspWorkerMixin:
     def nsp_fast_step(self, data: DataProto) -> DataProto:
         """Analysis, rollouts, rewards, GRPO and the combined update on this rank's documents.
 
-        data: input_ids, attention_mask [b, S]; optional non-tensor `uid`. meta_info: see `run_fast_step`, plus
-        optionally `responses` [W * N, k] (tests: inject rollouts instead of sampling; this rank's block is used).
+        data: input_ids, attention_mask [b, S]; optional non-tensor `uid`. Settings (`NspSettings`): see
+        `run_fast_step`; `responses` [W * N, k] (tests) injects rollouts instead of sampling (this rank's block).
         Returns per rollout row: position r, prompt_length, rewards_<kind> (3) [N]; responses, old_log_probs,
         scores, advantages, returns [N, k]; the update's metrics in meta_info.
         """
-        meta = data.meta_info
+        settings = settings_of(data, NspSettings)
         check_branchable(self._module)
         ids, mask = self._tensors(data, "input_ids", "attention_mask")
         uid = data.non_tensor_batch.get("uid")
-        injected = meta.get("responses")
+        injected = settings.responses
         if injected is not None:
-            n_rows = ids.shape[0] * meta["n_chunks"] * meta["n_per_prefix"]
+            n_rows = ids.shape[0] * settings.n_chunks * settings.n_per_prefix
             injected = injected[self._dp_rank * n_rows:(self._dp_rank + 1) * n_rows].to(ids.device)
         eos, _ = self._special_ids()
         tensors, metrics = run_fast_step(
-            self.actor.engine, self._module, ids.long(), mask.long(), meta,
+            self.actor.engine, self._module, ids.long(), mask.long(), settings,
             uids=list(uid) if uid is not None else None, rank=self._dp_rank, eos_token_id=eos, injected=injected)
         metrics.update({key: [value] for key, value in memory_metrics("_ttt").items()})
         out = DataProto.from_dict(tensors={key: value.detach().cpu() for key, value in tensors.items()})

@@ -17,25 +17,34 @@ import torch
 from verl import DataProto
 from verl.utils.profiler import simple_timer
 
+from refine.settings import NspSettings, attach, replace
 from refine.trainer.config import NSP_MODES, RefineConfig
 
 
 @dataclass
 class StepSettings:
-    """What an inner step needs besides the refine group: sizes of the run and this step's seed."""
+    """What an inner step needs besides the refine group: sizes of the run and this step's seed (the driver's
+    own record of one step; the workers receive the `NspSettings` built from it by `worker_settings`)."""
 
     world_size: int
     pad_token_id: int
     seed: int
     sft: bool  # NTP part on (ttt_sft_update / val_ttt_sft_update)
     ppo: bool  # NSP-GRPO part on (ttt_ppo_update / val_ttt_ppo_update)
-    extra_meta: dict = dataclasses.field(default_factory=dict)  # tests: e.g. injected fast-mode responses
+    # tests: `NspSettings` fields set for the fast step, e.g. {"responses": ...} injects the rollouts
+    extra_meta: dict = dataclasses.field(default_factory=dict)
+
+
+def worker_settings(rc: RefineConfig, settings: StepSettings) -> NspSettings:
+    """The inner loop's typed settings of this step, as every worker call of the step receives them."""
+    return NspSettings.of(rc, world_size=settings.world_size, pad_token_id=settings.pad_token_id, seed=settings.seed)
 
 
 def rank0_metrics(output: DataProto) -> dict[str, float]:
     """Rank-0 worker metrics reduced like the official `reduce_metrics` (mean; max/min for keys containing them).
 
-    Workers return `meta_info["metrics"]` as {key: [values]}; after verl's concat each key holds one entry per rank.
+    Workers return the meta_info key "metrics" as {key: [values]}; after verl's concat each key holds one entry per
+    rank.
     Only rank 0's entry is used, as officially (the first `meta_info` wins, Q29).
     """
     from verl.utils.metric import reduce_metrics
@@ -95,18 +104,14 @@ def faithful_inner_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSe
     k, n_chunks, ttt_n = rc.response_length, rc.n_chunks, rc.n_per_prefix
     n_docs, seq_len = batch.batch["input_ids"].shape
     rows_per_doc = n_chunks * ttt_n
-    micro_lp = rc.log_prob_micro_batch_size_per_gpu
     docs = wire_documents(batch)
-    rollout_meta = {"response_length": k, "n_per_prefix": ttt_n, "pad_token_id": settings.pad_token_id,
-                    "micro_batch_size": micro_lp, "temperature": rc.temperature}
+    step_settings = worker_settings(rc, settings)  # the same settings for every call of the step
 
     def per_doc(rows: torch.Tensor) -> torch.Tensor:  # [N, ...] -> [B, C * ttt_n, ...]
         return rows.reshape(n_docs, rows_per_doc, *rows.shape[1:])
 
     # Steps 1-2: analysis forward and position selection on the workers: positions and target hidden states only
-    analyse_in = DataProto.from_dict(tensors=docs, meta_info={
-        "n_chunks": n_chunks, "response_length": k, "sampling": rc.sampling, "micro_batch_size": micro_lp,
-        "seed": settings.seed})
+    analyse_in = DataProto.from_dict(tensors=docs, meta_info=attach(step_settings))
     with simple_timer("forward_ttt", timing):
         analysis = wg.nsp_analyse(analyse_in)
     positions = analysis.batch["positions"]
@@ -116,14 +121,13 @@ def faithful_inner_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSe
     ground_truth = expand_targets(gather_target_ids(batch.batch["input_ids"], positions, k), ttt_n)
 
     # Step 3: rollouts: exactly k sampled tokens per (worker-built) prefix
-    gen_in = DataProto.from_dict(tensors={**docs, "positions": positions}, meta_info={
-        **rollout_meta, "top_p": rc.top_p, "top_k": rc.top_k, "seed": settings.seed})
+    gen_in = DataProto.from_dict(tensors={**docs, "positions": positions}, meta_info=attach(step_settings))
     with simple_timer("gen_ttt", timing):
         responses = wg.nsp_generate(gen_in).batch["responses"].flatten(0, 1)
 
     # Step 4: old log-probs and response hidden states
     lp_in = DataProto.from_dict(tensors={**docs, "positions": positions, "responses": per_doc(responses)},
-                                meta_info=rollout_meta)
+                                meta_info=attach(step_settings))
     with simple_timer("old_log_prob_ttt", timing):
         lp_out = wg.nsp_old_log_prob(lp_in)
     old_log_probs = lp_out.batch["old_log_probs"].flatten(0, 1)
@@ -143,17 +147,8 @@ def faithful_inner_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSe
     update_in = DataProto.from_dict(
         tensors={**docs, "positions": positions, "responses": per_doc(responses),
                  "old_log_probs": per_doc(old_log_probs), "advantages": per_doc(advantages)},
-        meta_info={
-            **rollout_meta,
-            "mini_batch_size": rc.mini_batch_size,
-            "n_chunks": n_chunks,
-            "micro_batch_size": rc.micro_batch_size_per_gpu,
-            # official: with PPO on, the NTP part always runs with its coefficient (update_policy_ppo_ttt)
-            "sft_coef": rc.sft_coef,
-            "ppo_coef": rc.ppo_coef,
-            "mask_pads": rc.ntp_pad_mask == "mask",
-            "world_size": settings.world_size,
-        },
+        # official: with PPO on, the NTP part always runs with its coefficient (update_policy_ppo_ttt)
+        meta_info=attach(step_settings),
     )
     with simple_timer("update_actor_ttt", timing):
         update_out = wg.nsp_update(update_in)
@@ -164,10 +159,7 @@ def faithful_inner_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSe
 def ntp_only_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSettings) -> dict[str, float]:
     """The NTP-only inner update (ttt_ppo_update off): one RPC, the same in every NSP mode."""
     timing: dict[str, float] = {}
-    docs = DataProto.from_dict(
-        tensors=wire_documents(batch),
-        meta_info={"micro_batch_size": rc.micro_batch_size_per_gpu, "mask_pads": rc.ntp_pad_mask == "mask"},
-    )
+    docs = DataProto.from_dict(tensors=wire_documents(batch), meta_info=attach(worker_settings(rc, settings)))
     with simple_timer("update_actor_ttt", timing):
         out = wg.ntp_only_update(docs)
     return rank0_metrics(out) | {f"timing_s/{k}": v for k, v in timing.items()}
@@ -184,18 +176,10 @@ def fast_inner_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSettin
     if not settings.ppo:
         return ntp_only_step(wg, batch, rc, settings)
     timing: dict[str, float] = {}
-    k, ttt_n = rc.response_length, rc.n_per_prefix
     docs = DataProto.from_dict(
         tensors=wire_documents(batch),
         non_tensors={key: value for key, value in batch.non_tensor_batch.items() if key == "uid"},
-        meta_info={
-            "n_chunks": rc.n_chunks, "n_per_prefix": ttt_n, "response_length": k, "sampling": rc.sampling,
-            "temperature": rc.temperature, "top_p": rc.top_p, "top_k": rc.top_k, "reward": rc.reward,
-            "log_prob_micro_batch_size": rc.log_prob_micro_batch_size_per_gpu, "seed": settings.seed,
-            "mini_batch_size": rc.mini_batch_size, "micro_batch_size": rc.micro_batch_size_per_gpu,
-            "sft_coef": rc.sft_coef, "ppo_coef": rc.ppo_coef, "mask_pads": rc.ntp_pad_mask == "mask",
-            "world_size": settings.world_size, **settings.extra_meta,
-        },
+        meta_info=attach(replace(worker_settings(rc, settings), **settings.extra_meta)),
     )
     with simple_timer("nsp_step_ttt", timing):  # the phases are timed on the workers (rank 0's figures)
         out = wg.nsp_fast_step(docs)

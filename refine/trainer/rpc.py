@@ -1,5 +1,5 @@
 """What every actor-worker RPC shares: its dispatch, the per-rank random streams, the memory metrics, the update
-plan read from `meta_info`, the optimiser-step loop and the metrics reply.
+plan of the inner loop's settings, the optimiser-step loop and the metrics reply.
 
 Kept apart from `worker.py` so the driver (validation) and the fast-NSP mixin can use them without importing
 verl's worker engine.
@@ -13,8 +13,11 @@ from collections.abc import Callable
 from verl import DataProto
 from verl.single_controller.base.decorator import make_nd_compute_dataproto_dispatch_fn
 
+from refine.nsp.update_plan import combined_loss_metrics, normalized_ppo_mini_batch_rows, plan_combined_update
+from refine.settings import NspSettings
+
 # rows split evenly over the data-parallel ranks, outputs concatenated in rank order; metrics in
-# meta_info["metrics"] become one entry per rank
+# the "metrics" of meta_info become one entry per rank
 ACTOR_DISPATCH = make_nd_compute_dataproto_dispatch_fn(mesh_name="actor")
 
 
@@ -72,29 +75,25 @@ def one_entry_each(values: dict[str, float]) -> dict[str, list[float]]:
 
 
 def metrics_reply(metrics: dict[str, list[float]], suffix: str) -> DataProto:
-    """The reply of an update RPC: its metrics plus the memory metrics, in `meta_info["metrics"]`."""
+    """The reply of an update RPC: its metrics plus the memory metrics, under the meta_info key "metrics"."""
     return DataProto(meta_info={"metrics": {**metrics, **one_entry_each(memory_metrics(suffix))}})
 
 
-def combined_update_plan(meta: dict, n_docs: int):
-    """The official combined-update plan of this rank's `n_docs` documents from an update RPC's meta_info
-    (mini_batch_size, micro_batch_size, n_chunks, n_per_prefix, world_size, sft_coef, ppo_coef)."""
-    from refine.nsp.update_plan import normalized_ppo_mini_batch_rows, plan_combined_update
-
-    n_chunks, ttt_n = meta["n_chunks"], meta["n_per_prefix"]
-    m_rows = normalized_ppo_mini_batch_rows(meta["mini_batch_size"], n_chunks=n_chunks, ttt_n=ttt_n,
-                                            world_size=meta["world_size"])
+def combined_update_plan(settings: NspSettings, n_docs: int):
+    """The official combined-update plan of this rank's `n_docs` documents under the inner loop's settings
+    (mini_batch_size, micro_batch_size_per_gpu, n_chunks, n_per_prefix, world_size, sft_coef, ppo_coef)."""
+    n_chunks, ttt_n = settings.n_chunks, settings.n_per_prefix
+    m_rows = normalized_ppo_mini_batch_rows(settings.mini_batch_size, n_chunks=n_chunks, ttt_n=ttt_n,
+                                            world_size=settings.world_size)
     return plan_combined_update(n_docs, n_docs * n_chunks * ttt_n, ppo_mini_batch_rows=m_rows,
-                                micro_batch_size=meta["micro_batch_size"], n_chunks=n_chunks, ttt_n=ttt_n,
-                                sft_loss_coef=meta["sft_coef"], ppo_loss_coef=meta["ppo_coef"])
+                                micro_batch_size=settings.micro_batch_size_per_gpu, n_chunks=n_chunks, ttt_n=ttt_n,
+                                sft_loss_coef=settings.sft_coef, ppo_loss_coef=settings.ppo_coef)
 
 
 def combined_update_loop(engine, plan, backward_pair) -> dict[str, list[float]]:
     """The official combined update of one rank (spec 2.C): per (NTP, PPO) mini-batch pair of `plan`,
     `backward_pair(index, pair)` -> (raw NTP losses, raw pg losses, pg metrics) inside `optimizer_steps`.
     Returns the `_ttt` metrics, the logged losses of `combined_loss_metrics` included."""
-    from refine.nsp.update_plan import combined_loss_metrics
-
     ntp_raw, pg_raw = [], []
 
     def backward_step(index: int) -> dict:

@@ -7,6 +7,7 @@ import torch
 from verl import DataProto
 from verl.utils.profiler import simple_timer
 
+from refine.settings import TaskSettings, attach, replace
 from refine.trainer.nsp_step import rank0_metrics
 
 
@@ -17,7 +18,7 @@ def task_update(trainer, batch: DataProto) -> dict[str, float]:
     data = DataProto.from_dict(
         tensors={key: batch.batch[key] for key in
                  ("input_ids", "attention_mask", "ground_truth_ids", "ground_truth_attention_mask")},
-        meta_info={"micro_batch_size": int(trainer.config.actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu)},
+        meta_info=attach(TaskSettings.of(trainer.config)),
     )
     timing: dict[str, float] = {}
     with simple_timer("update_actor_task", timing):
@@ -45,20 +46,14 @@ def task_grpo_update(trainer, batch: DataProto) -> dict[str, float]:
 
     from refine.nsp.advantages import grpo_advantages
 
-    config = trainer.config
-    rollout, actor = config.actor_rollout_ref.rollout, config.actor_rollout_ref.actor
-    n = int(rollout.n)
+    settings = TaskSettings.of(trainer.config)
+    n = settings.rollout_n
     wg = trainer.actor_rollout_wg
     timing: dict[str, float] = {}
     repeated = batch.repeat(repeat_times=n, interleave=True)
     prompts, prompt_mask = repeated.batch["input_ids"], repeated.batch["attention_mask"]
-    micro_lp = int(rollout.log_prob_micro_batch_size_per_gpu)
-    gen_in = DataProto.from_dict(
-        tensors={"input_ids": prompts, "attention_mask": prompt_mask},
-        meta_info={"max_new_tokens": int(config.data.max_response_length), "micro_batch_size": micro_lp,
-                   "temperature": float(rollout.temperature), "top_p": float(rollout.top_p),
-                   "top_k": int(rollout.top_k), "seed": trainer.next_step_seed()},
-    )
+    gen_in = DataProto.from_dict(tensors={"input_ids": prompts, "attention_mask": prompt_mask},
+                                 meta_info=attach(replace(settings, seed=trainer.next_step_seed())))
     with simple_timer("gen_task", timing):
         gen = wg.task_generate(gen_in)
     responses, response_mask = gen.batch["responses"], gen.batch["response_mask"]
@@ -68,18 +63,15 @@ def task_grpo_update(trainer, batch: DataProto) -> dict[str, float]:
     lp_in = DataProto.from_dict(
         tensors={"input_ids": prompts, "attention_mask": prompt_mask, "responses": responses,
                  "response_mask": response_mask},
-        meta_info={"temperature": float(rollout.temperature), "micro_batch_size": micro_lp},
+        meta_info=attach(settings),
     )
     with simple_timer("old_log_prob_task", timing):
         old_log_probs = wg.task_old_log_prob(lp_in).batch["old_log_probs"]
     advantages, returns = grpo_advantages(token_rewards, response_mask.float(), repeated.non_tensor_batch["uid"])
-    world = trainer.world_size
     update_in = DataProto.from_dict(
         tensors={"input_ids": prompts, "attention_mask": prompt_mask, "responses": responses,
                  "response_mask": response_mask, "old_log_probs": old_log_probs, "advantages": advantages},
-        meta_info={"mini_batch_rows": int(actor.ppo_mini_batch_size) * n // world,
-                   "micro_batch_size": int(actor.ppo_micro_batch_size_per_gpu), "epochs": int(actor.ppo_epochs),
-                   "temperature": float(rollout.temperature)},
+        meta_info=attach(settings),
     )
     with simple_timer("update_actor_task", timing):
         out = wg.task_ppo_update(update_in)

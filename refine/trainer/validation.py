@@ -9,6 +9,7 @@ from verl import DataProto
 
 from tqdm import tqdm
 
+from refine.settings import ValidationSettings, attach, replace
 from refine.trainer.predictions import PredictionWriter, prediction_paths
 from refine.trainer.rpc import worker_seed
 
@@ -29,15 +30,13 @@ def validate_loss(trainer) -> dict[str, float]:
     change; the sampling draws are seeded from refine.seed and the step, apart from the training RNG.
     """
     rc = trainer.rc
+    settings = ValidationSettings.of(rc, trainer.config)
     losses, ems = [], []
     for index, batch_dict in enumerate(trainer.val_dataloader):
         batch = DataProto.from_single_dict(batch_dict)
         data = DataProto.from_dict(
             tensors={"input_ids": batch.batch["input_ids"], "attention_mask": batch.batch["attention_mask"]},
-            meta_info={
-                "micro_batch_size": rc.log_prob_micro_batch_size_per_gpu,
-                "seed": worker_seed(rc.seed, trainer.global_steps, 1000 + index),
-            },
+            meta_info=attach(replace(settings, seed=worker_seed(rc.seed, trainer.global_steps, 1000 + index))),
         )
         out = trainer.actor_rollout_wg.val_loss_em(data)
         losses.append(float(out.batch["val_loss"].float().mean()))
@@ -63,8 +62,7 @@ def validate_generation(trainer) -> dict[str, float]:
     wg = trainer.actor_rollout_wg
     ttt = rc.val_ttt_sft_update or rc.val_ttt_ppo_update
     reset = ttt and rc.ttt_reset == "batch"
-    max_new = int(trainer.config.data.max_response_length)
-    micro = int(trainer.config.actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu)
+    settings = ValidationSettings.of(rc, trainer.config)
     limits = row_max_gen_tokens(trainer) if rc.use_row_max_gen_tokens else None
     batch_size = trainer.val_dataloader.batch_size
     scores: list[float] = []
@@ -85,7 +83,7 @@ def validate_generation(trainer) -> dict[str, float]:
         row_limits = None if limits is None else limits[index * batch_size : (index + 1) * batch_size]
         data = DataProto.from_dict(
             tensors={"input_ids": batch.batch["input_ids"], "attention_mask": batch.batch["attention_mask"]},
-            meta_info={"max_new_tokens": max(row_limits) if row_limits else max_new, "micro_batch_size": micro},
+            meta_info=attach(replace(settings, max_new_tokens=max(row_limits)) if row_limits else settings),
         )
         responses = wg.generate_greedy(data).batch["responses"]
         if row_limits:  # greedy: a row's first n tokens do not depend on decoding further, so cut per row

@@ -1,8 +1,9 @@
 """`RefineActorWorker`: verl's `ActorRolloutRefWorker` plus one `@register` RPC per worker-side ReFINE step.
 
 Every RPC is dispatched with `make_nd_compute_dataproto_dispatch_fn("actor")` (rows split evenly over the
-data-parallel ranks, outputs concatenated in rank order; metrics in `meta_info["metrics"]` become one entry per
-rank) and runs on `self.actor.engine.module`, the FSDP module verl built. Knobs travel in `meta_info`. The
+data-parallel ranks, outputs concatenated in rank order; the metrics of a reply become one entry per rank) and
+runs on `self.actor.engine.module`, the FSDP module verl built. Each call carries one typed settings object
+(`refine.settings`: `NspSettings`, `TaskSettings`, `ValidationSettings`), read with `settings_of`. The
 computations themselves are the plain functions of `refine.trainer.model_ops`.
 """
 
@@ -14,6 +15,7 @@ from verl.single_controller.base.decorator import Dispatch, register
 from verl.workers.engine_workers import ActorRolloutRefWorker
 
 from refine.nsp.update_plan import micro_slices, ntp_only_loss_metrics, plan_ntp_only_update
+from refine.settings import NspSettings, TaskSettings, ValidationSettings, settings_of
 from refine.trainer import model_ops
 from refine.trainer.fast_worker import FastNspWorkerMixin
 from refine.trainer.rpc import (
@@ -59,16 +61,16 @@ class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
             pad = eos[0] if isinstance(eos, list) else eos
         return eos, pad
 
-    def _generate_until_eos(self, data: DataProto, sampling: dict | None = None) -> torch.Tensor:
-        """Responses [n, max_new_tokens] to this rank's prompts, EOS stopping a row, ranks kept in lockstep.
-        meta_info: max_new_tokens, micro_batch_size."""
+    def _generate_until_eos(self, data: DataProto, max_new_tokens: int, micro_batch_size: int,
+                            sampling: dict | None = None) -> torch.Tensor:
+        """Responses [n, max_new_tokens] to this rank's prompts, EOS stopping a row, ranks kept in lockstep."""
         prompts, prompt_mask = self._tensors(data, "input_ids", "attention_mask")
         eos, pad = self._special_ids()
         synced = torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
         with self.actor.engine.eval_mode():
             return model_ops.generate(
-                self._module, prompts, prompt_mask, max_new_tokens=data.meta_info["max_new_tokens"],
-                micro_batch_size=data.meta_info["micro_batch_size"], eos_token_id=eos, pad_token_id=pad,
+                self._module, prompts, prompt_mask, max_new_tokens=max_new_tokens,
+                micro_batch_size=micro_batch_size, eos_token_id=eos, pad_token_id=pad,
                 sampling=sampling, synced_gpus=synced)
 
     # ---- NSP inner loop ------------------------------------------------------------------------------------
@@ -76,21 +78,21 @@ class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
     def nsp_analyse(self, data: DataProto) -> DataProto:
         """Analysis forward + position selection on this rank's rows (spec 2.A Steps 1-2).
 
-        meta_info: n_chunks, response_length, sampling, micro_batch_size, seed.
+        Settings (`NspSettings`): n_chunks, response_length, sampling, log_prob_micro_batch_size_per_gpu, seed.
         Returns positions [b, C] and target_hidden [b, C, k, H].
         """
-        meta = data.meta_info
+        s = settings_of(data, NspSettings)
         input_ids, attention_mask = (t.long() for t in self._tensors(data, "input_ids", "attention_mask"))
-        generator = torch.Generator(device=input_ids.device).manual_seed(worker_seed(meta["seed"], self._dp_rank, 0))
+        generator = torch.Generator(device=input_ids.device).manual_seed(worker_seed(s.seed, self._dp_rank, 0))
         with self.actor.engine.eval_mode():
             result = model_ops.analyse(
                 self._module,
                 input_ids,
                 attention_mask,
-                n_chunks=meta["n_chunks"],
-                response_length=meta["response_length"],
-                sampling=meta["sampling"],
-                micro_batch_size=meta["micro_batch_size"],
+                n_chunks=s.n_chunks,
+                response_length=s.response_length,
+                sampling=s.sampling,
+                micro_batch_size=s.log_prob_micro_batch_size_per_gpu,
                 generator=generator,
             )
         return DataProto.from_dict(tensors={"positions": result.positions.cpu(),
@@ -101,10 +103,10 @@ class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
         (`build_rollout_batch`: the official layout, built here instead of shipped from the driver)."""
         from refine.nsp.prefixes import build_rollout_batch
 
-        meta = data.meta_info
+        s = settings_of(data, NspSettings)
         ids, mask, positions = self._tensors(data, "input_ids", "attention_mask", "positions")
-        rollout = build_rollout_batch(ids.long(), mask.long(), positions, response_length=meta["response_length"],
-                                      pad_token_id=meta["pad_token_id"], ttt_n=meta["n_per_prefix"])
+        rollout = build_rollout_batch(ids.long(), mask.long(), positions, response_length=s.response_length,
+                                      pad_token_id=s.pad_token_id, ttt_n=s.n_per_prefix)
         return rollout.input_ids, rollout.attention_mask
 
     def _rollout_rows(self, data: DataProto, key: str) -> torch.Tensor:
@@ -114,26 +116,26 @@ class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
     @register(dispatch_mode=ACTOR_DISPATCH)
     def nsp_generate(self, data: DataProto) -> DataProto:
         """Exactly k sampled tokens per prefix (spec 2.A Step 3). data: input_ids, attention_mask [b, S], positions
-        [b, C]; meta_info: response_length, n_per_prefix, pad_token_id, temperature, top_p, top_k,
-        micro_batch_size, seed. Returns responses [b, C * ttt_n, k]."""
-        meta = data.meta_info
+        [b, C]; settings: response_length, n_per_prefix, pad_token_id, temperature, top_p, top_k,
+        log_prob_micro_batch_size_per_gpu, seed. Returns responses [b, C * ttt_n, k]."""
+        s = settings_of(data, NspSettings)
         prompts, prompt_mask = self._rollout_prefixes(data)
-        torch.manual_seed(worker_seed(meta["seed"], self._dp_rank, 1))
+        torch.manual_seed(worker_seed(s.seed, self._dp_rank, 1))
         eos, pad = self._special_ids()
         with self.actor.engine.eval_mode():
             responses = model_ops.generate_responses(
-                self._module, prompts, prompt_mask, response_length=meta["response_length"],
-                temperature=meta["temperature"], top_p=meta["top_p"], top_k=meta["top_k"],
-                micro_batch_size=meta["micro_batch_size"], eos_token_id=eos, pad_token_id=pad)
+                self._module, prompts, prompt_mask, response_length=s.response_length,
+                temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                micro_batch_size=s.log_prob_micro_batch_size_per_gpu, eos_token_id=eos, pad_token_id=pad)
         n_docs = data.batch["input_ids"].shape[0]
         return DataProto.from_dict(tensors={"responses": responses.view(n_docs, -1, responses.shape[1]).cpu()})
 
     @register(dispatch_mode=ACTOR_DISPATCH)
     def nsp_old_log_prob(self, data: DataProto) -> DataProto:
         """Old log-probs and response hidden states from a full forward of (prefix, response) (spec 2.A Step 4).
-        data: input_ids, attention_mask, positions, responses [b, C * ttt_n, k]; meta_info: response_length,
-        n_per_prefix, pad_token_id, temperature, micro_batch_size. Returns both per document."""
-        meta = data.meta_info
+        data: input_ids, attention_mask, positions, responses [b, C * ttt_n, k]; settings: response_length,
+        n_per_prefix, pad_token_id, temperature, log_prob_micro_batch_size_per_gpu. Returns both per document."""
+        s = settings_of(data, NspSettings)
         prompts, prompt_mask = self._rollout_prefixes(data)
         responses = self._rollout_rows(data, "responses")
         k = responses.shape[1]
@@ -143,8 +145,8 @@ class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
                 prompts,
                 prompt_mask,
                 responses,
-                temperature=meta["temperature"],
-                micro_batch_size=meta["micro_batch_size"],
+                temperature=s.temperature,
+                micro_batch_size=s.log_prob_micro_batch_size_per_gpu,
             )
         n_docs = data.batch["input_ids"].shape[0]
         return DataProto.from_dict(tensors={"old_log_probs": old_log_probs.view(n_docs, -1, k).cpu(),
@@ -155,18 +157,18 @@ class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
         """Combined NTP + PPO update, one optimiser step per (NTP, PPO) mini-batch pair (spec 2.C).
 
         data: input_ids, attention_mask [b, S], positions [b, C], responses, old_log_probs, advantages
-        [b, C * ttt_n, k]. meta_info: response_length, n_per_prefix, pad_token_id, mini_batch_size, n_chunks,
-        micro_batch_size, sft_coef, ppo_coef, temperature, mask_pads, world_size.
+        [b, C * ttt_n, k]. Settings: response_length, n_per_prefix, pad_token_id, mini_batch_size, n_chunks,
+        micro_batch_size_per_gpu, sft_coef, ppo_coef, temperature, mask_pads, world_size.
         """
-        meta = data.meta_info
+        s = settings_of(data, NspSettings)
         doc_ids, doc_mask = (t.long() for t in self._tensors(data, "input_ids", "attention_mask"))
         prompts, prompt_mask = self._rollout_prefixes(data)
-        plan = combined_update_plan(meta, doc_ids.shape[0])
+        plan = combined_update_plan(s, doc_ids.shape[0])
         docs = {"input_ids": doc_ids, "attention_mask": doc_mask}
         ppo = {"prompts": prompts, "prompt_mask": prompt_mask,
                **{key: self._rollout_rows(data, key) for key in ("responses", "old_log_probs", "advantages")}}
         metrics = combined_update_loop(self.actor.engine, plan, lambda index, pair: model_ops.combined_backward(
-            self._module, docs, ppo, pair, plan, temperature=meta["temperature"], mask_pads=meta["mask_pads"]))
+            self._module, docs, ppo, pair, plan, temperature=s.temperature, mask_pads=s.mask_pads))
         return metrics_reply(metrics, "_ttt")
 
     def _one_step_update(self, plan, backward, loss_metrics, suffix: str) -> DataProto:
@@ -184,13 +186,13 @@ class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
     @register(dispatch_mode=ACTOR_DISPATCH)
     def ntp_only_update(self, data: DataProto) -> DataProto:
         """NTP-only inner update (ttt_ppo_update off): loss / GA, one optimiser step, no coefficient (Q22).
-        data: input_ids, attention_mask [b, S]; meta_info: micro_batch_size, mask_pads."""
-        meta = data.meta_info
+        data: input_ids, attention_mask [b, S]; settings: micro_batch_size_per_gpu, mask_pads."""
+        s = settings_of(data, NspSettings)
         ids, mask = (t.long() for t in self._tensors(data, "input_ids", "attention_mask"))
-        plan = plan_ntp_only_update(ids.shape[0], micro_batch_size=meta["micro_batch_size"])
+        plan = plan_ntp_only_update(ids.shape[0], micro_batch_size=s.micro_batch_size_per_gpu)
         docs = {"input_ids": ids, "attention_mask": mask}
         return self._one_step_update(
-            plan, lambda: model_ops.ntp_only_backward(self._module, docs, plan, mask_pads=meta["mask_pads"]),
+            plan, lambda: model_ops.ntp_only_backward(self._module, docs, plan, mask_pads=s.mask_pads),
             ntp_only_loss_metrics, "_ttt")
 
     # ---- post-training: outer task update (spec 2.B) ---------------------------------------------------------
@@ -199,12 +201,13 @@ class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
         """Task SFT, one optimiser step over this rank's rows (official `update_actor_sft`, Q23).
 
         data: input_ids / attention_mask (prompts), ground_truth_ids / ground_truth_attention_mask (first answer).
-        meta_info: micro_batch_size (actor.ppo_micro_batch_size_per_gpu). Metrics without the `_ttt` suffix.
+        Settings (`TaskSettings`): ppo_micro_batch_size_per_gpu. Metrics without the `_ttt` suffix.
         """
+        s = settings_of(data, TaskSettings)
         prompts, prompt_mask, answers, answer_mask = self._tensors(
             data, "input_ids", "attention_mask", "ground_truth_ids", "ground_truth_attention_mask"
         )
-        plan = plan_ntp_only_update(prompts.shape[0], micro_batch_size=data.meta_info["micro_batch_size"])
+        plan = plan_ntp_only_update(prompts.shape[0], micro_batch_size=s.ppo_micro_batch_size_per_gpu)
         batch = {"prompts": prompts, "prompt_mask": prompt_mask, "answers": answers, "answer_mask": answer_mask}
 
         def loss_metrics(raw, plan):
@@ -216,37 +219,42 @@ class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
     # ---- validation by generation and TTT state (spec 2.D, Q1) --------------------------------------------------
     @register(dispatch_mode=ACTOR_DISPATCH)
     def generate_greedy(self, data: DataProto) -> DataProto:
-        """Greedy responses [n, R] (EOS stops; right-padded with the pad id). meta_info: max_new_tokens,
-        micro_batch_size."""
-        return DataProto.from_dict(tensors={"responses": self._generate_until_eos(data).cpu()})
+        """Greedy responses [n, R] (EOS stops; right-padded with the pad id). Settings (`ValidationSettings`):
+        max_new_tokens, rollout_log_prob_micro_batch_size_per_gpu."""
+        s = settings_of(data, ValidationSettings)
+        responses = self._generate_until_eos(data, s.max_new_tokens, s.rollout_log_prob_micro_batch_size_per_gpu)
+        return DataProto.from_dict(tensors={"responses": responses.cpu()})
 
     @register(dispatch_mode=ACTOR_DISPATCH)
     def task_generate(self, data: DataProto) -> DataProto:
         """Task rollouts: sampled (rollout.temperature / top_p / top_k) up to max_new_tokens, EOS stops (spec 2.B).
-        meta_info: max_new_tokens, micro_batch_size, temperature, top_p, top_k, seed. Returns responses [n, R] and
-        response_mask (up to and including the first EOS)."""
+        Settings (`TaskSettings`): max_new_tokens, rollout_log_prob_micro_batch_size_per_gpu, rollout_temperature,
+        rollout_top_p, rollout_top_k, seed. Returns responses [n, R] and response_mask (up to and including the
+        first EOS)."""
         from verl.utils.torch_functional import get_response_mask
 
-        meta = data.meta_info
-        torch.manual_seed(worker_seed(meta["seed"], self._dp_rank, 3))
+        s = settings_of(data, TaskSettings)
+        torch.manual_seed(worker_seed(s.seed, self._dp_rank, 3))
         # verl's rollout top_k = -1 means off, as HF's 0
-        sampling = {"temperature": meta["temperature"], "top_p": meta["top_p"], "top_k": max(0, meta["top_k"])}
-        responses = self._generate_until_eos(data, sampling)
+        sampling = {"temperature": s.rollout_temperature, "top_p": s.rollout_top_p, "top_k": max(0, s.rollout_top_k)}
+        responses = self._generate_until_eos(data, s.max_new_tokens, s.rollout_log_prob_micro_batch_size_per_gpu,
+                                             sampling)
         eos, pad = self._special_ids()
         response_mask = get_response_mask(responses, eos_token=eos if eos is not None else pad)
         return DataProto.from_dict(tensors={"responses": responses.cpu(), "response_mask": response_mask.cpu()})
 
     @register(dispatch_mode=ACTOR_DISPATCH)
     def task_old_log_prob(self, data: DataProto) -> DataProto:
-        """Old log-probs [n, R] of task rollouts. meta_info: temperature, micro_batch_size."""
-        meta = data.meta_info
+        """Old log-probs [n, R] of task rollouts. Settings: rollout_temperature,
+        rollout_log_prob_micro_batch_size_per_gpu."""
+        s = settings_of(data, TaskSettings)
         prompts, prompt_mask, responses, response_mask = self._tensors(
             data, "input_ids", "attention_mask", "responses", "response_mask"
         )
         with self.actor.engine.eval_mode():
             old_log_probs, _ = model_ops.old_log_probs_and_hidden(
-                self._module, prompts, prompt_mask, responses, temperature=meta["temperature"],
-                micro_batch_size=meta["micro_batch_size"], response_mask=response_mask,
+                self._module, prompts, prompt_mask, responses, temperature=s.rollout_temperature,
+                micro_batch_size=s.rollout_log_prob_micro_batch_size_per_gpu, response_mask=response_mask,
             )
         return DataProto.from_dict(tensors={"old_log_probs": old_log_probs.cpu()})
 
@@ -254,21 +262,21 @@ class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
     def task_ppo_update(self, data: DataProto) -> DataProto:
         """Task GRPO update (upstream `update_policy`): per epoch, mini-batches of ppo_mini_batch_size x n / W rows,
         micro-batches of ppo_micro_batch_size_per_gpu, loss / GA, one optimiser step per mini-batch; the scheduler
-        steps once. meta_info: mini_batch_rows, micro_batch_size, epochs, temperature."""
-        meta = data.meta_info
+        steps once. Settings: ppo_mini_batch_rows, ppo_micro_batch_size_per_gpu, ppo_epochs, rollout_temperature."""
+        s = settings_of(data, TaskSettings)
         prompts, prompt_mask, responses, response_mask, old_lp, adv = self._tensors(
             data, "input_ids", "attention_mask", "responses", "response_mask", "old_log_probs", "advantages"
         )
         batch = {"prompts": prompts, "prompt_mask": prompt_mask, "responses": responses,
                  "response_mask": response_mask, "old_log_probs": old_lp, "advantages": adv}
-        mini, micro = meta["mini_batch_rows"], meta["micro_batch_size"]
-        mini_batches = micro_slices(0, prompts.shape[0], mini) * meta["epochs"]
+        mini, micro = s.ppo_mini_batch_rows, s.ppo_micro_batch_size_per_gpu
+        mini_batches = micro_slices(0, prompts.shape[0], mini) * s.ppo_epochs
 
         def backward_step(index: int) -> dict:
             rows = mini_batches[index]
             raw, pg_metrics = model_ops.task_pg_backward(
                 self._module, batch, micro_slices(rows.start, rows.stop, micro), scale=1.0 / (mini // micro),
-                temperature=meta["temperature"])
+                temperature=s.rollout_temperature)
             return {"actor/pg_loss": raw, **pg_metrics}
 
         return metrics_reply(optimizer_steps(self.actor.engine, len(mini_batches), backward_step, ""), "")
@@ -300,13 +308,13 @@ class RefineActorWorker(FastNspWorkerMixin, ActorRolloutRefWorker):
     @register(dispatch_mode=ACTOR_DISPATCH)
     def val_loss_em(self, data: DataProto) -> DataProto:
         """Mid-training validation (spec 1.1): per row, this rank's micro-mean loss and EM counts.
-        meta_info: micro_batch_size, seed."""
-        meta = data.meta_info
+        Settings (`ValidationSettings`): log_prob_micro_batch_size_per_gpu, seed."""
+        s = settings_of(data, ValidationSettings)
         input_ids, attention_mask = self._tensors(data, "input_ids", "attention_mask")
-        generator = torch.Generator(device=input_ids.device).manual_seed(worker_seed(meta["seed"], self._dp_rank, 2))
+        generator = torch.Generator(device=input_ids.device).manual_seed(worker_seed(s.seed, self._dp_rank, 2))
         with self.actor.engine.eval_mode():
             loss, matches, counted = model_ops.validation_loss_em(
-                self._module, input_ids, attention_mask, micro_batch_size=meta["micro_batch_size"], generator=generator
+                self._module, input_ids, attention_mask, micro_batch_size=s.log_prob_micro_batch_size_per_gpu, generator=generator
             )
         n = input_ids.shape[0]
         return DataProto.from_dict(

@@ -34,6 +34,7 @@ from refine.nsp.advantages import grpo_advantages
 from refine.nsp.prefixes import build_rollout_batch, expand_targets
 from refine.nsp.rewards import all_sequence_rewards, token_level_rewards
 from refine.nsp.update_plan import normalized_ppo_mini_batch_rows, plan_combined_update, plan_ntp_only_update
+from refine.settings import NspSettings
 from refine.trainer import fast_ops, model_ops
 from refine.trainer.fast_step import run_fast_step
 
@@ -194,11 +195,12 @@ class PlainEngine:
 
 
 def fast_step(model, opt, ids, mask, args, phases):
-    meta = {"n_chunks": args.chunks, "n_per_prefix": 1, "response_length": args.k, "sampling": "entropy",
-            "temperature": 1.0, "top_p": 1.0, "top_k": 0, "reward": "cosine_similarity",
-            "log_prob_micro_batch_size": args.micro, "seed": 1, "mini_batch_size": ids.shape[0],
-            "micro_batch_size": args.micro, "sft_coef": 1.0, "ppo_coef": 1.0, "mask_pads": False, "world_size": 1}
-    tensors, metrics = run_fast_step(PlainEngine(model, opt), model, ids, mask, meta, eos_token_id=PAD)
+    settings = NspSettings(n_chunks=args.chunks, n_per_prefix=1, response_length=args.k, sampling="entropy",
+                           temperature=1.0, top_p=1.0, top_k=0, reward="cosine_similarity", sft_coef=1.0,
+                           ppo_coef=1.0, mini_batch_size=ids.shape[0], micro_batch_size_per_gpu=args.micro,
+                           log_prob_micro_batch_size_per_gpu=args.micro, mask_pads=False, world_size=1,
+                           pad_token_id=PAD, seed=1)
+    tensors, metrics = run_fast_step(PlainEngine(model, opt), model, ids, mask, settings, eos_token_id=PAD)
     names = {"forward": "analysis", "update_actor": "update"}
     for key, values in metrics.items():
         if key.startswith("timing_s/"):

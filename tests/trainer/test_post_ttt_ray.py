@@ -8,6 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from refine.settings import ValidationSettings, settings_of
+
 pytestmark = pytest.mark.slow
 
 
@@ -159,7 +161,8 @@ def test_generation_validation_with_row_max_gen_tokens(make_trainer, ruler_files
         "data.val_batch_size=2", f"trainer.default_local_dir={tmp_path / 'run'}"])
     asked = []
     generate = trainer.actor_rollout_wg.generate_greedy
-    trainer.actor_rollout_wg.generate_greedy = lambda d: asked.append(d.meta_info["max_new_tokens"]) or generate(d)
+    trainer.actor_rollout_wg.generate_greedy = lambda d: asked.append(
+        settings_of(d, ValidationSettings).max_new_tokens) or generate(d)
     trainer.fit()
     record = trainer.history[0]
     assert asked == [6, 5]  # the longest limit of each batch; every row is then cut to its own
