@@ -115,6 +115,23 @@ def validate_refine(rc: RefineConfig, config: DictConfig) -> None:
         from refine.trainer.nsp_mode_checks import check_fast_mode
 
         check_fast_mode(rc, config)
+    warning = cosine_without_ntp_warning(rc)
+    if warning:
+        print(f"WARNING: {warning}", flush=True)
+
+
+def cosine_without_ntp_warning(rc: RefineConfig) -> str | None:
+    """The one warning line for NSP-GRPO with a cosine reward and no NTP term (`sft_coef=0`, an ablation in the
+    paper), else None. Measured on the demo model: that run's cosine reward climbs just as much with the policy
+    gradient reversed, while exact match falls and the NTP loss doubles (the reward is computed from the policy's own
+    hidden states on both sides, so pulling them together scores as similarity)."""
+    ppo = rc.ttt_ppo_update or rc.val_ttt_ppo_update
+    if not ppo or rc.sft_coef != 0 or rc.reward not in ("cosine_similarity", "hybrid"):
+        return None
+    return (f"refine.sft_coef=0 with refine.reward={rc.reward}: the cosine reward compares the policy's own hidden "
+            "states, so it can rise without the model learning anything (updates that pull all hidden states "
+            "together score as similarity); watch reward/cs_reward_above_chance_mean (the reward minus its chance "
+            "level) and reward/binary_reward_mean, not reward/cs_reward_mean")
 
 
 def check_nsp_sizes(rc: RefineConfig, config: DictConfig) -> None:

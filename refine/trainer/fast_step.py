@@ -15,7 +15,13 @@ import torch
 
 from refine.nsp.advantages import grpo_advantages
 from refine.nsp.prefixes import expand_targets, gather_target_ids, rollout_uids
-from refine.nsp.rewards import REWARD_KINDS, all_sequence_rewards, token_level_rewards
+from refine.nsp.rewards import (
+    REWARD_KINDS,
+    all_sequence_rewards,
+    chance_cosine,
+    chance_partners,
+    token_level_rewards,
+)
 from refine.nsp.sampling import eos_ids, sampling_processors
 from refine.settings import NspSettings
 from refine.trainer import fast_ops, model_ops
@@ -47,6 +53,7 @@ def run_fast_step(engine, module, ids: torch.Tensor, mask: torch.Tensor, setting
         targets=analysis.target_hidden.flatten(0, 1).repeat_interleave(ttt_n, dim=0),
         ground_truth=expand_targets(gather_target_ids(ids, positions, k), ttt_n),
         uids=rollout_uids(n_docs, n_chunks, ttt_n, uids),
+        partners=chance_partners(n_docs, n_chunks, ttt_n).to(device),
         reward=settings.reward, n_rows=n_rows, k=k, device=device,
     )
     processors = sampling_processors(temperature=settings.temperature, top_k=settings.top_k,
@@ -90,6 +97,7 @@ def run_fast_step(engine, module, ids: torch.Tensor, mask: torch.Tensor, setting
         "returns": step.returns, "prompt_length": prompt_length, "old_log_probs": step.old_log_probs,
         "position": positions.flatten().repeat_interleave(ttt_n),
         **{f"reward_{kind}": value for kind, value in step.rewards.items()},
+        "reward_cosine_chance": step.chance,
     }
     return tensors, metrics
 
@@ -109,14 +117,16 @@ def _update(engine, module, settings, plan, ids, mask, positions, step, inline) 
 class _StepRows:
     """The per-row results of one fast step on this rank, filled in as documents are rolled out and scored."""
 
-    def __init__(self, *, targets, ground_truth, uids, reward, n_rows, k, device):
+    def __init__(self, *, targets, ground_truth, uids, partners, reward, n_rows, k, device):
         self.targets, self.ground_truth, self.uids, self.reward = targets, ground_truth, uids, reward
+        self.partners = partners  # chance-level partner rows (`chance_partners`): every target is on this rank
         self.responses = torch.zeros(n_rows, k, dtype=torch.long, device=device)
         self.old_log_probs = torch.zeros(n_rows, k, device=device)
         self.advantages = torch.zeros(n_rows, k, device=device)
         self.scores = torch.zeros(n_rows, k, device=device)
         self.returns = torch.zeros(n_rows, k, device=device)
         self.rewards = {kind: torch.zeros(n_rows, device=device) for kind in REWARD_KINDS}
+        self.chance = torch.zeros(n_rows, device=device)
         self._consumed = 0
 
     def next_rows(self, count: int) -> slice:
@@ -126,10 +136,12 @@ class _StepRows:
         return rows
 
     def score(self, rows: slice, response_hidden, responses):
-        """Rewards of `rows` (all three kinds), token-level scores and GRPO advantages (groups inside documents)."""
+        """Rewards of `rows` (all three kinds) and the cosine's chance level, token-level scores and GRPO
+        advantages (groups inside documents)."""
         rewards = all_sequence_rewards(response_hidden, self.targets[rows], responses, self.ground_truth[rows])
         for kind, value in rewards.items():
             self.rewards[kind][rows] = value
+        self.chance[rows] = chance_cosine(response_hidden, self.targets, self.partners[rows])
         mask = torch.ones_like(responses, dtype=torch.float32)
         self.scores[rows] = token_level_rewards(rewards[self.reward], mask)
         self.advantages[rows], self.returns[rows] = grpo_advantages(self.scores[rows], mask, self.uids[rows])

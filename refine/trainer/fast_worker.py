@@ -26,8 +26,8 @@ class FastNspWorkerMixin:
 
         data: input_ids, attention_mask [b, S]; optional non-tensor `uid`. Settings (`NspSettings`): see
         `run_fast_step`; `responses` [W * N, k] (tests) injects rollouts instead of sampling (this rank's block).
-        Returns per rollout row: position r, prompt_length, rewards_<kind> (3) [N]; responses, old_log_probs,
-        scores, advantages, returns [N, k]; the update's metrics in meta_info.
+        Returns per rollout row: position r, prompt_length, reward_<kind> (3), reward_cosine_chance [N];
+        responses, old_log_probs, scores, advantages, returns [N, k]; the update's metrics in meta_info.
         """
         settings = settings_of(data, NspSettings)
         check_branchable(self._module)

@@ -95,7 +95,14 @@ def faithful_inner_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSe
     """
     from refine.nsp.advantages import grpo_advantages
     from refine.nsp.prefixes import expand_targets, gather_target_ids, rollout_uids
-    from refine.nsp.rewards import all_sequence_rewards, reward_metrics, token_level_rewards
+    from refine.nsp.rewards import (
+        all_sequence_rewards,
+        chance_cosine,
+        chance_metrics,
+        chance_partners,
+        reward_metrics,
+        token_level_rewards,
+    )
 
     if not settings.ppo:
         return ntp_only_step(wg, batch, rc, settings)
@@ -139,6 +146,8 @@ def faithful_inner_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSe
     scores = token_level_rewards(rewards[rc.reward], response_mask)
     advantages, returns = grpo_advantages(scores, response_mask, uids)
     metrics.update(reward_metrics(rewards))
+    chance = chance_cosine(response_hidden, target_hidden, chance_partners(n_docs, n_chunks, ttt_n))
+    metrics.update(chance_metrics(rewards["cosine_similarity"], chance))
     starts = (batch.batch["attention_mask"] == 0).sum(dim=1, keepdim=True)
     prompt_mask = prompt_mask_from_lengths(expand_targets(positions - starts, ttt_n), seq_len)
     metrics.update(data_metrics_ttt(prompt_mask, prompt_mask, responses, scores, advantages, returns))
@@ -171,7 +180,7 @@ def fast_inner_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSettin
     Same objective, metric names and update arithmetic as `faithful_inner_step`; see `refine.trainer.fast_ops`
     for where the numerics differ. The driver sends the documents (int32 ids, bool mask) once.
     """
-    from refine.nsp.rewards import REWARD_KINDS, reward_metrics
+    from refine.nsp.rewards import REWARD_KINDS, chance_metrics, reward_metrics
 
     if not settings.ppo:
         return ntp_only_step(wg, batch, rc, settings)
@@ -187,6 +196,7 @@ def fast_inner_step(wg, batch: DataProto, rc: RefineConfig, settings: StepSettin
     metrics = rank0_metrics(out)
     rewards = {kind: rows[f"reward_{kind}"] for kind in REWARD_KINDS}
     metrics.update(reward_metrics(rewards))
+    metrics.update(chance_metrics(rows["reward_cosine_similarity"], rows["reward_cosine_chance"]))
     prompt_mask = prompt_mask_from_lengths(rows["prompt_length"], batch.batch["input_ids"].shape[1])
     metrics.update(data_metrics_ttt(prompt_mask, prompt_mask, rows["responses"], rows["scores"], rows["advantages"],
                                     rows["returns"]))

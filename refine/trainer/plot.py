@@ -7,6 +7,9 @@ from pathlib import Path
 
 PANELS = (
     ("NSP rewards", ("reward/cs_reward_mean", "reward/binary_reward_mean", "reward/hybrid_reward_mean")),
+    # the cosine reward against its chance level (another prefix's ground truth): only the gap is learning
+    ("cosine reward vs chance", ("reward/cs_reward_mean", "reward/cs_reward_chance_mean",
+                                 "reward/cs_reward_above_chance_mean")),
     ("NTP loss (raw)", ("actor/ntp_loss_raw_ttt",)),
     ("PG loss (raw)", ("actor/pg_loss_raw_ttt",)),
     ("validation loss", ("val_loss",)),

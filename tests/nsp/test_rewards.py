@@ -75,3 +75,38 @@ def test_reward_metrics_official_keys_unbiased_std():
     all_three = all_sequence_rewards(*_example())
     assert set(all_three) == {"cosine_similarity", "binary", "hybrid"}
     torch.testing.assert_close(all_three["hybrid"], all_three["cosine_similarity"] + all_three["binary"])
+
+
+def test_chance_partners_never_pair_a_rollout_with_its_own_prefix():
+    from refine.nsp.rewards import chance_partners
+
+    # rows (document, prefix, copy) in build_rollout_batch order; partner = same copy of the next prefix
+    assert chance_partners(2, 3).tolist() == [1, 2, 0, 4, 5, 3]
+    assert chance_partners(2, 2, ttt_n=2).tolist() == [2, 3, 0, 1, 6, 7, 4, 5]
+    # C = 1: the same prefix of the next document; C = 1 and one document: no partner
+    assert chance_partners(3, 1).tolist() == [1, 2, 0]
+    assert chance_partners(2, 1, ttt_n=2).tolist() == [2, 3, 0, 1]
+    assert chance_partners(1, 1, ttt_n=2).tolist() == [-1, -1]
+    for n_docs, n_chunks, ttt_n in [(1, 4, 1), (3, 2, 3), (4, 1, 2)]:
+        partners = chance_partners(n_docs, n_chunks, ttt_n)
+        rows = torch.arange(n_docs * n_chunks * ttt_n)
+        assert (partners // ttt_n != rows // ttt_n).all()  # never its own prefix's ground truth
+        assert sorted(partners.tolist()) == rows.tolist()  # a permutation: every ground truth used once
+
+
+def test_chance_cosine_and_metrics_by_hand():
+    from refine.nsp.rewards import chance_cosine, chance_metrics, chance_partners
+
+    response, target, response_ids, target_ids = _example()  # one document, C = 2, k = 2, H = 2
+    chance = chance_cosine(response, target, chance_partners(1, 2))
+    # row 0 against row 1's targets: cos([1,0],[3,4]) = 0.6, cos([0,1],[1,0]) = 0 -> 0.3
+    # row 1 against row 0's targets: cos([3,4],[2,0]) = 0.6, cos([-1,0],[1,0]) = -1 -> -0.2
+    torch.testing.assert_close(chance, torch.tensor([0.3, -0.2]))
+    cosine = sequence_reward(response, target, response_ids, target_ids, "cosine_similarity")  # [0.5, 0.0]
+    metrics = chance_metrics(cosine, chance)
+    assert metrics["reward/cs_reward_chance_mean"] == pytest.approx(0.05)
+    assert metrics["reward/cs_reward_above_chance_mean"] == pytest.approx(((0.5 - 0.3) + (0.0 + 0.2)) / 2)
+    assert all("chance" in key for key in metrics)
+    assert torch.isnan(chance_cosine(response[:1], target[:1], torch.tensor([-1]))).all()
+    with pytest.raises(ValueError, match="partners"):
+        chance_cosine(response, target, torch.tensor([1]))

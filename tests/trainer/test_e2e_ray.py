@@ -17,6 +17,7 @@ pytestmark = pytest.mark.slow
 STEP_KEYS = [
     "reward/cs_reward_mean", "reward/cs_reward_std", "reward/binary_reward_mean", "reward/binary_reward_std",
     "reward/hybrid_reward_mean", "reward/hybrid_reward_std",
+    "reward/cs_reward_chance_mean", "reward/cs_reward_above_chance_mean",
     "actor/sft_loss_ttt", "actor/pg_loss_ttt", "actor/pg_clipfrac_ttt", "actor/ppo_kl_ttt",
     "actor/pg_clipfrac_lower_ttt", "actor/grad_norm_ttt", "actor/lr_ttt",
     "perf/max_memory_allocated_gb_ttt", "perf/max_memory_reserved_gb_ttt", "perf/cpu_memory_used_gb_ttt",

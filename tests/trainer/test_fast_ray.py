@@ -40,7 +40,7 @@ def test_fast_step_equals_the_faithful_step_through_the_workers(make_trainer, tm
     from verl import DataProto
 
     from refine.nsp.prefixes import expand_targets, gather_target_ids
-    from refine.nsp.rewards import all_sequence_rewards
+    from refine.nsp.rewards import all_sequence_rewards, chance_cosine, chance_partners
     from refine.trainer.nsp_step import StepSettings, fast_inner_step, faithful_inner_step
     from tests.trainer.worker_probe import recorded_calls
 
@@ -73,10 +73,15 @@ def test_fast_step_equals_the_faithful_step_through_the_workers(make_trainer, tm
     torch.testing.assert_close(fast["old_log_probs"], ref_old["old_log_probs"].flatten(0, 1), rtol=0, atol=1e-5)
     for kind, value in ref_rewards.items():
         torch.testing.assert_close(fast[f"reward_{kind}"], value, rtol=0, atol=1e-5)
+    ref_chance = chance_cosine(ref_old["response_hidden"].flatten(0, 1),
+                               expand_targets(analysis["target_hidden"], ttt_n),
+                               chance_partners(len(batch), rc.n_chunks, ttt_n))
+    torch.testing.assert_close(fast["reward_cosine_chance"], ref_chance, rtol=0, atol=1e-5)
     ref_advantages = calls["nsp_update"][0][0].batch["advantages"].flatten(0, 1)
     torch.testing.assert_close(fast["advantages"], ref_advantages, rtol=1e-4, atol=1e-4)
     for key in ("actor/sft_loss_ttt", "actor/pg_loss_ttt", "actor/pg_clipfrac_ttt", "actor/ppo_kl_ttt",
-                "actor/grad_norm_ttt", "reward/cs_reward_mean", "critic/advantages/max_ttt", "prompt_length/mean_ttt",
+                "actor/grad_norm_ttt", "reward/cs_reward_mean", "reward/cs_reward_chance_mean",
+                "reward/cs_reward_above_chance_mean", "critic/advantages/max_ttt", "prompt_length/mean_ttt",
                 "response_length/mean_ttt"):
         # the KL is a mean of log-prob differences, which agree to the log-probs' own 1e-5
         tolerance = 1e-5 if key == "actor/ppo_kl_ttt" else 1e-6
