@@ -197,7 +197,7 @@ def _write(actor: Path, out: Path, dtype: str) -> str:
         import refine.models  # noqa: F401 - registers DeltaNet / GatedDeltaNet / LaCT with the HF Auto classes
     from verl.model_merger.base_model_merger import ModelMergerConfig
 
-    from refine.trainer.model_checks import check_model_dir, check_tokenizer
+    from refine.preflight.model_checks import check_model_dir, check_tokenizer
 
     config = ModelMergerConfig(operation="merge", backend="fsdp", local_dir=str(actor), target_dir=str(out),
                                hf_model_config_path=str(actor / "huggingface"), trust_remote_code=False)

@@ -9,100 +9,36 @@ unchanged. The config and the data are validated before Ray starts; then verl's 
 
 from __future__ import annotations
 
-import os
 import sys
+import warnings
 from pathlib import Path
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-DEFAULT_CONFIG = "refine_trainer"
+from refine.preflight.aliases import OFFICIAL_ALIASES, alias_conflicts
+from refine.preflight.compose import CONFIG_DIR, DEFAULT_CONFIG, compose  # noqa: F401 - compose: the entry's API
+from refine.preflight.quiet import IRRELEVANT_WARNINGS
+from refine.preflight.schema import RefineConfig, describe_fields
+from refine.stack import StackError, check_stack
+
 DEMO_PRESET = "+preset=embedded_demo"
-# warnings a user cannot act on, emitted on import by verl / fla in every process (engines this project never
-# uses, fla's CPU fallback that refine.models handles, verl's notice about the legacy trainer class it extends)
-IRRELEVANT_WARNINGS = (
-    "ignore:torchtitan engine is not available",
-    "ignore:veomni engine is not available",
-    "ignore:automodel engine is not available",
-    "ignore:mindspeed engine is not available",
-    "ignore:megatron engine is not available",
-    "ignore:Triton is not supported on current platform",
-    "ignore:Disabled critic as algorithm.adv_estimator",
-    "ignore:'set_vital' is deprecated",
-    "ignore:tokenizer.pad_token_id is None",  # pad = EOS, as officially (README, Models)
-    "ignore::FutureWarning:refine.trainer.ray_trainer",
-)
-
-
-def quiet_warnings_env() -> str:
-    """PYTHONWARNINGS for the driver and every Ray process: the user's own filters first, then ours."""
-    return ",".join(filter(None, [os.environ.get("PYTHONWARNINGS", ""), *IRRELEVANT_WARNINGS]))
-
-
-def compose(overrides: list[str] | None = None, config_name: str = DEFAULT_CONFIG):
-    """The composed config (no validation) from `configs/`, as `python -m refine.main` would build it."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    import refine.trainer.config_schema  # noqa: F401 - stores the refine.* defaults in Hydra's ConfigStore
-
-    # also callable inside `@hydra.main` (the unknown-key check composes the base config): set the running
-    # Hydra aside and put it back
-    outer = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-            return hydra_compose(config_name=config_name, overrides=list(overrides or []))
-    finally:
-        if outer is not None:
-            GlobalHydra.instance().initialize(outer)
 
 
 def prepare(config):
-    """Aliases, validation and the Ray runtime environment, in place; returns the `RefineConfig`."""
-    from omegaconf import OmegaConf, open_dict
+    """The stack check, then every check before Ray and the Ray environment (`refine.preflight.prepare`), in
+    place; returns the `RefineConfig`."""
+    check_stack()  # pinned versions and an importable triton, before torch, verl or fla is imported
+    from refine.preflight.prepare import prepare as prepare_run  # torch, verl: the checks import them
 
-    from refine.trainer.config import prepare_config
-
-    from refine.stack import check_device, check_stack
-
-    check_stack()  # pinned versions and an importable triton, before verl or fla is imported
-    device = check_device(str(config.trainer.device))  # auto -> cuda/cpu; explicit cuda on a CPU host: error
-    rc = prepare_config(config)  # bad input fails before Ray and the heavy imports below
-    from refine.trainer.run_record import check_resume_matches, record_config
-
-    check_resume_matches(config)  # never continue another run's checkpoint silently
-    from refine.trainer.launch_checks import check_batches_fit, check_logger, check_ray_cpus
-
-    check_batches_fit(config)
-    check_logger(config)
-    check_ray_cpus(config, device)
-    from refine.trainer.memory_estimate import print_estimate
-
-    print_estimate(config, rc, device)  # a run that will not fit is named before Ray's minutes of start-up
-    from refine.platform import platform_env_vars
-
-    env = platform_env_vars()
-    with open_dict(config):
-        config.trainer.device = device
-        ray_init = config.ray_kwargs.ray_init
-        runtime_env = OmegaConf.to_container(ray_init.get("runtime_env") or {}, resolve=True)
-        runtime_env["env_vars"] = {**env, "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": quiet_warnings_env(),
-                                   **(runtime_env.get("env_vars") or {})}
-        ray_init.runtime_env = runtime_env
-    for name, value in env.items():
-        os.environ.setdefault(name, value)
-    path = record_config(config, Path(str(config.trainer.default_local_dir)))
-    print(f"refine: resolved config written to {path}", flush=True)
-    return rc
+    return prepare_run(config)
 
 
 def run(config, *, prepared: bool = False) -> None:
     """Validate `config` (before Ray starts, unless `prepared`), then run ReFINE through verl's `run_ppo`."""
     if not prepared:
         prepare(config)
+    # verl and Ray: imported once the checks passed
     from verl.trainer.main_ppo import run_ppo
 
-    from refine.trainer.task_runner import RefineTaskRunner
+    from refine.driver.task_runner import RefineTaskRunner
 
     run_ppo(config, task_runner_class=RefineTaskRunner)
 
@@ -121,8 +57,9 @@ def _exception_chain(exc: BaseException | None):
 def run_stop_reason(exc: BaseException) -> str | None:
     """The one-line reason when `exc` is (or wraps, e.g. as Ray's task error) a ReFINE stop: training that no
     longer trains, or a checkpoint that could not be written. None for anything else."""
-    from refine.trainer.checkpoints import CheckpointError
-    from refine.trainer.health import TrainingStopped
+    # torch (checkpoints): only a run that failed gets here
+    from refine.driver.checkpoints import CheckpointError
+    from refine.driver.health import TrainingStopped
 
     for link in _exception_chain(exc):
         # Ray's RayTaskError subclasses the cause's type: take only the original exception's own message
@@ -133,6 +70,7 @@ def run_stop_reason(exc: BaseException) -> str | None:
 
 def worker_died(exc: BaseException) -> bool:
     """Whether `exc` (or what it wraps) is Ray's report of a dead worker process (killed, out of memory, ...)."""
+    # Ray: only a run that failed gets here
     from ray.exceptions import ActorDiedError, ActorUnavailableError, WorkerCrashedError
 
     return any(isinstance(link, (ActorDiedError, ActorUnavailableError, WorkerCrashedError))
@@ -141,7 +79,7 @@ def worker_died(exc: BaseException) -> bool:
 
 def dead_worker_message(exc: BaseException, config) -> str:
     """What died, where the run can resume from, and the command to do it."""
-    from refine.trainer.checkpoints import complete_steps
+    from refine.driver.checkpoints import complete_steps  # torch: only a run whose worker died gets here
 
     run_dir = Path(str(config.trainer.default_local_dir))
     steps = complete_steps(run_dir)
@@ -153,10 +91,7 @@ def dead_worker_message(exc: BaseException, config) -> str:
 
 
 def _hydra_main() -> None:
-    import hydra
-
-    import refine.trainer.config_schema  # noqa: F401 - stores the refine.* defaults in Hydra's ConfigStore
-    from refine.stack import StackError
+    import hydra  # Hydra: only a run needs it, not `--help` or a refused command line
 
     @hydra.main(config_path=str(CONFIG_DIR), config_name=DEFAULT_CONFIG, version_base=None)
     def main(config) -> None:
@@ -187,9 +122,6 @@ _HYDRA_QUIET = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_loggin
 def help_text() -> str:
     """`python -m refine.main --help`: each refine field with its default, official key and doc, and where the rest
     is."""
-    from refine.trainer.config import OFFICIAL_ALIASES
-    from refine.trainer.config_schema import RefineConfig, describe_fields
-
     lines = [
         "usage: python -m refine.main [key=value ...] [+preset=midtrain|posttrain|testtimetrain] [--cfg job]",
         "",
@@ -199,7 +131,7 @@ def help_text() -> str:
         "are mapped onto refine.* (docs/phases.md).",
         "",
         " ".join((RefineConfig.__doc__ or "").split("\n\n")[0].split()),
-        "refine.* keys (default) and what they do (refine/trainer/config_schema.py, RefineConfig):",
+        "refine.* keys (default) and what they do (refine/preflight/schema.py, RefineConfig):",
     ]
     lines += describe_fields({name: key for key, name in OFFICIAL_ALIASES.items() if name})
     return "\n".join(lines)
@@ -212,8 +144,6 @@ def main() -> None:
     if "--help" in args or "-h" in args:
         print(help_text())
         return
-    from refine.trainer.config import alias_conflicts
-
     conflict = alias_conflicts(args)
     if conflict:
         print(f"refine: configuration error: {conflict}", file=sys.stderr)
@@ -223,8 +153,6 @@ def main() -> None:
     # Hydra would otherwise write outputs/<date>/ logs into the working directory on every run; these go first
     # so that options such as --cfg job may follow the user's overrides
     sys.argv = [sys.argv[0], *_HYDRA_QUIET, *args]
-    import warnings
-
     for spec in IRRELEVANT_WARNINGS:  # this process has already started: PYTHONWARNINGS is read only at start-up
         action, message, category, module = (spec.split(":") + ["", "", ""])[:4]
         warnings.filterwarnings(action, message=message, category=FutureWarning if category else Warning,

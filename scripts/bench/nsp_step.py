@@ -35,8 +35,9 @@ from refine.nsp.prefixes import build_rollout_batch, expand_targets
 from refine.nsp.rewards import all_sequence_rewards, token_level_rewards
 from refine.nsp.update_plan import normalized_ppo_mini_batch_rows, plan_combined_update, plan_ntp_only_update
 from refine.settings import NspSettings
-from refine.trainer import fast_ops, model_ops
-from refine.trainer.fast_step import run_fast_step
+from refine.worker import model_ops
+from refine.worker.fast import ops as fast_ops
+from refine.worker.fast.step import run_fast_step
 
 PAD = 2
 
@@ -251,10 +252,10 @@ def median(values: list[float]) -> float:
 
 def boundary_bytes(seq_len=16384, chunks=8, hidden=2048, k=5) -> dict[str, float]:
     """MiB crossing the driver<->worker boundary per document (B = 1), from the tensors of the RPC messages as
-    `refine.trainer.nsp_step` builds them (documents via `wire_documents`; per-row tensors in their dtypes)."""
+    `refine.driver.nsp_step` builds them (documents via `wire_documents`; per-row tensors in their dtypes)."""
     from verl import DataProto
 
-    from refine.trainer.nsp_step import wire_documents
+    from refine.driver.nsp_step import wire_documents
 
     rows = chunks
     docs = wire_documents(DataProto.from_dict(tensors={

@@ -26,7 +26,9 @@ def summary(overrides: list[str]) -> dict:
     """The checked values of the prepared config for `overrides`."""
     from omegaconf import OmegaConf
 
-    from refine.main import compose, prepare
+    from refine.preflight.compose import compose
+
+    from refine.preflight.prepare import prepare
 
     config = compose(overrides)
     prepare(config)

@@ -2,7 +2,7 @@
 
 Dry runs (fast, no Ray): each script is run with a stand-in interpreter that records the arguments it passes to
 `python -m refine.main`; those are composed and validated by refine's own preparation (tests/demo/dry_run.py), and
-the resulting values are compared with the official table (refine/trainer/official_presets.py) and the Q24
+the resulting values are compared with the official table (refine/preflight/official_presets.py) and the Q24
 fixes. Smoke runs: each script with SMOKE=1 runs to the end on CPU with the tiny demo model (post-training: on an
 exported checkpoint, in tests/trainer/test_export.py).
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from refine.trainer.official_presets import PHASES, expected
+from refine.preflight.official_presets import PHASES, expected
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO = REPO_ROOT / "verl" / "examples" / "refine_trainer" / "demo"
@@ -30,7 +30,7 @@ FULL_ENV = {
 
 
 def official_refine(phase: str) -> dict:
-    """The refine.* values of the official table (refine/trainer/official_presets.py) for `phase`."""
+    """The refine.* values of the official table (refine/preflight/official_presets.py) for `phase`."""
     return {key[len("refine."):]: value for key, value in expected(phase).items() if key.startswith("refine.")}
 
 

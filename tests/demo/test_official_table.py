@@ -1,4 +1,4 @@
-"""The official hyper-parameters have one home, refine/trainer/official_presets.py (spec §3 tables and the Q24
+"""The official hyper-parameters have one home, refine/preflight/official_presets.py (spec §3 tables and the Q24
 fixes): the phase presets and the demo scripts' command lines are checked against it here.
 
 Each command line is recorded from its script (a stand-in interpreter, nothing runs), parsed with Hydra's own
@@ -8,9 +8,9 @@ override parser, and composed as `python -m refine.main` composes it, with the o
 import pytest
 from omegaconf import OmegaConf
 
-from refine.main import CONFIG_DIR
-from refine.trainer.config import OFFICIAL_ALIASES
-from refine.trainer.official_presets import FIXES, NOT_IN_PRESETS, OFFICIAL, PHASES, expected
+from refine.preflight.compose import CONFIG_DIR
+from refine.preflight.aliases import OFFICIAL_ALIASES
+from refine.preflight.official_presets import FIXES, NOT_IN_PRESETS, OFFICIAL, PHASES, expected
 
 # the data and model only need to be named (composition reads no file)
 SCRIPT_ENV = {"SMOKE": "0", "TRAIN_FILES": "/data/train.parquet", "VAL_FILES": "/data/val.parquet"}
@@ -18,8 +18,8 @@ SCRIPT_ENV = {"SMOKE": "0", "TRAIN_FILES": "/data/train.parquet", "VAL_FILES": "
 
 def composed(overrides: list[str]):
     """The config `python -m refine.main <overrides>` runs on, official keys moved onto refine.*."""
-    from refine.main import compose
-    from refine.trainer.config import apply_official_aliases
+    from refine.preflight.compose import compose
+    from refine.preflight.aliases import apply_official_aliases
 
     config = compose(overrides)
     apply_official_aliases(config)

@@ -24,7 +24,7 @@ FAST_OVERRIDES = [
 @pytest.fixture
 def compose_config():
     """compose(overrides) -> the composed (unvalidated) config with the fast overrides first."""
-    from refine.main import compose
+    from refine.preflight.compose import compose
 
     def make(overrides=(), fast=True):
         return compose((FAST_OVERRIDES if fast else []) + list(overrides))
@@ -38,7 +38,7 @@ def ruler_files(tmp_path_factory):
     (the end keeps "Question: ...\\nAnswer:"), so they fit a tiny model's short rows."""
     import pandas as pd
 
-    from refine.trainer.config import REPO_ROOT
+    from refine.preflight.compose import REPO_ROOT
 
     frame = pd.read_parquet(REPO_ROOT / "data" / "ruler" / "ruler_squadqa_delta_net_4096_200_test.parquet")
     frame = frame[["prompt", "answer", "task"]].copy()
@@ -67,8 +67,8 @@ def ray_session():
 @pytest.fixture
 def make_trainer(ray_session, compose_config):
     """make_trainer(overrides) -> a RefineTrainer with its workers started; torn down after the test."""
-    from refine.main import prepare
-    from refine.trainer.task_runner import build_trainer
+    from refine.preflight.prepare import prepare
+    from refine.driver.task_runner import build_trainer
 
     started = []
 
@@ -115,7 +115,7 @@ def close():
 
 def shrunk_phase_overrides(preset: str, phase: str, ruler_files) -> list[str]:
     """`+preset=<preset>` of `phase` on the demo model, with the shipped data files and sizes shrunk to them."""
-    from refine.trainer.config import REPO_ROOT
+    from refine.preflight.compose import REPO_ROOT
 
     train, val = ruler_files
     data = {

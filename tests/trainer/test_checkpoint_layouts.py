@@ -51,7 +51,7 @@ def test_the_folder_has_the_real_config_keys_and_no_remote_code(layout):
 
 def test_the_trainers_preparation_accepts_the_folder(layout, compose_config, tmp_path):
     """`refine.main.prepare` is what runs before Ray: the model folder, weights and tokenizer checks included."""
-    from refine.main import prepare
+    from refine.preflight.prepare import prepare
 
     _, folder, _ = layout
     config = compose_config([f"actor_rollout_ref.model.path={folder}", f"trainer.default_local_dir={tmp_path}"])
@@ -82,7 +82,7 @@ def test_the_trainers_tokenizer_pads_with_eos_when_the_tokenizer_has_none(layout
     from tokenizers import Tokenizer
     from transformers import AutoTokenizer
 
-    from refine.trainer.task_runner import load_tokenizer
+    from refine.driver.task_runner import load_tokenizer
 
     _, folder, _ = layout
     plain = AutoTokenizer.from_pretrained(folder)

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from refine.trainer.checkpoints import (
+from refine.driver.checkpoints import (
     POINTER_FILE,
     REFINE_STATE_FILE,
     CheckpointError,
@@ -60,7 +60,7 @@ def test_no_complete_folder_is_one_clear_error(tmp_path):
 
 
 def fake_trainer(tmp_path, step):
-    from refine.trainer.ray_trainer import RefineTrainer
+    from refine.driver.ray_trainer import RefineTrainer
 
     trainer = object.__new__(RefineTrainer)
     trainer.config = SimpleNamespace(trainer=SimpleNamespace(default_local_dir=str(tmp_path)))

@@ -6,7 +6,9 @@ import pandas as pd
 import pytest
 
 from tests.trainer.conftest import shrunk_phase_overrides
-from refine.trainer.config import OFFICIAL_ALIASES, REFINE_KEYS, prepare_config
+from refine.preflight.aliases import OFFICIAL_ALIASES
+from refine.preflight.prepare import prepare_config
+from refine.preflight.schema import REFINE_KEYS
 
 
 def test_official_overrides_map_onto_refine(compose_config):
@@ -136,7 +138,7 @@ def test_missing_model_directory(compose_config, tmp_path):
 
 
 def test_post_training_bad_input(compose_config, ruler_files, tmp_path):
-    from refine.trainer.config import RefineConfig  # noqa: F401
+    from refine.preflight.schema import RefineConfig  # noqa: F401
 
     train, val = ruler_files
     post = ["refine.task_sft_update=true", "refine.val_get_loss=false", "refine.answer_key=answer",
@@ -170,11 +172,11 @@ def test_post_training_bad_input(compose_config, ruler_files, tmp_path):
 @pytest.mark.parametrize("preset", ["midtrain", "posttrain", "testtimetrain"])
 def test_phase_presets_validate(compose_config, ruler_files, preset):
     """The official phase presets compose and pass validation (data and sizes shrunk to the shipped files)."""
-    from refine.trainer.official_presets import expected
+    from refine.preflight.official_presets import expected
 
     config = compose_config(shrunk_phase_overrides(preset, preset, ruler_files), fast=False)
     rc = prepare_config(config)
-    # validation keeps the official values (the table, refine/trainer/official_presets.py) it was not told to change
+    # validation keeps the official values (the table, refine/preflight/official_presets.py) it was not told to change
     assert rc.n_chunks == 2 and rc.mini_batch_size == 2
     changed = ("refine.n_chunks", "refine.mini_batch_size", "refine.answer_key")
     kept = {key[len("refine."):]: value for key, value in expected(preset).items()
@@ -185,7 +187,7 @@ def test_phase_presets_validate(compose_config, ruler_files, preset):
 def test_task_scorer_default_and_custom(tmp_path):
     from omegaconf import OmegaConf
 
-    from refine.trainer.task_scorer import task_scorer, uses_refine_scorer
+    from refine.scoring.task_scorer import task_scorer, uses_refine_scorer
 
     default = OmegaConf.create({"reward": {"custom_reward_function": {"path": None, "name": None}},
                                 "custom_reward_function": {"path": None, "name": None}})
@@ -215,7 +217,7 @@ def test_fast_nsp_mode_refuses_models_without_a_branchable_state(compose_config,
     import json
     import shutil
 
-    from refine.trainer.config import REPO_ROOT
+    from refine.preflight.compose import REPO_ROOT
 
     demo = REPO_ROOT / "data" / "demo" / "model"
     assert prepare_config(compose_config(["refine.nsp_mode=fast"])).nsp_mode == "fast"  # the demo DeltaNet runs
@@ -281,7 +283,7 @@ def broken_model_dir(tmp_path, damage: str):
     import json
     import shutil
 
-    from refine.trainer.config import REPO_ROOT
+    from refine.preflight.compose import REPO_ROOT
 
     model_dir = tmp_path / damage
     shutil.copytree(REPO_ROOT / "data" / "demo" / "model", model_dir)
@@ -347,7 +349,7 @@ def test_rows_too_short_for_c_prefixes_are_counted_in_a_warning(compose_config, 
     the count (the long row is not counted)."""
     from transformers import AutoTokenizer
 
-    from refine.trainer.config import REPO_ROOT
+    from refine.preflight.compose import REPO_ROOT
 
     tokenizer = AutoTokenizer.from_pretrained(REPO_ROOT / "data" / "demo" / "model")
     text = "def f(x):\n    return x + 1\n"
@@ -394,7 +396,7 @@ def test_both_spellings_of_one_setting_on_a_command_line_must_agree():
     import subprocess
     import sys
 
-    from refine.trainer.config import alias_conflicts
+    from refine.preflight.aliases import alias_conflicts
 
     line = alias_conflicts(["refine.n_chunks=3", "+actor_rollout_ref.actor.ttt_n_chunks=2", "x=1"])
     assert line.startswith("+actor_rollout_ref.actor.ttt_n_chunks=2: conflicts with refine.n_chunks=3")
@@ -437,7 +439,7 @@ def test_an_error_about_a_value_given_through_an_official_key_names_that_key(com
     ({"ttt_reset": "epoch"}, r"^refine\.ttt_reset='epoch': must be one of \('cumulative', 'batch'\)"),
 ])
 def test_the_refine_dataclass_checks_each_field_itself(fields, pattern):
-    from refine.trainer.config import RefineConfig
+    from refine.preflight.schema import RefineConfig
 
     with pytest.raises(ValueError, match=pattern):
         RefineConfig(**fields)
@@ -450,8 +452,8 @@ def test_the_yaml_restates_no_default_and_the_group_is_built_through_its_target(
 
     from omegaconf import OmegaConf
 
-    from refine.main import CONFIG_DIR, compose
-    from refine.trainer.config import RefineConfig, refine_config_from
+    from refine.preflight.compose import CONFIG_DIR, compose
+    from refine.preflight.schema import RefineConfig, refine_config_from
 
     assert list(OmegaConf.load(CONFIG_DIR / "refine_trainer.yaml").refine) == ["_target_"]
     group = OmegaConf.to_container(compose([]).refine)

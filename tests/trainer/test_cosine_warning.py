@@ -13,7 +13,7 @@ def warning_lines(capsys) -> list[str]:
 
 @pytest.mark.parametrize("reward", ["cosine_similarity", "hybrid"])
 def test_cosine_reward_without_ntp_warns_once_before_ray(compose_config, capsys, reward):
-    from refine.trainer.config import prepare_config
+    from refine.preflight.prepare import prepare_config
 
     prepare_config(compose_config(["refine.sft_coef=0", f"refine.reward={reward}"]))
     lines = warning_lines(capsys)
@@ -27,7 +27,7 @@ def test_cosine_reward_without_ntp_warns_once_before_ray(compose_config, capsys,
     ["refine.sft_coef=0", "refine.ttt_ppo_update=false"],  # no NSP-GRPO: no reward at all
 ])
 def test_no_warning_otherwise(compose_config, capsys, overrides):
-    from refine.trainer.config import prepare_config
+    from refine.preflight.prepare import prepare_config
 
     rc = prepare_config(compose_config(overrides))
     assert warning_lines(capsys) == []

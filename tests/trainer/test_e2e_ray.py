@@ -73,7 +73,7 @@ def check_ntp_only_update(trainer, params):
     from transformers import AutoModelForCausalLM
     from verl import DataProto
 
-    from refine.trainer.nsp_step import StepSettings, ntp_only_step
+    from refine.driver.nsp_step import StepSettings, ntp_only_step
 
     import dataclasses
 
@@ -107,8 +107,8 @@ def check_worker_path(trainer, flat_params):
     from verl import DataProto
 
     from refine.nsp.positions import select_positions
-    from refine.trainer.nsp_step import StepSettings, faithful_inner_step
-    from refine.trainer.rpc import worker_seed
+    from refine.driver.nsp_step import StepSettings, faithful_inner_step
+    from refine.worker.rpc import worker_seed
     from tests.trainer.worker_probe import recorded_calls
 
     reference = AutoModelForCausalLM.from_pretrained(trainer.config.actor_rollout_ref.model.path).float().eval()
@@ -199,7 +199,7 @@ def test_midtrain_tiny_lact_two_steps(make_trainer, params, tmp_path):
     from refine.models.lact import tiny_lact_config
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from refine.trainer.config import REPO_ROOT
+    from refine.preflight.compose import REPO_ROOT
 
     torch.manual_seed(0)
     model_dir = tmp_path / "lact"

@@ -1,4 +1,4 @@
-"""Fast NSP mode (`refine.trainer.fast_ops`) against the faithful one (`refine.trainer.model_ops`), no Ray.
+"""Fast NSP mode (`refine.worker.fast.ops`) against the faithful one (`refine.worker.model_ops`), no Ray.
 
 Tiny fla DeltaNet and GatedDeltaNet, and LaCT with exact padding (chunk 16, window 24: the positions cross chunk
 and window boundaries), in fp32 on CPU. The faithful reference re-encodes every re-left-padded prefix
@@ -15,7 +15,9 @@ import torch
 from refine.nsp.prefixes import build_rollout_batch, gather_target_hidden
 from refine.nsp.rewards import all_sequence_rewards
 from refine.nsp.update_plan import normalized_ppo_mini_batch_rows, plan_combined_update
-from refine.trainer import fast_ops, fast_update, model_ops
+from refine.worker import model_ops
+from refine.worker.fast import ops as fast_ops
+from refine.worker.fast import update as fast_update
 
 S, K, PAD = 160, 5, 2
 # row 0: 30 left pads, so the clamp bounds are [50, 140]; positions at both bounds and two adjacent ones.

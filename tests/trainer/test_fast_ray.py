@@ -21,7 +21,7 @@ def tiny_lact_dir(path):
     from refine.models.lact import tiny_lact_config
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from refine.trainer.config import REPO_ROOT
+    from refine.preflight.compose import REPO_ROOT
 
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(tiny_lact_config(lact_exact_padding=True)).save_pretrained(path)
@@ -41,7 +41,7 @@ def test_fast_step_equals_the_faithful_step_through_the_workers(make_trainer, tm
 
     from refine.nsp.prefixes import expand_targets, gather_target_ids
     from refine.nsp.rewards import all_sequence_rewards, chance_cosine, chance_partners
-    from refine.trainer.nsp_step import StepSettings, fast_inner_step, faithful_inner_step
+    from refine.driver.nsp_step import StepSettings, fast_inner_step, faithful_inner_step
     from tests.trainer.worker_probe import recorded_calls
 
     model_path = [f"actor_rollout_ref.model.path={tiny_lact_dir(tmp_path / 'lact')}"] if model == "lact" else []

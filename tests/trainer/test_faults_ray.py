@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 def test_non_finite_updates_stop_the_run_without_a_checkpoint(make_trainer, params, tmp_path):
     """ppo_coef = nan set behind the up-front check (which refuses it): every optimiser step is skipped, the run
     stops after refine.max_consecutive_skips = 2 steps, the weights never changed and nothing was checkpointed."""
-    from refine.trainer.health import TrainingStopped
+    from refine.driver.health import TrainingStopped
 
     trainer = make_trainer(["trainer.total_training_steps=6", "trainer.save_freq=1", "refine.max_consecutive_skips=2",
                             f"trainer.default_local_dir={tmp_path}"])
@@ -140,7 +140,7 @@ def test_a_killed_worker_leaves_the_latest_checkpoint_intact_and_says_how_to_res
     import ray
 
     from refine.main import dead_worker_message, worker_died
-    from refine.trainer.checkpoints import repair_latest
+    from refine.driver.checkpoints import repair_latest
 
     trainer = make_trainer(["trainer.total_training_steps=4", "trainer.save_freq=1", "trainer.resume_mode=auto",
                             f"trainer.default_local_dir={tmp_path}"])

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 import torch
 
-from refine.trainer.config import REPO_ROOT
+from refine.preflight.compose import REPO_ROOT
 
 SCRIPT = REPO_ROOT / "scripts" / "gpu_check.sh"
 
@@ -47,9 +47,9 @@ def test_refuses_in_one_line_without_a_gpu():
 
 
 def test_dry_run_prints_the_tests_the_build_both_nsp_steps_and_the_summary(dry_run):
-    from refine.main import compose
-    from refine.trainer.config import apply_official_aliases
-    from refine.trainer.unknown_keys import check_unknown_keys
+    from refine.preflight.compose import compose
+    from refine.preflight.aliases import apply_official_aliases
+    from refine.preflight.unknown_keys import check_unknown_keys
 
     tests, build, *steps, summary = dry_run
     assert tests[tests.index("pytest") - 2:tests.index("pytest") + 1] == [".venv/bin/python", "-m", "pytest"]

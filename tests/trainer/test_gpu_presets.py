@@ -1,12 +1,12 @@
 """The GPU presets (configs/preset/gpu_*.yaml): each is its official phase preset, every official value kept
-(refine/trainer/official_presets.py, the table the phase presets and demo scripts are checked against), plus the
+(refine/preflight/official_presets.py, the table the phase presets and demo scripts are checked against), plus the
 GPU set-up pinned; they validate."""
 
 from __future__ import annotations
 
 import pytest
 
-from refine.trainer.official_presets import NOT_IN_PRESETS, PHASES, expected
+from refine.preflight.official_presets import NOT_IN_PRESETS, PHASES, expected
 from tests.trainer.conftest import shrunk_phase_overrides
 
 # what a GPU preset adds to its phase preset: precision, checkpointing, sharding, no offload, CUDA
@@ -42,7 +42,7 @@ def _flat(config) -> dict:
 
 
 def _composed(compose_config, preset: str):
-    from refine.trainer.config import apply_official_aliases
+    from refine.preflight.aliases import apply_official_aliases
 
     config = compose_config([f"+preset={preset}"], fast=False)
     apply_official_aliases(config)
@@ -78,7 +78,7 @@ def test_verl_reads_the_gpu_fsdp_settings(compose_config):
 def test_gpu_preset_validates(compose_config, ruler_files, phase):
     """Validation as before Ray, on the shipped tiny model and data (sizes shrunk to them, as the phase presets'
     own test does); the device check is `refine.main.prepare`'s and needs a GPU."""
-    from refine.trainer.config import prepare_config
+    from refine.preflight.prepare import prepare_config
 
     config = compose_config(shrunk_phase_overrides(f"gpu_{phase}", phase, ruler_files), fast=False)
     rc = prepare_config(config)
@@ -88,7 +88,7 @@ def test_gpu_preset_validates(compose_config, ruler_files, phase):
 def test_gpu_preset_on_a_cpu_host_is_one_clear_error(compose_config):
     import torch
 
-    from refine.main import prepare
+    from refine.preflight.prepare import prepare
     from refine.stack import StackError
 
     if torch.cuda.is_available():

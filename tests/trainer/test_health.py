@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from refine.trainer.health import StepHealth, TrainingStopped
-from refine.trainer.config import prepare_config
+from refine.driver.health import StepHealth, TrainingStopped
+from refine.preflight.prepare import prepare_config
 
 
 def step(skipped, steps=1, loss=2.0):
@@ -57,7 +57,7 @@ def test_non_finite_settings_are_refused_before_ray(compose_config, override, ke
 
 def test_a_stop_inside_ray_becomes_one_line():
     from refine.main import run_stop_reason
-    from refine.trainer.checkpoints import CheckpointError
+    from refine.driver.checkpoints import CheckpointError
 
     class FakeRayTaskError(RuntimeError):  # what ray.get raises: the worker-side exception in `.cause`
         def __init__(self, cause):

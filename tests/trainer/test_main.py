@@ -80,7 +80,7 @@ def test_help_lists_every_refine_field_with_its_default_and_doc():
     import dataclasses
 
     from refine.main import help_text
-    from refine.trainer.config import RefineConfig
+    from refine.preflight.schema import RefineConfig
 
     lines = help_text().splitlines()
     for field in dataclasses.fields(RefineConfig):

@@ -1,4 +1,4 @@
-"""The memory estimate printed at start (refine/trainer/memory_estimate.py) against hand computations of the formula
+"""The memory estimate printed at start (refine/preflight/memory_estimate.py) against hand computations of the formula
 in its docstring, written out here in numbers: DeltaNet-1.3B (fla-hub/delta_net-1.3B-100B = fla's DeltaNetConfig
 defaults, spec official-behaviour §5.2) under the GPU mid-training preset, and the tiny CPU demo model."""
 
@@ -32,9 +32,10 @@ def deltanet_1_3b(tmp_path_factory):
 
 
 def _shapes(model_dir, overrides, *, on_cuda=True):
-    from refine.main import compose
-    from refine.trainer import memory_estimate as me
-    from refine.trainer.config import apply_official_aliases, refine_config_from
+    from refine.preflight.compose import compose
+    from refine.preflight import memory_estimate as me
+    from refine.preflight.aliases import apply_official_aliases
+    from refine.preflight.schema import refine_config_from
 
     config = compose([*overrides, f"actor_rollout_ref.model.path={model_dir}"])
     apply_official_aliases(config)
@@ -42,7 +43,7 @@ def _shapes(model_dir, overrides, *, on_cuda=True):
 
 
 def test_deltanet_1_3b_at_16k_micro_batch_2_bf16_matches_the_hand_computation(deltanet_1_3b):
-    from refine.trainer.memory_estimate import estimate
+    from refine.preflight.memory_estimate import estimate
 
     assert P_1_3B == 1_365_677_056 and A_1_3B == 45_568
     model, run = _shapes(deltanet_1_3b, ["+preset=gpu_midtrain"])
@@ -82,8 +83,8 @@ def test_deltanet_1_3b_at_16k_micro_batch_2_bf16_matches_the_hand_computation(de
 
 def test_tiny_cpu_model_fp32_without_checkpointing_matches_the_hand_computation():
     """The embedded demo model on CPU: fp32 everywhere, no activation checkpointing, torch's cross-entropy."""
-    from refine.trainer.config import REPO_ROOT
-    from refine.trainer.memory_estimate import estimate
+    from refine.preflight.compose import REPO_ROOT
+    from refine.preflight.memory_estimate import estimate
 
     model, run = _shapes(REPO_ROOT / "data/demo/model", ["+preset=embedded_demo"], on_cuda=False)
     # H 64, L 2, V 512, 2 heads of 32, MLP 256 (64 * 4 * 2/3 = 170 -> 256)
@@ -99,7 +100,7 @@ def test_tiny_cpu_model_fp32_without_checkpointing_matches_the_hand_computation(
 
 
 def test_report_warns_when_it_will_not_fit_and_says_when_there_is_no_check(deltanet_1_3b, monkeypatch):
-    from refine.trainer.memory_estimate import MEMORY_ENV, device_memory, report_lines
+    from refine.preflight.memory_estimate import MEMORY_ENV, device_memory, report_lines
 
     model, run = _shapes(deltanet_1_3b, ["+preset=gpu_midtrain", "refine.nsp_mode=fast"])
     small = report_lines(model, run, "cuda", (16 * GIB, "a 16 GiB GPU"))
@@ -121,8 +122,9 @@ def test_report_warns_when_it_will_not_fit_and_says_when_there_is_no_check(delta
 
 def test_prepare_prints_the_estimate_and_a_warning_without_failing(monkeypatch, capsys):
     """The start-up hook: the CPU demo prints the estimate, and a too-small GPU size only warns."""
-    from refine.main import compose, prepare
-    from refine.trainer.memory_estimate import MEMORY_ENV
+    from refine.preflight.compose import compose
+    from refine.preflight.prepare import prepare
+    from refine.preflight.memory_estimate import MEMORY_ENV
 
     monkeypatch.setenv(MEMORY_ENV, "0.001")
     prepare(compose(["+preset=embedded_demo"]))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from refine.trainer import model_ops
+from refine.worker import model_ops
 
 PAD = 0  # an id the hand loop never has to produce: rows that stopped are filled with it
 S, NEW = 10, 6

@@ -112,7 +112,7 @@ def test_test_time_training_reset_modes(make_trainer, params, ruler_files, tmp_p
     check_predictions(tmp_path / "predictions" / "step_0.jsonl", record)
     import importlib.util
 
-    from refine.trainer.config import REPO_ROOT
+    from refine.preflight.compose import REPO_ROOT
 
     spec = importlib.util.spec_from_file_location("longbench_report", REPO_ROOT / "scripts" / "longbench_report.py")
     report_module = importlib.util.module_from_spec(spec)
@@ -142,7 +142,7 @@ def test_generation_validation_with_row_max_gen_tokens(make_trainer, ruler_files
     own `max_gen_tokens` (refine.use_row_max_gen_tokens, Q12), scored by the LongBench scorer of its task."""
     import pandas as pd
 
-    from refine.trainer.config import REPO_ROOT
+    from refine.preflight.compose import REPO_ROOT
 
     rows = []
     for task in ("trec", "hotpotqa"):

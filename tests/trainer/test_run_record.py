@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from refine.main import prepare
+from refine.preflight.prepare import prepare
 
 
 def test_each_experiment_gets_its_own_run_folder(compose_config):

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from refine.trainer import model_ops
+from refine.worker import model_ops
 
 S, K, C, B = 24, 3, 2, 2
 

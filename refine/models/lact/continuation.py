@@ -1,6 +1,6 @@
 """A multi-token segment appended to a LaCT decoding cache, read with the chunked recurrence instead of token by
 token, and without in-place writes (so gradients flow through the cache: the fast NSP mode reads a document
-segment by segment with gradients, `refine.trainer.fast_ops.run_document`).
+segment by segment with gradients, `refine.worker.fast.ops.run_document`).
 
 The open chunk of the cache starts on a chunk boundary (`cache.open_chunk`), so the buffered tokens followed by
 the new ones are exactly the tokens of the whole-sequence pass from that boundary on: running
