@@ -6,12 +6,14 @@ the same file always gives the same report, which tests/repro/test_results_doc.p
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from statistics import fmean
 
 from repro import stats
 from repro.measures import lower_is_better
+from repro.sizes import STUDY_VERSION
 
 # (id, phase, statement, baseline model prefix, arm model prefix, item set); fixed before the run
 HYPOTHESES = (
@@ -310,6 +312,20 @@ def render(results) -> tuple[str, dict]:
         "",
     ]
     return "\n".join(text), analysis
+
+
+def load_results(path: Path) -> dict:
+    """The results file, or one line naming what is wrong with it (missing, not JSON, another study version)."""
+    if not path.exists():
+        raise SystemExit(f"run.py: --report-only: no results file {path}; run the study first")
+    try:
+        results = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"run.py: {path} is not a results file ({error})") from None
+    if results.get("study_version") != STUDY_VERSION:
+        raise SystemExit(f"run.py: {path} is from study version {results.get('study_version')!r}, this code is "
+                         f"{STUDY_VERSION!r}; rerun the study")
+    return results
 
 
 def write(results, report_dir: Path) -> list[Path]:

@@ -195,19 +195,6 @@ def _commit() -> str:
         return "unknown"
 
 
-def load_results(path: Path) -> dict:
-    if not path.exists():
-        raise SystemExit(f"run.py: --report-only: no results file {path}; run the study first")
-    try:
-        results = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise SystemExit(f"run.py: {path} is not a results file ({error})") from None
-    if results.get("study_version") != STUDY_VERSION:
-        raise SystemExit(f"run.py: {path} is from study version {results.get('study_version')!r}, this code is "
-                         f"{STUDY_VERSION!r}; rerun the study")
-    return results
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="toy sizes: checks the pipeline, claims nothing")
@@ -222,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.quick or args.work_dir:
             raise SystemExit("run.py: --report-only reads the results file only; drop --quick / --work-dir")
         report_dir = args.report_dir or REPO / "docs"
-        for path in report.write(load_results(report_dir / "results.json"), report_dir):
+        for path in report.write(report.load_results(report_dir / "results.json"), report_dir):
             print(f"repro: wrote {path}")
         return
     sizes = QUICK if args.quick else FULL
