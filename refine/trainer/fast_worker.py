@@ -25,8 +25,8 @@ class FastNspWorkerMixin:
 
         data: input_ids, attention_mask [b, S]; optional non-tensor `uid`. meta_info: see `run_fast_step`, plus
         optionally `responses` [W * N, k] (tests: inject rollouts instead of sampling; this rank's block is used).
-        Returns per rollout row: position r, prompt_length, reward_<kind> (3), reward_cosine_chance [N]; responses, old_log_probs,
-        scores, advantages, returns [N, k]; the update's metrics in meta_info.
+        Returns per rollout row: position r, prompt_length, reward_<kind> (3), reward_cosine_chance [N];
+        responses, old_log_probs, scores, advantages, returns [N, k]; the update's metrics in meta_info.
         """
         meta = data.meta_info
         check_branchable(self._module)

@@ -98,6 +98,7 @@ def test_nsp_grpo_climbs_exact_match_through_ray(make_trainer, tmp_path, documen
         f"refine.mini_batch_size={N_DOCS}", f"refine.micro_batch_size_per_gpu={N_DOCS}",
         f"refine.log_prob_micro_batch_size_per_gpu={N_DOCS * 32}", "refine.val_get_loss=false",
         "actor_rollout_ref.actor.optim.lr=3e-4", f"trainer.total_training_steps={STEPS}",
+        f"trainer.total_epochs={STEPS}",  # one batch per epoch
         f"trainer.default_local_dir={tmp_path / 'run'}",
     ])
     trainer.fit()
