@@ -65,7 +65,11 @@ def prepare(config):
 
     from refine.stack import check_device, check_stack
 
+    # first: REFINE_FLA_KERNELS is checked, and TRITON_INTERPRET set, when refine.models is imported (before triton)
+    from refine.models.cpu_kernels.interpret import apply_compute_dtype
+
     check_stack()  # pinned versions and an importable triton, before verl or fla is imported
+    apply_compute_dtype(config)  # interpret mode: the model computes in fp16
     device = check_device(str(config.trainer.device))  # auto -> cuda/cpu; explicit cuda on a CPU host: error
     rc = prepare_config(config)  # bad input fails before Ray and the heavy imports below
     from refine.trainer.run_record import check_resume_matches, record_config
@@ -209,6 +213,14 @@ def main() -> None:
     """`python -m refine.main`: no arguments runs the embedded default; overrides that choose no model, data or
     preset run on top of it."""
     args = sys.argv[1:]
+    from refine.kernel_switch import interpret_requested, set_interpret_env
+
+    try:  # before anything imports triton (verl does): TRITON_INTERPRET is read on import
+        if interpret_requested():
+            set_interpret_env()
+    except ValueError as exc:
+        print(f"refine: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
     if "--help" in args or "-h" in args:
         print(help_text())
         return

@@ -8,9 +8,9 @@ Which kernels a process runs (`kernel_mode()`):
 - `standin`: the pure-PyTorch stand-ins of `refine.models.cpu_kernels` (default without CUDA);
 - `interpret`: `REFINE_FLA_KERNELS=interpret`, fla's Triton kernels through `TRITON_INTERPRET=1`, model in fp16.
 
-`TRITON_INTERPRET` is read by `triton.jit` when a kernel is *decorated*, i.e. when fla's op modules are imported,
-so `enable_interpreter()` must run before the first `import fla` of the process (`refine.models.fla_models` does
-it first thing). The driver and every Ray worker get both variables in their environment
+`TRITON_INTERPRET` is read by `triton.jit` when a kernel is *decorated* (triton's own helpers when triton is
+imported, fla's kernels when fla is), so `refine.kernel_switch.set_interpret_env()` runs before either is imported
+(`refine.models.fla_models` first thing, `python -m refine.main` before verl). The driver and every Ray worker get both variables in their environment
 (`refine.platform.platform_env_vars`).
 
 Interpreter limits met with fla 0.6.0 / Triton 3.9 (docs/kernels.md): bf16 `tl.dot` is wrong (errors ~1e10, no
@@ -21,34 +21,22 @@ a Python int (fix 2), int1 masks stored as int32 (fix 3).
 from __future__ import annotations
 
 import ast
-import os
 import sys
 
 import numpy as np
 
+from refine.kernel_switch import ENV_SWITCH, interpret_requested, set_interpret_env
 from refine.stack import installed_version
 
-ENV_SWITCH = "REFINE_FLA_KERNELS"
-CHOICES = ("interpret",)
+__all__ = ["BANNER", "ENV_SWITCH", "announce_once", "apply_compute_dtype", "enable_interpreter",
+           "interpret_requested", "interpreter_enabled", "set_interpret_env"]
+
 TRITON_VERSION = "3.9.0"  # the Triton whose interpreter internals the three fixes below were written against
 BANNER = ("[refine] fla kernels active: fla's own Triton kernels through Triton's interpreter "
           f"({ENV_SWITCH}=interpret, TRITON_INTERPRET=1, float16; slow, for CPU checks of the GPU code path).")
 
 _installed = False
 _announced = False
-
-
-def interpret_requested() -> bool:
-    """Whether `REFINE_FLA_KERNELS=interpret`; ValueError (one line: variable, value, choices) for other values."""
-    value = os.environ.get(ENV_SWITCH, "").strip()
-    if not value:
-        return False
-    if value not in CHOICES:
-        raise ValueError(f"{ENV_SWITCH}={value!r} is not a kernel choice; use {ENV_SWITCH}=interpret (fla's Triton "
-                         "kernels through Triton's CPU interpreter) or leave it unset")
-    if os.environ.get("REFINE_CPU_KERNELS", "").strip() == "1":
-        raise ValueError(f"{ENV_SWITCH}=interpret and REFINE_CPU_KERNELS=1 ask for different kernels; unset one")
-    return True
 
 
 def announce_once() -> None:
@@ -112,19 +100,9 @@ def _loop_index_transformer(base):
     return LoopIndexAsTensor
 
 
-def set_interpret_env() -> None:
-    """`TRITON_INTERPRET=1` for this process and its children. Must happen before triton and fla are imported:
-    triton's own `@jit` helpers and fla's kernels pick compiled or interpreted mode when they are decorated."""
-    loaded = [name for name in ("triton", "fla.ops.delta_rule.chunk") if name in sys.modules]
-    if loaded and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError(f"{ENV_SWITCH}=interpret: {loaded[0]} was imported before refine.models, so its kernels "
-                           "are in compiled mode; import refine.models first (or set TRITON_INTERPRET=1 at start)")
-    os.environ["TRITON_INTERPRET"] = "1"
-
-
 # ---- fix 3: boolean masks ----------------------------------------------------------------------------------------
 # In Triton 3.9's interpreter, `(scalar comparison) & (block mask)` (fla's short-convolution kernel that computes
-# the gradient of the initial cache, `m_t = (t < seq_len) & m_d`) yields an int1 tensor whose NumPy storage is
+# the gradient of the initial cache: `m_t = (t < seq_len) & m_d`) yields an int1 tensor whose NumPy storage is
 # int32, and the interpreter's masked load/store then refuse it: "ValueError: mask has unsupported dtype".
 # Compiled Triton treats int1 as a 1-bit boolean, so masked loads and stores read an int1 mask as `data != 0`.
 
