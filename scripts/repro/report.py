@@ -53,10 +53,14 @@ def _seeds(results) -> list[int]:
     return list(results["sizes"]["seeds"])
 
 
-def _bits(results, prefix: str, items: str) -> list[str]:
+def _arm_seeds(results, prefix: str) -> list[int]:
+    return [s for s in _seeds(results) if f"{prefix}_s{s}" in results["models"]]
+
+
+def _bits(results, prefix: str, items: str, seeds=None) -> list[str]:
     """One '0'/'1' string per seed (one for a single model) over the item set: 'primary' bins, 'ttt', or a bin."""
     models = results["models"]
-    names = [prefix] if prefix in models else [f"{prefix}_s{s}" for s in _seeds(results)]
+    names = [prefix] if prefix in models else [f"{prefix}_s{s}" for s in (seeds or _arm_seeds(results, prefix))]
     out = []
     for name in names:
         if items == "ttt":
@@ -78,13 +82,14 @@ def analyse(results) -> dict:
     for hid, _, _, base, arm, items in HYPOTHESES:
         if not (_ran(results, base) and _ran(results, arm)):
             continue
-        out["hypotheses"][hid] = stats.paired_difference(_bits(results, base, items), _bits(results, arm, items), n)
+        seeds = _arm_seeds(results, arm)  # the arm's seeds (a control or ablation may run on fewer)
+        out["hypotheses"][hid] = stats.paired_difference(_bits(results, base, items, seeds), _bits(results, arm, items), n)
     bins = [f"{lo}-{hi}" for lo, hi in results["sizes"]["bins"]]
     mid_arms = [f"mid/{a}" for a in ("refine", *results["sizes"]["controls"], *results["sizes"]["ablations"])]
     for phase, base, arms in (("mid", "mid/ntp", mid_arms),
                               ("post", "post/ctl", ("post/refine",))):
-        out["bins"][phase] = {arm: {b: stats.paired_difference(_bits(results, base, b), _bits(results, arm, b), n)
-                                    for b in bins} for arm in arms}
+        out["bins"][phase] = {arm: {b: stats.paired_difference(_bits(results, base, b, _arm_seeds(results, arm)),
+                                                               _bits(results, arm, b), n) for b in bins} for arm in arms}
     return out
 
 
@@ -155,13 +160,14 @@ def secondary_table(results) -> list[str]:
     for m in names:
         row = [m + (" (lower better)" if lower_is_better(m) else ""), f"{models['pretrained']['measures'][m]:.4f}"]
         for arm in arms:
-            vals = [models[f"{arm}_s{s}"]["measures"][m] for s in _seeds(results)]
+            vals = [models[f"{arm}_s{s}"]["measures"][m] for s in _arm_seeds(results, arm)]
             row.append(f"{fmean(vals):.4f}")
         d = [models[f"mid/refine_s{s}"]["measures"][m] - models[f"mid/ntp_s{s}"]["measures"][m] for s in _seeds(results)]
         mean, lo, hi = stats.seed_interval(d)
         row.append(f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}]" if len(d) > 1 else f"{mean:+.4f}")
         rows.append(row)
-    return _table(("measure", "pre-trained", *[ARM_LABELS[a] for a in arms], "Δ ReFINE − NTP [95 % CI, seeds]"), rows)
+    labels = [f"{ARM_LABELS[a]} (n={len(_arm_seeds(results, a))})" for a in arms]
+    return _table(("measure", "pre-trained", *labels, "Δ ReFINE − NTP [95 % CI, seeds]"), rows)
 
 
 def collapse_table(results) -> list[str]:
@@ -274,7 +280,9 @@ def render(results) -> tuple[str, dict]:
         f"n={s['n_per_prefix']}, k={s['response_length']}, {s['sampling']} sampling, reward {s['reward']} "
         f"(post: {s['post_reward']}, TTT: {s['ttt_reward']}), sft_coef {s['sft_coef']}, ppo_coef {s['ppo_coef']} "
         f"(TTT {s['ttt_ppo_coef']}); `refine.mini_batch_size` = the batch, so every arm takes one inner-loop "
-        "optimiser step per global step. Nothing was tuned on the test split.",
+        f"optimiser step per global step. Primary arms on seeds {', '.join(map(str, s['seeds']))}; the positive "
+        f"control C2 and the ablations on seed(s) {', '.join(map(str, s['control_seeds']))} (paired with the same "
+        "seed of their baseline; their intervals resample items). Nothing was tuned on the test split.",
         "",
         "## Pre-registered hypotheses and results",
         "",

@@ -123,13 +123,13 @@ def study(work: Path, sizes, n_jobs: int) -> dict:
     pre = models["pretrained"]
     stage_s["data_and_pretrain"] = round(time.time() - t0, 1)
     results = {"runs": {}, "models": {}}
-    mid = lambda arms: [("mid", arm, seed, lambda out, arm=arm, seed=seed: runs.mid_overrides(
-        sizes, pre, out, seed, arm, data)) for seed in sizes.seeds for arm in arms]
+    mid = lambda arms, seeds: [("mid", arm, seed, lambda out, arm=arm, seed=seed: runs.mid_overrides(
+        sizes, pre, out, seed, arm, data)) for seed in seeds for arm in arms]
     # the primary comparison first, then post-training, then the controls and ablations
-    jobs = mid(("ntp", "refine"))
+    jobs = mid(("ntp", "refine"), sizes.seeds)
     jobs += [("post", arm, seed, lambda out, arm=arm, seed=seed: runs.post_overrides(sizes, pre, out, seed, arm, data))
              for seed in sizes.seeds for arm in runs.POST_ARMS]
-    jobs += mid(sizes.controls + sizes.ablations)
+    jobs += mid(sizes.controls + sizes.ablations, sizes.control_seeds)
     t1 = time.time()
     run_all(work, jobs, results, n_jobs)
     for name in list(results["runs"]):

@@ -46,6 +46,9 @@ class Sizes:
     sft_coef: float = 1.0            # official mix
     ppo_coef: float = 0.2            # paper's mid-training value
     controls: tuple[str, ...] = ("ntp_2x",)
+    # the control and ablation arms run on these seeds only (paired with the same seeds of their baseline; their
+    # intervals then resample items only): the 2-core budget
+    control_seeds: tuple[int, ...] = (1,)
     ablations: tuple[str, ...] = ("refine_n4", "refine_rl")
     # post-training: task SFT on planted-pair queries (train split), from the pre-trained model
     post_steps: int = 16
@@ -76,7 +79,7 @@ FULL = Sizes()
 # --quick: the same pipeline end to end at sizes that prove nothing (CI)
 QUICK = replace(
     FULL, hidden_size=64, num_layers=2, num_heads=2, copy_steps=20, copy_vocab_steps=10, pretrain_steps=10,
-    pretrain_batch=4, pretrain_len=64, seeds=(1,), mid_len=128, mid_steps=2, control_steps=4, controls=(), ablations=("refine_rl",),
+    pretrain_batch=4, pretrain_len=64, seeds=(1,), mid_len=128, mid_steps=2, control_steps=4, controls=(), ablations=(),
     post_steps=1, post_items=8, ttt_items=4, ttt_bin=(32, 96), bins=((16, 64), (64, 128)), primary_bins=("64-128",),
     items_per_bin=4, ntp_lengths=(128,), ntp_windows=2, nsp_len=128, nsp_positions=3, collapse_windows=2, bootstrap=50,
 )
