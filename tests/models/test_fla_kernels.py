@@ -90,3 +90,36 @@ def test_a_transposed_initial_state_fails_the_check(measured):
         assert within_tolerance(right[name])
         assert not within_tolerance(wrong[name]), f"{name}: a transposed state went unnoticed ({wrong[name]})"
         assert wrong[name]["vs_naive"] > 20 * RTOL * wrong[name]["scale"]  # not a near miss
+
+
+def test_a_wrong_switch_value_fails_before_ray_in_one_line():
+    env = {**os.environ, "REFINE_FLA_KERNELS": "foo", "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run([sys.executable, "-m", "refine.main", "trainer.total_training_steps=2"],
+                            capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=300)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == ["refine: configuration error: REFINE_FLA_KERNELS='foo' is not a kernel choice; use "
+                     "REFINE_FLA_KERNELS=interpret (fla's Triton kernels through Triton's CPU interpreter) or leave "
+                     "it unset"]
+
+
+def test_ray_workers_get_the_switch_and_triton_interpret(monkeypatch):
+    from refine.platform import platform_env_vars
+
+    monkeypatch.setenv("REFINE_FLA_KERNELS", "interpret")
+    env = platform_env_vars()
+    assert env["REFINE_FLA_KERNELS"] == "interpret" and env["TRITON_INTERPRET"] == "1"
+    monkeypatch.delenv("REFINE_FLA_KERNELS")
+    assert "TRITON_INTERPRET" not in platform_env_vars()
+
+
+def test_interpret_mode_refuses_a_triton_imported_without_it():
+    """This process imported triton in compiled mode: switching to the interpreter now would leave triton's own
+    helpers compiled (every kernel fails), so it is refused with the reason."""
+    import triton  # noqa: F401  (compiled mode, as the rest of the suite imports it)
+
+    from refine import kernel_switch
+
+    assert os.environ.get("TRITON_INTERPRET") != "1"
+    with pytest.raises(RuntimeError, match="triton was imported before refine.models"):
+        kernel_switch.set_interpret_env()
