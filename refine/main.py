@@ -13,6 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from refine.kernel_switch import interpret_requested, set_interpret_env
 from refine.preflight.aliases import OFFICIAL_ALIASES, alias_conflicts
 from refine.preflight.compose import CONFIG_DIR, DEFAULT_CONFIG, compose  # noqa: F401 - compose: the entry's API
 from refine.preflight.quiet import IRRELEVANT_WARNINGS
@@ -25,6 +26,9 @@ DEMO_PRESET = "+preset=embedded_demo"
 def prepare(config):
     """The stack check, then every check before Ray and the Ray environment (`refine.preflight.prepare`), in
     place; returns the `RefineConfig`."""
+    # first: REFINE_FLA_KERNELS is checked, and TRITON_INTERPRET set, when refine.models is imported (before triton)
+    import refine.models.cpu_kernels.interpret  # noqa: F401
+
     check_stack()  # pinned versions and an importable triton, before torch, verl or fla is imported
     from refine.preflight.prepare import prepare as prepare_run  # torch, verl: the checks import them
 
@@ -141,6 +145,12 @@ def main() -> None:
     """`python -m refine.main`: no arguments runs the embedded default; overrides that choose no model, data or
     preset run on top of it."""
     args = sys.argv[1:]
+    try:  # before anything imports triton (verl does): TRITON_INTERPRET is read on import
+        if interpret_requested():
+            set_interpret_env()
+    except ValueError as exc:
+        print(f"refine: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
     if "--help" in args or "-h" in args:
         print(help_text())
         return

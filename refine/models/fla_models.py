@@ -7,6 +7,8 @@ Importing this module
 3. when CUDA is absent (or `REFINE_CPU_KERNELS=1`; `=0` forces them off) replaces the fla names listed in
    `CPU_KERNEL_PATCHES` with `refine.models.cpu_kernels`. Those names were read from fla `FLA_VERSION`; on any other
    fla version the switch refuses with a one-line error instead of patching blindly.
+   With `REFINE_FLA_KERNELS=interpret` it instead keeps fla's own Triton ops and runs them through Triton's CPU
+   interpreter (`refine.models.cpu_kernels.interpret`, set up before fla is imported), with a start-up banner.
 The CPU kernels print a one-line banner the first time one of them runs (not at import).
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import importlib
 import os
 
+from refine.models.cpu_kernels import interpret
 from refine.stack import installed_version, pinned
 
 FLA_VERSION = pinned("flash-linear-attention")[0]
@@ -61,7 +64,9 @@ def installed_fla_version() -> str:
 
 
 def cpu_kernels_wanted() -> bool:
-    """`REFINE_CPU_KERNELS` = 1 / 0 decides; unset or empty means "when CUDA is absent"."""
+    """`REFINE_CPU_KERNELS` = 1 / 0 decides; unset or empty means "when CUDA is absent" (and not in interpret mode)."""
+    if interpret.interpret_requested():
+        return False
     value = os.environ.get(ENV_SWITCH, "").strip()
     if value == "1":
         return True
@@ -152,7 +157,21 @@ def name_attention_heads() -> None:
         _add_attention_head_names(config)
 
 
+def kernel_mode() -> str:
+    """Which fla ops this process runs: "interpret", "standin" (the CPU stand-ins) or "triton" (fla's compiled
+    kernels)."""
+    if interpret.interpreter_enabled():
+        return "interpret"
+    return "standin" if cpu_kernels_installed() else "triton"
+
+
+if interpret.interpret_requested():  # before triton / fla are imported: TRITON_INTERPRET is read at decoration
+    interpret.set_interpret_env()
 _require_triton()
+if interpret.interpret_requested():
+    interpret.enable_interpreter()
 name_attention_heads()
 if cpu_kernels_wanted():
     install_cpu_kernels()
+if interpret.interpreter_enabled():
+    interpret.announce_once()

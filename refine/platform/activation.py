@@ -110,11 +110,19 @@ def platform_env_vars(extra_modules=DEFAULT_EXTERNAL_MODULES) -> dict[str, str]:
 
     Always `VERL_USE_EXTERNAL_MODULES` (existing entries, then `refine.platform`, then `extra_modules`), so that
     every verl process imports the plugin and the model registrations with a visible error if they fail (verl
-    swallows errors of `verl.plugins` entry points). On a host without accelerator also `CPU_ENV`.
+    swallows errors of `verl.plugins` entry points). On a host without accelerator also `CPU_ENV`. The fla kernel
+    switches (`REFINE_FLA_KERNELS`, `REFINE_CPU_KERNELS`) when set, and `TRITON_INTERPRET=1` in interpret mode.
     """
     if isinstance(extra_modules, str):
         raise ValueError(f"extra_modules={extra_modules!r} must be a sequence of module names, not one string")
     env = {"VERL_USE_EXTERNAL_MODULES": _external_modules(extra_modules)}
+    # the fla kernel switch: workers must pick the same kernels, and TRITON_INTERPRET must be set before they import
+    # triton (refine.models.cpu_kernels.interpret)
+    for name in ("REFINE_FLA_KERNELS", "REFINE_CPU_KERNELS"):
+        if os.environ.get(name, "").strip():
+            env[name] = os.environ[name]
+    if os.environ.get("REFINE_FLA_KERNELS", "").strip() == "interpret":
+        env["TRITON_INTERPRET"] = "1"
     if cpu_platform_wanted():
         env.update({name: os.environ.get(name, value) for name, value in CPU_ENV.items()})
     return env

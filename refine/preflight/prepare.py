@@ -13,6 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from refine.errors import config_error
+from refine.models.cpu_kernels.interpret import apply_compute_dtype
 from refine.platform import platform_env_vars
 from refine.preflight.aliases import apply_official_aliases, spelled_as_typed
 from refine.preflight.compose import REPO_ROOT
@@ -30,6 +31,7 @@ from refine.stack import check_device, check_stack
 def prepare(config):
     """Aliases, validation and the Ray runtime environment, in place; returns the `RefineConfig`."""
     check_stack()  # pinned versions and an importable triton, before verl or fla is imported
+    apply_compute_dtype(config)  # interpret mode: the model computes in fp16
     device = check_device(str(config.trainer.device))  # auto -> cuda/cpu; explicit cuda on a CPU host: error
     rc = prepare_config(config)  # bad input fails before Ray and the heavy imports below
     check_resume_matches(config)  # never continue another run's checkpoint silently

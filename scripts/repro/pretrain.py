@@ -12,9 +12,9 @@ recall, no NIAH: the study's first runs; `scripts/repro/copy_probe.py`), and fro
 ids of the full vocabulary only after a long plateau. Copying ids from a small vocabulary is learned in ~800 steps,
 and then carries over to the full vocabulary in a few hundred more. So pre-training starts with `Sizes.copy_steps`
 steps on synthetic [x][x] rows (x random ids; the first `copy_vocab_steps` with ids below `copy_small_vocab`, the
-rest from the full vocabulary), then the NTP pre-training on the corpus, where a share `pretrain_copy_share` of the
-windows carries one random-id span written twice (`random_span_copies`), so the ability is kept. Mid-training,
-post-training and every measure use the corpus and the QA data as they are.
+rest from the full vocabulary), then the NTP pre-training on the corpus at length L = `pretrain_len`, where every
+window carries `pretrain_pairs` key -> value pairs written twice (scripts/repro/kv.py), so the model learns the
+retrieval format at distances below L; mid-training then extends the context to 4L.
 """
 
 from __future__ import annotations
@@ -83,25 +83,6 @@ def copy_warmup(model, sizes, vocab_size: int, seed: int = 0) -> list[dict]:
     return log
 
 
-def random_span_copies(share: float, span: int, vocab_size: int):
-    """`augment` for `pretrain`: in a share of the rows, `span` random ids written at a random place and again at a
-    random later place (labels follow the ids: only a copy predicts the second one)."""
-    import torch
-
-    def augment(batch, rng):
-        batch = batch.clone()
-        seq_len = batch.shape[1]
-        for row in batch:
-            if rng.random() >= share:
-                continue
-            source = rng.randrange(0, seq_len - 2 * span + 1)
-            target = rng.randrange(source + span, seq_len - span + 1)
-            ids = torch.tensor([rng.randrange(3, vocab_size) for _ in range(span)])
-            row[source:source + span], row[target:target + span] = ids, ids
-        return batch
-    return augment
-
-
 def model_config(sizes, vocab_size: int):
     from refine.models.tiny import tiny_deltanet_config
 
@@ -144,21 +125,23 @@ def pretrained_model(work: Path, sizes, train_file: Path) -> Path:
     model = AutoModelForCausalLM.from_config(model_config(sizes, len(tokenizer)))
     n_params = sum(p.numel() for p in model.parameters())
     print(f"repro: pre-training a {n_params / 1e6:.2f}M-parameter DeltaNet for {sizes.pretrain_steps} steps", flush=True)
+    from repro import kv
+
     start = time.time()
     copy_log = copy_warmup(model, sizes, len(tokenizer))
     passages = list(pd.read_parquet(train_file).text)
-    model = pretrain(model, tokenizer, passages, steps=sizes.pretrain_steps, seq_len=sizes.pretrain_seq_len,
+    model = pretrain(model, tokenizer, passages, steps=sizes.pretrain_steps, seq_len=sizes.pretrain_len,
                      batch=sizes.pretrain_batch, lr=sizes.pretrain_lr, seed=0,
-                     augment=random_span_copies(sizes.pretrain_copy_share, sizes.copy_span, len(tokenizer)))
+                     augment=kv.plant_augment(kv.Vocab(tokenizer), sizes.pretrain_pairs))
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     record = {"parameters": n_params, "steps": sizes.pretrain_steps, "batch": sizes.pretrain_batch,
-              "seq_len": sizes.pretrain_seq_len, "lr": sizes.pretrain_lr,
-              "tokens": sizes.pretrain_steps * sizes.pretrain_batch * sizes.pretrain_seq_len,
+              "seq_len": sizes.pretrain_len, "lr": sizes.pretrain_lr, "pairs_per_window": sizes.pretrain_pairs,
+              "tokens": sizes.pretrain_steps * sizes.pretrain_batch * sizes.pretrain_len,
               "copy_steps": sizes.copy_steps, "copy_vocab_steps": sizes.copy_vocab_steps,
               "copy_small_vocab": sizes.copy_small_vocab, "copy_span": sizes.copy_span, "copy_batch": sizes.copy_batch,
-              "copy_share": sizes.pretrain_copy_share, "copy_log": copy_log,
+              "copy_log": copy_log,
               "wall_s": round(time.time() - start, 1)}
     (work / "models" / "pretrain.json").write_text(json.dumps(record, indent=1))
     return out

@@ -1,15 +1,16 @@
-"""The small-scale reproduction study (issue 13), one command:
+"""The ReFINE study (issue 23: context extension with planted key -> value retrieval), one command:
 
-    .venv/bin/python scripts/repro/run.py            # full study (~1 h on 2 CPU cores), work dir runs/repro/full
-    .venv/bin/python scripts/repro/run.py --quick    # the same pipeline at toy sizes (CI), runs/repro/quick
+    .venv/bin/python scripts/repro/run.py              # full study; writes docs/results.json, results.md, results/*.png
+    .venv/bin/python scripts/repro/run.py --quick      # the same pipeline at toy sizes (CI), into the work dir
+    .venv/bin/python scripts/repro/run.py --report-only   # rewrite docs/results.md and plots from docs/results.json
 
-Stages, each cached under the work dir and skipped when done (an interrupted study resumes):
-1. data splits (train / val / test by document) and the NTP pre-trained DeltaNet (scripts/repro/pretrain.py);
-2. mid-training from that checkpoint, NTP-only vs ReFINE (NTP + NSP-GRPO, fast NSP), per seed;
-3. post-training on the synthetic QA set, task SFT vs ReFINE (inner NTP + NSP-GRPO + task SFT), per seed;
-4. test-time training on the held-out QA prompts (prompts only), from each seed's SFT post-trained model;
-5. every measure of scripts/repro/measures.py on every model, then the report (markdown + PNG plots).
-Sizes and hyper-parameters: scripts/repro/sizes.py. The report path and plot paths are printed at the end.
+Stages, each cached under the work dir (default runs/repro/full or runs/repro/quick) and skipped when done:
+1. data splits by document; planted-pair data (scripts/repro/kv.py); the copy-warmed DeltaNet pre-trained at L;
+2. mid-training at 4L per seed: NTP, ReFINE, the positive control (NTP, 2x updates) and the two ablations;
+   post-training per seed: inner NTP + task SFT (control) vs inner NTP + NSP-GRPO + task SFT (ReFINE);
+3. test-time training per seed from the ReFINE post-trained model: inner NTP vs inner NTP + NSP-GRPO;
+4. the measures (scripts/repro/measures.py) on every model, then the results file and the report.
+Sizes: scripts/repro/sizes.py. Analysis: scripts/repro/stats.py (fixed before the run).
 """
 
 from __future__ import annotations
@@ -17,37 +18,60 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-# one intra-op thread: on 2 shared cores a contended thread pool is many times slower (tests/conftest.py does
-# the same); set before torch is imported, inherited by the trainer runs and their Ray workers
+# one intra-op thread: on 2 shared cores a contended thread pool is many times slower; inherited by the trainer
+# runs and their Ray workers
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # `scripts` is not a package here (a site-packages module of that name shadows it): import `repro` from scripts/
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from repro import measures, pretrain, report, runs
-from repro.sizes import FULL, QUICK
+from repro import kv, measures, pretrain, report, runs
+from repro.sizes import FULL, QUICK, STUDY_VERSION
 
 REPO = Path(__file__).resolve().parents[2]
+EVAL_SEED, TTT_SEED, POST_SEED, MID_SEED = 1234, 4321, 99, 7
 
 
-def cached_eval(work: Path, name: str, model_dir: Path, data: dict, sizes, parts, judge: Path) -> dict:
-    path = work / "eval" / f"{name.replace('/', '__')}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    print(f"repro: evaluating {name} ({'+'.join(parts)}) ...", flush=True)
-    start = time.time()
-    values = measures.evaluate_model(model_dir, data["test"], runs.QA_TEST, sizes, work / "niah", judge, parts=parts)
-    values["eval_s"] = round(time.time() - start, 1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(values, indent=1))
-    return values
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, non-zero exit (argparse prints usage + error over two lines)
+        raise SystemExit(f"run.py: {message}")
+
+
+def build_data(work: Path, sizes, splits: dict, tokenizer) -> tuple[dict, list, list]:
+    """Planted-pair trainer files (cached) and the held-out evaluation / TTT items (rebuilt, deterministic)."""
+    import math
+
+    import pandas as pd
+
+    vocab = kv.Vocab(tokenizer)
+    streams = {s: measures.token_stream(tokenizer, p)[0] for s, p in splits.items()}
+    eval_items = kv.eval_items(tokenizer, streams["test"], vocab, sizes.bins, sizes.items_per_bin, EVAL_SEED)
+    ttt_items = kv.eval_items(tokenizer, streams["test"], vocab, [sizes.ttt_bin], sizes.ttt_items, TTT_SEED)
+    files = {name: work / "data" / f"{name}.parquet" for name in ("mid_train", "mid_val", "post_train", "post_val", "ttt")}
+    if not all(p.exists() for p in files.values()):
+        rows = {s: list(pd.read_parquet(p).text) for s, p in splits.items()}
+        need = sizes.control_steps * sizes.mid_batch
+        docs = []
+        for rep in range(math.ceil(need / len(rows["train"])) + 1):  # fresh pairs in every repetition
+            docs += kv.planted_documents(tokenizer, rows["train"], vocab, sizes.mid_len, sizes.mid_pairs, MID_SEED + rep)
+        pd.DataFrame({"text": docs}).to_parquet(files["mid_train"], index=False)
+        val_docs = kv.planted_documents(tokenizer, rows["val"][:8], vocab, sizes.mid_len, sizes.mid_pairs, MID_SEED)
+        pd.DataFrame({"text": val_docs}).to_parquet(files["mid_val"], index=False)
+        post_bin = [(16, sizes.mid_len - 16)]
+        kv.qa_frame(kv.eval_items(tokenizer, streams["train"], vocab, post_bin, sizes.post_items, POST_SEED)).to_parquet(
+            files["post_train"], index=False)
+        kv.qa_frame(kv.eval_items(tokenizer, streams["val"], vocab, post_bin, 8, POST_SEED)).to_parquet(
+            files["post_val"], index=False)
+        kv.qa_frame(ttt_items).to_parquet(files["ttt"], index=False)
+    return {**splits, **files}, eval_items, ttt_items
 
 
 def run_all(work: Path, jobs, results: dict, n_jobs: int) -> None:
-    """Trainer runs, `n_jobs` at a time (each is mostly Ray / worker start-up; each its own Ray instance)."""
+    """Trainer runs, `n_jobs` at a time (each its own Ray instance; mostly start-up)."""
     from concurrent.futures import ThreadPoolExecutor
 
     def one(job):
@@ -60,76 +84,149 @@ def run_all(work: Path, jobs, results: dict, n_jobs: int) -> None:
             results["runs"][name] = record
 
 
-def study(work: Path, sizes, n_jobs: int = 2) -> dict:
-    start = time.time()
-    data = pretrain.build_splits(work, sizes.train_len)
+KEPT_METRICS = ("actor/optimizer_steps_ttt", "actor/optimizer_steps", "actor/sft_loss_ttt", "actor/sft_loss",
+                "reward/cs_reward_mean", "reward/cs_reward_chance_mean", "reward/cs_reward_above_chance_mean",
+                "val_loss")
+
+
+def run_summary(work: Path, name: str, record: dict, data_tokens: dict) -> dict:
+    """Updates, tokens, wall time and the few per-step curves the report reads, from the run's own metrics."""
+    metrics = runs.read_metrics(work / "runs" / name)
+    train_file = Path(next(o.split("=", 1)[1] for o in record["command"] if o.startswith("data.train_files=")))
+    batch = int(next(o.split("=", 1)[1] for o in record["command"] if o.startswith("data.train_batch_size=")))
+    steps = [m for m in metrics if "actor/optimizer_steps_ttt" in m or "actor/optimizer_steps" in m]
+    option = lambda key, default=None: next((o.split("=", 1)[1] for o in reversed(record["command"])
+                                             if o.startswith(key + "=")), default)
+    ppo = option("refine.ttt_ppo_update") == "true"
+    # rollout tokens per global step: documents x C x n x k (the run's own overrides), for the steps it logged
+    rollouts = len(steps) * batch * int(option("refine.n_chunks")) * int(option("refine.n_per_prefix")) * int(
+        option("refine.response_length")) if ppo else 0
+    curves = {key: [round(m[key], 5) for m in metrics if key in m] for key in KEPT_METRICS}
+    return {
+        "wall_s": record["wall_s"], "train_s": record["train_s"], "global_steps": len(steps),
+        "inner_updates": int(sum(m.get("actor/optimizer_steps_ttt", 0) for m in metrics)),
+        "task_updates": int(sum(m.get("actor/optimizer_steps", 0) for m in metrics)),
+        "ntp_tokens": len(steps) * batch * data_tokens[train_file.name], "rollout_tokens": rollouts,
+        "curves": {k: v for k, v in curves.items() if v},
+    }
+
+
+def study(work: Path, sizes, n_jobs: int) -> dict:
+    from transformers import AutoTokenizer
+
+    stage_s, t0 = {}, time.time()
+    splits = pretrain.build_splits(work, sizes.mid_len)
+    tokenizer = AutoTokenizer.from_pretrained(pretrain.TOKENIZER_DIR)
+    data, eval_items, ttt_items = build_data(work, sizes, splits, tokenizer)
     models = {"random_init": pretrain.random_init_model(work, sizes),
               "pretrained": pretrain.pretrained_model(work, sizes, data["train"])}
-    results = {"sizes": asdict(sizes), "models": {}, "runs": {}}
     pre = models["pretrained"]
-    # (phase, arm, seed, overrides); the TTT runs start from the SFT post-trained model of the same seed
-    jobs = [("mid", arm, seed, lambda out, arm=arm, seed=seed: runs.mid_overrides(sizes, pre, out, seed, arm, data))
-            for seed in sizes.seeds for arm in runs.MID_ARMS]
-    jobs += [("post", arm, seed, lambda out, arm=arm, seed=seed: runs.post_overrides(sizes, pre, out, seed, arm))
+    stage_s["data_and_pretrain"] = round(time.time() - t0, 1)
+    results = {"runs": {}, "models": {}}
+    mid = lambda arms, seeds: [("mid", arm, seed, lambda out, arm=arm, seed=seed: runs.mid_overrides(
+        sizes, pre, out, seed, arm, data)) for seed in seeds for arm in arms]
+    # the primary comparison first, then post-training, then the controls and ablations
+    jobs = mid(("ntp", "refine"), sizes.seeds)
+    jobs += [("post", arm, seed, lambda out, arm=arm, seed=seed: runs.post_overrides(sizes, pre, out, seed, arm, data))
              for seed in sizes.seeds for arm in runs.POST_ARMS]
+    jobs += mid(sizes.controls + sizes.ablations, sizes.control_seeds)
+    t1 = time.time()
     run_all(work, jobs, results, n_jobs)
     for name in list(results["runs"]):
         models[name] = runs.export_hf(work / "runs" / name)
-    ttt_jobs = [("ttt", "ttt", seed, lambda out, seed=seed: runs.ttt_overrides(sizes, models[f"post/sft_s{seed}"], out, seed))
-                for seed in sizes.seeds]
+    ttt_jobs = [("ttt", arm, seed, lambda out, arm=arm, seed=seed: runs.ttt_overrides(
+        sizes, models[f"post/refine_s{seed}"], out, seed, arm, data)) for seed in sizes.seeds for arm in runs.TTT_ARMS]
     run_all(work, ttt_jobs, results, n_jobs)
     for name in [n for n in results["runs"] if n.startswith("ttt/")]:
         models[name] = runs.export_hf(work / "runs" / name)
+    stage_s["trainer_runs"] = round(time.time() - t1, 1)
+    t2 = time.time()
     for name, model_dir in models.items():
-        parts = ("lm",) if name.startswith("mid/") else ("qa",) if name.startswith(("post/", "ttt/")) else ("lm", "qa")
-        results["models"][name] = cached_eval(work, name, model_dir, data, sizes, parts, pre)
+        path = work / "eval" / f"{name.replace('/', '__')}.json"
+        if not path.exists():
+            print(f"repro: evaluating {name} ...", flush=True)
+            start = time.time()
+            secondary = name in ("random_init", "pretrained") or name.startswith("mid/")
+            if name.startswith("ttt/"):
+                value = {"measures": {}, "em": {}}
+            else:
+                value = measures.evaluate_model(model_dir, eval_items, data["test"] if secondary else None, sizes, pre)
+            if name.startswith("ttt/") or name.startswith("post/refine") or name in ("random_init", "pretrained"):
+                import torch
+
+                with torch.no_grad():
+                    value["em_ttt"] = measures.kv_exact_match(measures.load(model_dir)[0], ttt_items)
+            value["eval_s"] = round(time.time() - start, 1)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(value))
+        results["models"][name] = json.loads(path.read_text())
+    stage_s["evaluation"] = round(time.time() - t2, 1)
+    doc_tokens = {p.name: _mean_tokens(tokenizer, p) for p in (data["mid_train"], data["post_train"], data["ttt"])}
     for name in results["runs"]:
-        results["runs"][name]["metrics"] = runs.read_metrics(work / "runs" / name)
-    pretrain_record = work / "models" / "pretrain.json"
-    results["pretrain"] = json.loads(pretrain_record.read_text()) if pretrain_record.exists() else {}
-    results["data_rows"] = {split: _rows(path) for split, path in data.items()}
-    results["stage_wall_s"] = round(time.time() - start, 1)
+        results["runs"][name] = run_summary(work, name, results["runs"][name], doc_tokens)
+    record = work / "models" / "pretrain.json"
+    results["pretrain"] = json.loads(record.read_text()) if record.exists() else {}
+    results["data"] = {"eval_items": len(eval_items), "ttt_items": len(ttt_items),
+                       "mean_eval_distance": {b: round(sum(i["distance"] for i in eval_items if i["bin"] == b) /
+                                                  max(1, sum(i["bin"] == b for i in eval_items)), 1)
+                                              for b in {i["bin"] for i in eval_items}},
+                       "doc_tokens": doc_tokens}
+    results["stage_s"] = stage_s
     return results
 
 
-def _rows(path: Path) -> int:
-    import pyarrow.parquet as pq
+def _mean_tokens(tokenizer, path: Path) -> int:
+    import pandas as pd
 
-    return pq.ParquetFile(path).metadata.num_rows
+    frame = pd.read_parquet(path)
+    column = "text" if "text" in frame else "prompt"
+    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in frame[column]]
+    return round(sum(lengths) / len(lengths))
+
+
+def _commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "scripts/repro", "refine"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return head + ("+uncommitted" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="toy sizes: checks the pipeline, claims nothing")
     parser.add_argument("--work-dir", type=Path, help="default runs/repro/full or runs/repro/quick")
-    parser.add_argument("--report-dir", type=Path, help="where results.md and results/*.png go (default: work dir)")
-    parser.add_argument("--seeds", type=int, nargs="+", help="override the seeds (default 1 2 3; quick: 1)")
+    parser.add_argument("--report-dir", type=Path,
+                        help="where results.json, results.md and results/*.png go (default: docs/, quick: work dir)")
     parser.add_argument("--jobs", type=int, default=2, help="trainer runs at a time (default 2)")
     parser.add_argument("--report-only", action="store_true",
-                        help="write results.md and the plots again from the work dir's results.json; run nothing")
+                        help="rewrite results.md and the plots from the report dir's results.json; run nothing")
     args = parser.parse_args(argv)
-    sizes = QUICK if args.quick else FULL
-    if args.seeds:
-        sizes = replace(sizes, seeds=tuple(args.seeds))
-    work = (args.work_dir or REPO / "runs" / "repro" / ("quick" if args.quick else "full")).resolve()
     if args.report_only:
-        saved = work / "results.json"
-        if not saved.exists():
-            raise SystemExit(f"repro: --report-only: no {saved}; run the study first")
-        for path in report.write(json.loads(saved.read_text()), args.report_dir or work):
+        if args.quick or args.work_dir:
+            raise SystemExit("run.py: --report-only reads the results file only; drop --quick / --work-dir")
+        report_dir = args.report_dir or REPO / "docs"
+        for path in report.write(report.load_results(report_dir / "results.json"), report_dir):
             print(f"repro: wrote {path}")
         return
+    sizes = QUICK if args.quick else FULL
+    work = (args.work_dir or REPO / "runs" / "repro" / ("quick" if args.quick else "full")).resolve()
+    report_dir = args.report_dir or (work if args.quick else REPO / "docs")
     work.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    results = study(work, sizes, args.jobs)
-    results["command"] = "python scripts/repro/run.py" + (" --quick" if args.quick else "") + (
-        f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds else "")
-    results["quick"] = args.quick
+    started, commit = time.time(), _commit()
+    results = {"study_version": STUDY_VERSION, "commit": commit,
+               "command": "python scripts/repro/run.py" + (" --quick" if args.quick else ""), "quick": args.quick,
+               "sizes": asdict(sizes)}
+    results.update(study(work, sizes, args.jobs))
     results["wall_s"] = round(time.time() - started, 1)
-    (work / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    paths = report.write(results, args.report_dir or work)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "results.json").write_text(json.dumps(results, indent=None, separators=(",", ":")) + "\n")
+    paths = report.write(results, report_dir)
     print(f"repro: done in {results['wall_s']:.0f}s (this invocation; cached stages are not re-run)")
-    for path in paths:
+    for path in [report_dir / "results.json", *paths]:
         print(f"repro: wrote {path}")
 
 

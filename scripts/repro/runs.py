@@ -16,74 +16,72 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-QA_TRAIN = REPO / "data" / "ruler_train" / "ruler_synthqa_tiny_512_64_train.parquet"
-# held out: no run sees its answers (test-time training reads its prompts only)
-QA_TEST = REPO / "data" / "ruler_train" / "ruler_synthqa_tiny_512_16_val.parquet"
-QA_MAX_PROMPT = 480  # data/ruler_train prompts are <= 480 tokens of the tiny tokenizer
 
-# the arms: what differs between them (everything else is shared, see `common`)
-MID_ARMS = {"ntp": ["refine.ttt_ppo_update=false"], "refine": ["refine.ttt_ppo_update=true"]}
-POST_ARMS = {"sft": ["refine.ttt_sft_update=false", "refine.ttt_ppo_update=false"],
-             "refine": ["refine.ttt_sft_update=true", "refine.ttt_ppo_update=true"]}
+# the arms: what differs between them. Every run takes one optimiser step per global step in the inner loop
+# (refine.mini_batch_size = the batch: one combined NTP + NSP-GRPO step, or one NTP step; update_plan.py), plus one
+# task-SFT step per global step in post-training; the counts are read back from each run's metrics.
+MID_ARMS = {
+    "ntp": ["refine.ttt_ppo_update=false"],
+    "refine": ["refine.ttt_ppo_update=true"],
+    "ntp_2x": ["refine.ttt_ppo_update=false"],                       # positive control: 2x updates and documents
+    "refine_n4": ["refine.ttt_ppo_update=true", "refine.n_chunks=1", "refine.n_per_prefix=4"],  # same rollouts
+    "refine_rl": ["refine.ttt_ppo_update=true", "refine.sft_coef=0.0"],                         # RL alone
+}
+POST_ARMS = {"ctl": ["refine.ttt_sft_update=true", "refine.ttt_ppo_update=false"],   # inner NTP + task SFT
+             "refine": ["refine.ttt_sft_update=true", "refine.ttt_ppo_update=true"]}  # inner NTP+NSP + task SFT
+TTT_ARMS = {"ttt_ntp": ["refine.ttt_ppo_update=false"], "ttt_refine": ["refine.ttt_ppo_update=true"]}
 
 
-def common(sizes, model: Path, out: Path, seed: int, steps: int) -> list[str]:
+def common(sizes, model: Path, out: Path, seed: int, steps: int, batch: int) -> list[str]:
     return [
         "+preset=embedded_demo", f"actor_rollout_ref.model.path={model}", f"trainer.default_local_dir={out}",
         f"trainer.experiment_name={out.parent.name}_{out.name}", "trainer.logger=[console,file]",
         f"trainer.total_training_steps={steps}", f"trainer.save_freq={steps}", "trainer.resume_mode=disable",
         f"actor_rollout_ref.actor.optim.lr={sizes.lr}", f"refine.seed={seed}", f"data.seed={seed}",
-        "refine.nsp_mode=fast", f"refine.n_chunks={sizes.n_chunks}", f"refine.response_length={sizes.response_length}",
-        f"refine.sampling={sizes.sampling}",
+        "refine.nsp_mode=fast", f"refine.n_chunks={sizes.n_chunks}", f"refine.n_per_prefix={sizes.n_per_prefix}",
+        f"refine.response_length={sizes.response_length}", f"refine.sampling={sizes.sampling}",
+        f"refine.sft_coef={sizes.sft_coef}", f"data.train_batch_size={batch}", f"refine.mini_batch_size={batch}",
+        f"data.max_prompt_length={sizes.mid_len}", "refine.ttt_sft_update=true", "refine.plot=false",
         # always a Ray instance of its own: never attach to another process's cluster (parallel runs, other users)
         "++ray_kwargs.ray_init.address=local",
     ]
 
 
-def mid_overrides(sizes, model, out, seed, arm, data, extra=()) -> list[str]:
-    return common(sizes, model, out, seed, sizes.mid_steps) + MID_ARMS[arm] + [
-        f"data.train_files={data['train']}", f"data.val_files={data['val']}",
-        f"data.max_prompt_length={sizes.train_len}", f"data.train_batch_size={sizes.mid_batch}",
-        f"trainer.test_freq={max(1, sizes.mid_steps // 4)}", f"refine.reward={sizes.reward}",
-        f"refine.ppo_coef={sizes.ppo_coef}", "refine.ttt_sft_update=true", "refine.val_get_loss=true",
-        *extra,
+def mid_overrides(sizes, model, out, seed, arm, data) -> list[str]:
+    steps = sizes.control_steps if arm == "ntp_2x" else sizes.mid_steps
+    return common(sizes, model, out, seed, steps, sizes.mid_batch) + [
+        f"data.train_files={data['mid_train']}", f"data.val_files={data['mid_val']}",
+        f"trainer.test_freq={steps}", f"refine.reward={sizes.reward}", f"refine.ppo_coef={sizes.ppo_coef}",
+        "refine.val_get_loss=true", *MID_ARMS[arm],
     ]
 
 
-def qa_common(sizes) -> list[str]:
+def qa_common(sizes, batch: int) -> list[str]:
     return [
-        f"data.train_files={QA_TRAIN}", f"data.val_files={QA_TEST}", "data.prompt_key=prompt",
-        "refine.answer_key=answer", "refine.data_source_key=task",
+        "data.prompt_key=prompt", "refine.answer_key=answer", "refine.data_source_key=task",
         f"custom_reward_function.path={REPO / 'refine' / 'scoring' / 'reward.py'}",
-        f"data.max_prompt_length={QA_MAX_PROMPT}", f"data.max_response_length={sizes.answer_tokens}",
-        f"data.val_batch_size={sizes.qa_val_batch}", "refine.val_get_loss=false",
-        "refine.mini_batch_size=2", "refine.micro_batch_size_per_gpu=2", "refine.log_prob_micro_batch_size_per_gpu=2",
-        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
-        "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=2",
+        "data.max_response_length=4", f"data.val_batch_size={batch}", "refine.val_get_loss=false",
+        f"actor_rollout_ref.actor.ppo_mini_batch_size={batch}",   # task SFT: one optimiser step per global step
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
     ]
 
 
-def post_overrides(sizes, model, out, seed, arm) -> list[str]:
-    return common(sizes, model, out, seed, sizes.post_steps) + qa_common(sizes) + POST_ARMS[arm] + [
-        f"data.train_batch_size={sizes.post_batch}", f"actor_rollout_ref.actor.ppo_mini_batch_size={sizes.post_batch}",
+def post_overrides(sizes, model, out, seed, arm, data) -> list[str]:
+    return common(sizes, model, out, seed, sizes.post_steps, sizes.post_batch) + qa_common(sizes, sizes.post_batch) + [
+        f"data.train_files={data['post_train']}", f"data.val_files={data['post_val']}",
         "refine.task_sft_update=true", f"refine.reward={sizes.post_reward}", f"refine.ppo_coef={sizes.ppo_coef}",
-        f"trainer.test_freq={sizes.post_steps}",
+        f"trainer.test_freq={sizes.post_steps}", *POST_ARMS[arm],
     ]
 
 
-def ttt_overrides(sizes, model, out, seed) -> list[str]:
-    """Test-time training on the held-out QA prompts (no answers seen): the inner loop (NTP + NSP-GRPO on the
-    prompts) for one pass over them, cumulative, then the weights are kept and scored like every other model.
-
-    The official TTT answers each batch right after its own inner update; here the answers are scored after the
-    whole pass (transductive over the 16 prompts), because a teacher-forced score needs the updated weights."""
-    prompts_only = [o for o in qa_common(sizes) if not o.startswith("data.train_files=")]
-    return common(sizes, model, out, seed, sizes.ttt_steps) + prompts_only + [
-        f"data.train_files={QA_TEST}", f"data.train_batch_size={sizes.qa_val_batch}",
-        f"actor_rollout_ref.actor.ppo_mini_batch_size={sizes.qa_val_batch}",
-        "refine.ttt_sft_update=true", "refine.ttt_ppo_update=true", "refine.task_sft_update=false",
-        f"refine.reward={sizes.ttt_reward}", f"refine.ppo_coef={sizes.ttt_ppo_coef}",
-        f"trainer.test_freq={sizes.ttt_steps}",
+def ttt_overrides(sizes, model, out, seed, arm, data) -> list[str]:
+    """Test-time training on the held-out TTT prompts (no answer is trained on: task SFT off): the inner loop for one
+    pass over them, cumulative; the weights are then scored on the same items (transductive over the prompts)."""
+    steps = sizes.ttt_items // sizes.ttt_batch
+    return common(sizes, model, out, seed, steps, sizes.ttt_batch) + qa_common(sizes, sizes.ttt_batch) + [
+        f"data.train_files={data['ttt']}", f"data.val_files={data['ttt']}", "data.shuffle=false",
+        "refine.task_sft_update=false", f"refine.reward={sizes.ttt_reward}", f"refine.ppo_coef={sizes.ttt_ppo_coef}",
+        f"trainer.test_freq={steps}", *TTT_ARMS[arm],
     ]
 
 

@@ -1,73 +1,85 @@
 """Every size and hyper-parameter of the study, in one place (full study and `--quick`).
 
-The two arms of each phase share everything here (learning rate, steps, batch, documents, seeds); they differ only
-in the ReFINE flags chosen in `scripts/repro/runs.py`. Nothing was tuned on the test split: the values below were
-set before the study from the demo defaults (configs/preset/embedded_demo.yaml) and the paper's per-phase values
-(C, k, reward, coefficients), scaled to 2 CPU cores.
+Fixed before the study's first run (issue 23), from the demo defaults (configs/preset/embedded_demo.yaml), the
+paper's per-phase values (C, k, reward, coefficients) and the issue's design (pre-train at L, mid-train at 4L),
+scaled to 2 CPU cores. Nothing here was tuned on the test split. The arms of a phase share everything below and
+differ only in the flags of `scripts/repro/runs.py`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+
+STUDY_VERSION = "kv-retrieval-v1"   # a results file from another version of the study is refused
 
 
 @dataclass(frozen=True)
 class Sizes:
-    # pre-training (plain PyTorch AdamW, cosine decay, as scripts/build_demo_model.py)
+    # model (fla DeltaNet)
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
-    pretrain_steps: int = 300
-    pretrain_batch: int = 8
-    pretrain_seq_len: int = 256
-    pretrain_lr: float = 2e-3
-    # copy warm-up before the NTP pre-training (scripts/repro/pretrain.py says why)
+    # copy warm-up (scripts/repro/pretrain.py says why), then NTP pre-training at length L with planted pairs
     copy_steps: int = 1600
     copy_vocab_steps: int = 1000     # the first copy steps draw ids below copy_small_vocab, the rest from all 512
     copy_small_vocab: int = 57
-    copy_span: int = 32              # rows [x][x], x of copy_span ids
+    copy_span: int = 32
     copy_batch: int = 16
-    pretrain_copy_share: float = 0.25  # NTP pre-training windows that carry one random-id span written twice
-    # mid-training (both arms: same steps, documents, lr)
+    pretrain_steps: int = 600
+    pretrain_batch: int = 8
+    pretrain_len: int = 128          # L
+    pretrain_lr: float = 2e-3
+    pretrain_pairs: int = 2          # queried pairs per pre-training window (distance < L)
+    # mid-training: context extension to 4L, both arms the same documents, updates, tokens, lr
     seeds: tuple[int, ...] = (1, 2, 3)
-    train_len: int = 256             # rows of 252-256 tokens = data.max_prompt_length
+    mid_len: int = 512               # 4L = data.max_prompt_length of mid- and post-training
+    mid_pairs: int = 4               # queried pairs per mid-training document (any distance < mid_len)
     mid_steps: int = 32
-    mid_batch: int = 4
-    lr: float = 3e-4                 # every trainer run, both arms
+    mid_batch: int = 4               # = refine.mini_batch_size: one optimiser step per global step, both arms
+    control_steps: int = 64          # positive control: the NTP arm with 2x the updates (and documents)
+    lr: float = 3e-4                 # every trainer run
     n_chunks: int = 4                # C
+    n_per_prefix: int = 1            # official grouping (ttt_n = 1)
     response_length: int = 5         # k
     reward: str = "cosine_similarity"
     sampling: str = "entropy"
+    sft_coef: float = 1.0            # official mix
     ppo_coef: float = 0.2            # paper's mid-training value
-    # post-training on ruler_synthqa (both arms: same steps, rows, lr)
+    controls: tuple[str, ...] = ("ntp_2x",)
+    # the control and ablation arms run on these seeds only (paired with the same seeds of their baseline; their
+    # intervals then resample items only): the 2-core budget
+    control_seeds: tuple[int, ...] = (1,)
+    ablations: tuple[str, ...] = ("refine_n4", "refine_rl")
+    # post-training: task SFT on planted-pair queries (train split), from the pre-trained model
     post_steps: int = 16
     post_batch: int = 4
-    post_reward: str = "hybrid"      # paper's post-training value
-    # test-time training on the held-out QA prompts
-    ttt_reward: str = "binary"       # paper's TTT value
+    post_items: int = 64
+    post_reward: str = "hybrid"
+    # test-time training: the inner loop on held-out query prompts (prompts only), from each seed's ReFINE
+    # post-trained model; both TTT arms one optimiser step per global step
+    ttt_items: int = 64              # held-out prompts (distance bin ttt_bin), one pass in batches of ttt_batch
+    ttt_batch: int = 4
+    ttt_bin: tuple[int, int] = (128, 384)
+    ttt_reward: str = "binary"
     ttt_ppo_coef: float = 0.4
-    ttt_steps: int = 4               # one pass over the 16 held-out prompts, batches of qa_val_batch
-    qa_val_batch: int = 4
-    answer_tokens: int = 16
-    # evaluation (held-out test documents)
-    ntp_lengths: tuple[int, ...] = (256, 512, 1024)
-    short_len: int = 64
+    # evaluation (test split): the primary measure and the secondary ones
+    bins: tuple[tuple[int, int], ...] = ((16, 128), (128, 256), (256, 512), (512, 1024))
+    primary_bins: tuple[str, ...] = ("128-256", "256-512")   # beyond L, within the mid-training length
+    items_per_bin: int = 96
+    ntp_lengths: tuple[int, ...] = (512, 1024)
     ntp_windows: int = 16
-    nsp_lengths: tuple[int, ...] = (256, 1024)
-    nsp_positions: int = 64
-    recall_lengths: tuple[int, ...] = (128, 256, 512, 1024)
-    recall_span: int = 24
-    recall_samples: int = 32
-    niah_lengths: tuple[int, ...] = (256, 512)  # up to 2x the training length: beyond, NIAH is not a measure a model this size can move
-    niah_samples: int = 16
-    extra: dict = field(default_factory=dict)
+    short_len: int = 64
+    nsp_len: int = 512
+    nsp_positions: int = 48
+    collapse_windows: int = 8
+    bootstrap: int = 2000
 
 
 FULL = Sizes()
-# --quick: the same pipeline end to end, sizes that prove nothing (CI)
+# --quick: the same pipeline end to end at sizes that prove nothing (CI)
 QUICK = replace(
-    FULL, hidden_size=64, num_layers=2, num_heads=2, pretrain_steps=10, pretrain_batch=4, pretrain_seq_len=128,
-    copy_steps=20, copy_vocab_steps=10, seeds=(1,), mid_steps=2, post_steps=2, ttt_steps=1, ntp_lengths=(128, 256), ntp_windows=2, nsp_lengths=(128,),
-    nsp_positions=3, recall_lengths=(96, 256), recall_samples=2, niah_lengths=(256,), niah_samples=2,
-    train_len=128,
+    FULL, hidden_size=64, num_layers=2, num_heads=2, copy_steps=20, copy_vocab_steps=10, pretrain_steps=10,
+    pretrain_batch=4, pretrain_len=64, seeds=(1,), mid_len=128, mid_steps=2, control_steps=4, controls=(), ablations=(),
+    post_steps=1, post_items=8, ttt_items=4, ttt_bin=(32, 96), bins=((16, 64), (64, 128)), primary_bins=("64-128",),
+    items_per_bin=4, ntp_lengths=(128,), ntp_windows=2, nsp_len=128, nsp_positions=3, collapse_windows=2, bootstrap=50,
 )

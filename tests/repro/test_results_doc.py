@@ -1,72 +1,105 @@
-"""The committed study report (docs/results.md): its tables have the columns, arms, measures and run counts the
-study produces (the values are not checked: they are what the command printed)."""
+"""The committed study (docs/results.json -> docs/results.md): the report is regenerated from the results file and
+its numbers compared with the committed report's; an edited number fails; bad input to run.py is one line."""
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CELL = re.compile(r"^-?\d[\d.e+-]* ± \d[\d.e+-]* \(n=(\d+)\)$")
-MID_STEMS = ("ntp_loss", "short_loss", "nsp_em", "nsp_cos", "recall", "niah_nll")
+DOCS = REPO_ROOT / "docs"
 
 
-def table_after(text: str, heading: str) -> tuple[list[str], list[list[str]]]:
-    """(header cells, body rows) of the first markdown table after `heading`."""
-    lines = text.split(heading, 1)[1].splitlines()
-    rows = [line for line in lines[next(i for i, l in enumerate(lines) if l.startswith("|")):]]
-    rows = rows[:next((i for i, l in enumerate(rows) if not l.startswith("|")), len(rows))]
-    split = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]
-    assert set(rows[1].replace("|", "")) == {"-"}, rows[1]
-    return split(rows[0]), [split(r) for r in rows[2:]]
+def regenerate(results_file: Path) -> str:
+    from repro import report
+
+    return report.render(report.load_results(results_file))[0]
 
 
-def runs_in(cell: str) -> int:
-    match = CELL.match(cell)
-    assert match, f"not a 'mean ± std (n=N)' cell: {cell!r}"
-    return int(match.group(1))
+@pytest.fixture(scope="module")
+def committed() -> tuple[str, str]:
+    return (DOCS / "results.md").read_text(), regenerate(DOCS / "results.json")
 
 
-def test_committed_report_tables_have_the_study_shape():
-    from repro.report import MID_COLUMNS, POST_COLUMNS, TTT_COLUMNS
-    from repro.sizes import FULL
+def test_committed_report_equals_the_one_regenerated_from_the_results_file(committed):
+    from repro import report
 
-    text = (REPO_ROOT / "docs" / "results.md").read_text()
-    n_seeds = len(FULL.seeds)
-    assert n_seeds >= 3
-    assert "Command: `python scripts/repro/run.py`" in text  # the full study, not --quick
-    assert "(--quick: toy sizes" not in text
+    text, regenerated = committed
+    assert report.compare(text, regenerated) == []
+    assert text == regenerated
 
-    header, rows = table_after(text, "## Mid-training")
-    assert tuple(header) == MID_COLUMNS
-    measures = [r[0] for r in rows]
-    for stem in MID_STEMS:
-        lengths = [int(m.split("@")[1]) for m in measures if m.split("@")[0] == stem]
-        assert lengths, f"no {stem} row"
-    assert max(int(m.split("@")[1]) for m in measures if m.startswith("ntp_loss@")) > FULL.train_len
-    for row in rows:
-        assert runs_in(row[1]) == runs_in(row[2]) == 1  # random init, pretrained: one model each
-        assert runs_in(row[3]) == runs_in(row[4]) == runs_in(row[5]) == n_seeds, row[0]
-        assert re.fullmatch(rf"\d/{n_seeds}", row[6]), row
 
-    header, rows = table_after(text, "## Post-training")
-    assert tuple(header) == POST_COLUMNS
-    assert [r[0] for r in rows] == ["qa_tok", "qa_nll"]
-    for row in rows:
-        assert runs_in(row[1]) == runs_in(row[2]) == 1
-        assert runs_in(row[3]) == runs_in(row[4]) == runs_in(row[5]) == n_seeds, row[0]
+def test_an_edited_number_in_the_report_is_caught(committed, tmp_path):
+    from repro import report
 
-    header, rows = table_after(text, "## Test-time training")
-    assert tuple(header) == TTT_COLUMNS
-    assert [r[0] for r in rows] == ["qa_tok", "qa_nll"]
-    for row in rows:
-        assert runs_in(row[1]) == runs_in(row[2]) == runs_in(row[3]) == n_seeds, row[0]
+    text, regenerated = committed
+    lines = text.splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith("| H1 |"))
+    edited = lines[row].replace("[", "[1", 1)  # e.g. "[-2.1," -> "[1-2.1,": a different number
+    assert edited != lines[row]
+    (tmp_path / "results.md").write_text("\n".join(lines[:row] + [edited] + lines[row + 1:]))
+    problems = report.compare((tmp_path / "results.md").read_text(), regenerated)
+    assert len(problems) == 1 and problems[0].startswith(f"line {row + 1}:"), problems
 
-    # the sanity table (pre-trained vs random init) covers every measure of the other tables
-    header, rows = table_after(text, "## Sanity")
-    assert [r[0] for r in rows] == [r[0] for r in table_after(text, "## Mid-training")[1]] + ["qa_tok", "qa_nll"]
-    assert {r[3] for r in rows} <= {"yes", "**no**"}
 
-    for name in ("midtrain_vs_length", "midtrain_curves", "posttrain_curves"):
-        assert f"(results/{name}.png)" in text
-        assert (REPO_ROOT / "docs" / "results" / f"{name}.png").stat().st_size > 5000
+def test_the_committed_report_states_what_the_issue_asks_for(committed):
+    from repro.sizes import FULL, STUDY_VERSION
+
+    text, _ = committed
+    results = json.loads((DOCS / "results.json").read_text())
+    assert results["study_version"] == STUDY_VERSION and results["quick"] is False
+    assert results["command"] == "python scripts/repro/run.py" and f"`{results['command']}`" in text
+    assert re.search(r"code at commit `[0-9a-f]{7,}`", text) and "wall time" in text
+    assert len(FULL.seeds) >= 3 and FULL.items_per_bin * len(FULL.primary_bins) >= 192
+    assert FULL.items_per_bin * len(FULL.bins) >= 256
+    for hid in ("H1", "H2", "H3", "C1", "C2", "A1", "A2"):
+        assert re.search(rf"^\| {hid} \|.*\| (held|null|reversed) \|$", text, re.M), hid
+    assert "## Updates and tokens per arm" in text
+    # the matched arms: the same updates and document tokens per phase, read from the runs' own metrics
+    runs = results["runs"]
+    for seed in FULL.seeds:
+        for phase, a, b in (("mid", "ntp", "refine"), ("post", "ctl", "refine"), ("ttt", "ttt_ntp", "ttt_refine")):
+            ra, rb = runs[f"{phase}/{a}_s{seed}"], runs[f"{phase}/{b}_s{seed}"]
+            for key in ("global_steps", "inner_updates", "task_updates", "ntp_tokens"):
+                assert ra[key] == rb[key], (phase, seed, key, ra[key], rb[key])
+            assert ra["inner_updates"] > 0 and ra["ntp_tokens"] > 0 and rb["rollout_tokens"] > 0 == ra["rollout_tokens"]
+    for phase in ("mid", "post", "ttt"):
+        assert f"(results/{phase}_paired.png)" in text
+        assert (DOCS / "results" / f"{phase}_paired.png").stat().st_size > 5000
+    assert DOCS.joinpath("results.json").stat().st_size < 1_000_000
+
+
+def _run(*args, cwd=REPO_ROOT):
+    return subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "repro" / "run.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_report_only_rewrites_the_committed_report_identically(tmp_path):
+    shutil.copy(DOCS / "results.json", tmp_path / "results.json")
+    result = _run("--report-only", "--report-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "results.md").read_text() == (DOCS / "results.md").read_text()
+    for phase in ("mid", "post", "ttt"):
+        assert (tmp_path / "results" / f"{phase}_paired.png").exists()
+
+
+def test_bad_input_is_one_line_and_a_non_zero_exit(tmp_path):
+    unknown = _run("--report-only", "--no-such-option")
+    assert unknown.returncode != 0 and unknown.stderr.strip().count("\n") == 0
+    assert "--no-such-option" in unknown.stderr
+
+    missing = _run("--report-only", "--report-dir", str(tmp_path))
+    assert missing.returncode != 0 and missing.stderr.strip().count("\n") == 0
+    assert str(tmp_path / "results.json") in missing.stderr
+
+    other = json.loads((DOCS / "results.json").read_text()) | {"study_version": "issue-13"}
+    (tmp_path / "results.json").write_text(json.dumps(other))
+    wrong = _run("--report-only", "--report-dir", str(tmp_path))
+    assert wrong.returncode != 0 and wrong.stderr.strip().count("\n") == 0
+    assert "'issue-13'" in wrong.stderr and not (tmp_path / "results.md").exists()
