@@ -4,8 +4,8 @@
 
 Trains a fresh fla DeltaNet from scratch on sequences [x][x], x = `--span` uniformly random ids below `--vocab`:
 the first half can only be guessed (loss ln(vocab - 3)), the second half is a copy. Prints both halves' mean loss
-every 100 steps; the second half dropping far below the first is in-context copying. The study's measures of
-recall and NIAH need that ability; docs/results.md quotes this probe's output for the study's model sizes.
+every 100 steps; the second half dropping far below the first is in-context copying. The study's planted-pair
+retrieval needs that ability; this probe is why its pre-training starts with a copy warm-up (scripts/repro/pretrain.py).
 """
 
 from __future__ import annotations
