@@ -54,6 +54,7 @@ def task_run(sign: float) -> list[float]:
             "actor": {"ppo_mini_batch_size": N_PROMPTS, "ppo_micro_batch_size_per_gpu": rows, "ppo_epochs": 1},
         },
         "data": {"max_response_length": ANSWER_LEN},
+        "trainer": {"n_gpus_per_node": 1, "nnodes": 1},  # the in-process trainer is one worker
         "reward": {"custom_reward_function": {"path": __file__, "name": "signed_score",
                                               "reward_kwargs": {"sign": sign}}},
     })
