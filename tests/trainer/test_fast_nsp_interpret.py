@@ -79,21 +79,26 @@ def test_fast_loss_and_every_gradient_equal_faithful_on_fla_kernels(measured, ki
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["faithful", "fast"])
-def test_two_step_midtraining_through_ray_on_fla_kernels(tmp_path, mode):
-    """`REFINE_FLA_KERNELS=interpret python -m refine.main ...`: exits 0, names fla's Triton kernels at start-up,
-    computes in fp16, logs rewards for both steps."""
+def test_two_step_midtraining_through_ray_on_fla_kernels(tmp_path):
+    """`REFINE_FLA_KERNELS=interpret python -m refine.main ...` in both NSP modes: each exits 0, names fla's Triton
+    kernels at start-up, computes in fp16, logs rewards for both steps. The two runs go side by side (each is
+    mostly Ray start-up and the interpreter's first pass over every kernel), which keeps the tier within minutes."""
     from tests.trainer.conftest import FAST_OVERRIDES
 
-    result = subprocess.run(
-        [sys.executable, "-m", "refine.main", *FAST_OVERRIDES, "trainer.total_training_steps=2",
-         f"refine.nsp_mode={mode}", f"trainer.default_local_dir={tmp_path}"],
-        capture_output=True, text=True, env=_interpret_env(), cwd=REPO_ROOT, timeout=600)
-    out = result.stdout + result.stderr
-    assert result.returncode == 0, out[-4000:]
-    assert BANNER in out and "the model computes in float16" in out
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [1, 2]
-    for record in records:
-        assert "reward/cs_reward_mean" in record["data"], sorted(record["data"])
-        assert record["data"]["actor/optimizer_steps_ttt"] >= 1
+    runs = {}
+    for mode in ("faithful", "fast"):
+        out_dir = tmp_path / mode
+        runs[mode] = (out_dir, subprocess.Popen(
+            [sys.executable, "-m", "refine.main", *FAST_OVERRIDES, "trainer.total_training_steps=2",
+             f"refine.nsp_mode={mode}", f"trainer.default_local_dir={out_dir}",
+             "++ray_kwargs.ray_init.address=local"],  # each run its own Ray instance, never the other's
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_interpret_env(), cwd=REPO_ROOT))
+    for mode, (out_dir, process) in runs.items():
+        out, _ = process.communicate(timeout=600)
+        assert process.returncode == 0, (mode, out[-4000:])
+        assert BANNER in out and "the model computes in float16" in out, mode
+        records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in records] == [1, 2], mode
+        for record in records:
+            assert "reward/cs_reward_mean" in record["data"], (mode, sorted(record["data"]))
+            assert record["data"]["actor/optimizer_steps_ttt"] >= 1, mode
