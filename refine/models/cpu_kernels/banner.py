@@ -6,12 +6,11 @@ import sys
 
 BANNER = "[refine] fla CPU kernels active: pure-PyTorch stand-ins for fla's Triton ops (slow; for CPU tests/demos)."
 
-_announced = False
+_announced: set[str] = set()
 
 
-def announce_once() -> None:
-    """Print `BANNER` to stderr the first time any CPU kernel runs in this process."""
-    global _announced
-    if not _announced:
-        _announced = True
-        print(BANNER, file=sys.stderr, flush=True)
+def announce_once(text: str = BANNER) -> None:
+    """Print `text` (by default the stand-ins' `BANNER`) to stderr the first time it is announced in this process."""
+    if text not in _announced:
+        _announced.add(text)
+        print(text, file=sys.stderr, flush=True)

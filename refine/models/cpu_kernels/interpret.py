@@ -21,11 +21,11 @@ a Python int (fix 2), int1 masks stored as int32 (fix 3).
 from __future__ import annotations
 
 import ast
-import sys
 
 import numpy as np
 
 from refine.kernel_switch import ENV_SWITCH, interpret_requested, set_interpret_env
+from refine.models.cpu_kernels import banner
 from refine.stack import installed_version
 
 __all__ = ["BANNER", "ENV_SWITCH", "announce_once", "apply_compute_dtype", "enable_interpreter",
@@ -36,15 +36,11 @@ BANNER = ("[refine] fla kernels active: fla's own Triton kernels through Triton'
           f"({ENV_SWITCH}=interpret, TRITON_INTERPRET=1, float16; slow, for CPU checks of the GPU code path).")
 
 _installed = False
-_announced = False
 
 
 def announce_once() -> None:
     """Print `BANNER` to stderr once per process (at start-up: when `refine.models` is imported)."""
-    global _announced
-    if not _announced:
-        _announced = True
-        print(BANNER, file=sys.stderr, flush=True)
+    banner.announce_once(BANNER)
 
 
 # ---- fix 1: autotuning --------------------------------------------------------------------------------------------
