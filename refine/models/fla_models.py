@@ -2,10 +2,11 @@
 
 Importing this module
 1. makes sure `triton` imports (fla needs it even on CPU) and fails with one line naming the fix otherwise;
-2. imports fla's models, which registers DeltaNet and GatedDeltaNet with the HF Auto classes, and gives their
-   configs the attention-style head names verl reads (`num_attention_heads`, `num_key_value_heads`);
-3. when CUDA is absent (or `REFINE_CPU_KERNELS=1`; `=0` forces them off) replaces the fla names listed in
-   `CPU_KERNEL_PATCHES` with `refine.models.cpu_kernels`. Those names were read from fla `FLA_VERSION`; on any other
+2. imports fla's models, which registers every fla family with the HF Auto classes, and gives each family's config
+   the attention-style head names verl reads (`num_attention_heads`, `num_key_value_heads`), as the family table
+   (`refine.models.families`) says;
+3. when CUDA is absent (or `REFINE_CPU_KERNELS=1`; `=0` forces them off) replaces the fla names the family table
+   lists (`CPU_KERNEL_PATCHES`) with `refine.models.cpu_kernels`. Those names were read from fla `FLA_VERSION`; on any other
    fla version the switch refuses with a one-line error instead of patching blindly.
    With `REFINE_FLA_KERNELS=interpret` it instead keeps fla's own Triton ops and runs them through Triton's CPU
    interpreter (`refine.models.cpu_kernels.interpret`, set up before fla is imported), with a start-up banner.
@@ -18,33 +19,17 @@ import importlib
 import os
 
 from refine.models.cpu_kernels import interpret
+from refine.models.families import FAMILIES, all_cpu_kernels
 from refine.stack import installed_version, pinned
 
 FLA_VERSION = pinned("flash-linear-attention")[0]
 ENV_SWITCH = "REFINE_CPU_KERNELS"
 
-# (fla module, attribute path in it, replacement in refine.models.cpu_kernels). Written for fla 0.6.0:
-# the layers bind the ops by name at import time, so the names inside the layer modules are what must change.
-CPU_KERNEL_PATCHES: tuple[tuple[str, str, str], ...] = (
-    ("fla.layers.delta_net", "chunk_delta_rule", "chunk_delta_rule"),
-    ("fla.layers.delta_net", "fused_recurrent_delta_rule", "fused_recurrent_delta_rule"),
-    ("fla.layers.gated_deltanet", "chunk_gated_delta_rule", "chunk_gated_delta_rule"),
-    ("fla.layers.gated_deltanet", "fused_recurrent_gated_delta_rule", "fused_recurrent_gated_delta_rule"),
-    ("fla.layers.gated_deltanet", "causal_conv1d", "causal_conv1d"),
-    ("fla.ops.delta_rule", "chunk_delta_rule", "chunk_delta_rule"),
-    ("fla.ops.delta_rule", "fused_recurrent_delta_rule", "fused_recurrent_delta_rule"),
-    ("fla.ops.gated_delta_rule", "chunk_gated_delta_rule", "chunk_gated_delta_rule"),
-    ("fla.ops.gated_delta_rule", "fused_recurrent_gated_delta_rule", "fused_recurrent_gated_delta_rule"),
-    ("fla.modules.causal_conv1d.ops", "ShortConvolution.forward", "short_conv_forward"),
-    ("fla.modules.causal_conv1d.ops", "ShortConvolution.step", "short_conv_step"),
-    ("fla.modules.norm.layernorm", "RMSNorm.forward", "rms_norm_forward"),
-    ("fla.modules.norm.fused_norm_gate", "FusedRMSNormGated.forward", "rms_norm_gated_forward"),
-    ("fla.modules.norm.l2norm", "L2Norm.forward", "l2norm_forward"),
-    ("fla.modules.mlp", "swiglu", "swiglu"),
-    ("fla.modules.mlp", "swiglu_linear", "swiglu_linear"),
-)
+# (fla module, attribute path in it, replacement in refine.models.cpu_kernels), from the family table
+CPU_KERNEL_PATCHES: tuple[tuple[str, str, str], ...] = all_cpu_kernels()
 
 _originals: dict[tuple[str, str], object] = {}
+_MISSING = object()  # fla.layers.attn binds flash_attn_varlen_func only when flash-attn imports
 
 
 def _require_triton() -> None:
@@ -101,7 +86,7 @@ def install_cpu_kernels() -> None:
         owner, name = _owner_and_name(module_name, attribute_path)
         key = (module_name, attribute_path)
         if key not in _originals:
-            _originals[key] = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+            _originals[key] = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name, _MISSING)
         setattr(owner, name, getattr(cpu_kernels, replacement))
 
 
@@ -109,7 +94,10 @@ def uninstall_cpu_kernels() -> None:
     """Put fla's own ops back (for tests and for `REFINE_CPU_KERNELS=0` after an install)."""
     for (module_name, attribute_path), original in list(_originals.items()):
         owner, name = _owner_and_name(module_name, attribute_path)
-        setattr(owner, name, original)
+        if original is _MISSING:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, original)
         del _originals[(module_name, attribute_path)]
 
 
@@ -124,37 +112,38 @@ def cpu_kernels_installed() -> bool:
     return True
 
 
-def _add_attention_head_names(config_class) -> None:
-    """`num_attention_heads` / `num_key_value_heads` as views of `num_heads` on an fla config class.
+def _add_attention_head_names(config_class, sources: tuple[str, ...]) -> None:
+    """`num_attention_heads` / `num_key_value_heads` as views of the config's own head counts.
 
     verl's worker reads these attention-style names (`apply_monkey_patch`); fla's configs, and the config.json of
-    the published checkpoints (fla-hub/delta_net-1.3B-100B), do not have them. A config.json that names them with
-    a different value than num_heads is refused rather than silently building another model.
+    the published checkpoints (fla-hub/delta_net-1.3B-100B), do not have them. `sources`: the attribute the query
+    heads come from, then those the key/value heads may come from (first non-None; else the query heads). A
+    config.json that names them with a different value is refused rather than silently building another model.
     """
-    if "num_heads" not in config_class.__init__.__code__.co_varnames:
-        return
+    def query_heads(self):
+        return getattr(self, sources[0])
 
-    def get(self):
-        return self.num_heads
+    def kv_heads(self):
+        return next((getattr(self, s) for s in sources[1:] if getattr(self, s, None) is not None), query_heads(self))
 
-    def make_setter(alias):
+    def make_setter(alias, get):
         def set_(self, value):
-            if value != self.num_heads:
-                raise ValueError(f"{type(self).__name__}: {alias}={value} must equal num_heads={self.num_heads}")
+            if value != get(self):
+                raise ValueError(f"{type(self).__name__}: {alias}={value} must equal {get(self)} "
+                                 f"(from {', '.join(sources)})")
         return set_
 
-    for alias in ("num_attention_heads", "num_key_value_heads"):
+    for alias, get in (("num_attention_heads", query_heads), ("num_key_value_heads", kv_heads)):
         if alias not in vars(config_class):
-            setattr(config_class, alias, property(get, make_setter(alias)))
+            setattr(config_class, alias, property(get, make_setter(alias, get)))
 
 
 def name_attention_heads() -> None:
-    """Give fla's DeltaNet and GatedDeltaNet configs the attention-style head names (idempotent). Importing
-    `fla.models` is what registers those models with AutoConfig / AutoModel / AutoModelForCausalLM."""
-    from fla.models import DeltaNetConfig, GatedDeltaNetConfig
-
-    for config in (DeltaNetConfig, GatedDeltaNetConfig):
-        _add_attention_head_names(config)
+    """Give every fla family's config the attention-style head names (idempotent). Importing `fla.models` is what
+    registers those models with AutoConfig / AutoModel / AutoModelForCausalLM."""
+    for family in FAMILIES:
+        if family.heads:
+            _add_attention_head_names(family.config_cls(), family.heads)
 
 
 def kernel_mode() -> str:

@@ -49,33 +49,24 @@ def train_tiny_tokenizer(texts: Iterable[str] | None = None, vocab_size: int = 5
     )
 
 
-def _cpu_fla_kwargs(vocab_size: int) -> dict:
-    """Settings shared by the tiny fla configs: 2 layers, 64 wide, Llama-style special ids, unfused norms / CE
-    (fla's fused versions are Triton-only)."""
-    return dict(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_heads=2,
-        vocab_size=vocab_size,
-        **SPECIAL_TOKEN_IDS,
-        fuse_norm=False,
-        fuse_swiglu=False,
-        fuse_cross_entropy=False,
-        fuse_linear_cross_entropy=False,
-        tie_word_embeddings=False,
-    )
+def tiny_config(family: str, vocab_size: int = 512, **overrides):
+    """The tiny CPU config of a family of `refine.models.families` (2 layers, 64 wide, this module's special ids)."""
+    import importlib
+
+    from refine.models.families import family_named  # the table (fla configs import on demand)
+
+    entry = family_named(family)
+    if entry.tiny_builder:
+        module, _, name = entry.tiny_builder.partition(":")
+        return getattr(importlib.import_module(module), name)(vocab_size=vocab_size, **overrides)
+    return entry.config_cls()(**{**entry.tiny, "vocab_size": vocab_size, **SPECIAL_TOKEN_IDS, **overrides})
 
 
 def tiny_deltanet_config(vocab_size: int = 512, **overrides):
     """A 2-layer, 64-wide fla DeltaNet config that runs on CPU."""
-    from fla.models import DeltaNetConfig
-
-    return DeltaNetConfig(**{**_cpu_fla_kwargs(vocab_size), **overrides})
+    return tiny_config("delta_net", vocab_size, **overrides)
 
 
 def tiny_gated_deltanet_config(vocab_size: int = 512, **overrides):
     """A 2-layer, 64-wide fla GatedDeltaNet config (head dim 32) that runs on CPU."""
-    from fla.models import GatedDeltaNetConfig
-
-    kwargs = {**_cpu_fla_kwargs(vocab_size), "head_dim": 32, "expand_v": 1, **overrides}
-    return GatedDeltaNetConfig(**kwargs)
+    return tiny_config("gated_deltanet", vocab_size, **overrides)

@@ -3,6 +3,7 @@ mini-batches that never split a document's rollout rows (the fast update runs do
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -29,14 +30,22 @@ def check_fast_mode(rc, config: DictConfig) -> None:
     model = config.actor_rollout_ref.model
     on_disk = model_config_at(model.path)
     if on_disk.get("model_type") is not None:
-        overrides = model.get("override_config") or {}
-        exact = bool(overrides.get("lact_exact_padding", on_disk.get("lact_exact_padding", False)))
         # refine.models registers fla and LaCT on import (seconds): only a fast-mode run pays for it
-        from refine.models.state_branching import branch_refusal
+        from refine.models.families import UnknownFamily, fast_family_names, family_for
+        from refine.models.state_branching import fast_mode_refusal
 
-        reason = branch_refusal(on_disk["model_type"], exact)
+        merged = {**on_disk, **(model.get("override_config") or {})}
+        try:
+            reason = fast_mode_refusal(merged)
+        except UnknownFamily as exc:
+            reason = str(exc)
         if reason is not None:
-            config_error("refine.nsp_mode", "fast", reason, "use refine.nsp_mode=faithful for this model")
+            family = on_disk["model_type"]
+            with contextlib.suppress(UnknownFamily):
+                family = f"{on_disk['model_type']} ({family_for(on_disk['model_type']).name} family)"
+            config_error("refine.nsp_mode", "fast", f"model_type {family}: {reason} (the fast mode runs the "
+                         f"families {', '.join(fast_family_names())})",
+                         "use refine.nsp_mode=faithful for this model")
     w = n_workers(config)
     rows_per_doc = rc.n_chunks * rc.n_per_prefix if rc.n_chunks and rc.n_per_prefix else None
     for key, on, batch in (("data.train_batch_size", rc.ttt_ppo_update, config.data.get("train_batch_size")),

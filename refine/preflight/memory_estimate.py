@@ -2,7 +2,7 @@
 
 The parameter count and the layer widths come from the model built on the meta device from its `config.json`
 (`AutoModelForCausalLM.from_config` under `torch.device("meta")`: no memory, milliseconds; the model check builds
-the same model). That is exact for every registered architecture (DeltaNet, GatedDeltaNet, LaCT: tied embeddings,
+the same model). That is exact for every family of refine/models/families.py (tied embeddings,
 biases, per-head norms, fla's rounding of the MLP width) without restating any model's layout here.
 
 Notation (config keys in brackets):
@@ -49,7 +49,8 @@ the other and free their tensors). Per token, one block keeps for its backward
                T_m = S; its body without checkpointing and its own fp32 cross-entropy, body(T_m) + T_m*V*(b_p + 8),
                + the same for the C*n branches of k + 1 tokens, T_b = C*n*(k + 1): body(T_b) + T_b*V*(b_p + 8),
                + state snapshots (C + C*n)*L*(4*s_32 + b_p*s_p)
-               (one per cut and one per branch row). Per block and row, fla DeltaNet / GDN: s_32 = h_v*d_hk*d_hv
+               (one per cut and one per branch row). Per block and row, from the family table
+               (`Family.state_sizes`, refine/models/families.py), e.g. fla DeltaNet / GDN: s_32 = h_v*d_hk*d_hv
                (the delta-rule state), s_p = (d_q + d_k + d_v)*(conv - 1) (short-convolution caches); LaCT:
                s_32 = 3*h_fw*d_fw*d_fw_hidden, twice with momentum (fast weights), s_p = 2H*(window + chunk) (the
                sliding-window keys/values and the open chunk)
@@ -201,7 +202,7 @@ def model_shape(model_path: str, *, on_cuda: bool) -> ModelShape:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    import refine.models  # noqa: F401 - registers DeltaNet / GDN / LaCT with the Auto classes
+    import refine.models  # noqa: F401 - registers every family of refine.models.families with the Auto classes
 
     config = AutoConfig.from_pretrained(str(model_path))
     with torch.device("meta"):
@@ -230,17 +231,10 @@ def shape_of(model, *, on_cuda: bool) -> ModelShape:
     mlp = _linear_out(block, "gate_proj") or 4 * hidden
     if not _linear_out(block, "gate_proj"):
         notes.append(f"no gate_proj in {type(block).__name__}: MLP width taken as 4 x hidden_size")
-    attn = getattr(block, "attn", None)
-    state_fp32 = state_compute = 0
-    if all(hasattr(attn, key) for key in ("head_k_dim", "head_v_dim")):  # fla delta rule
-        heads = getattr(attn, "num_v_heads", None) or attn.num_heads
-        state_fp32 = int(heads * attn.head_k_dim * attn.head_v_dim)
-        if getattr(attn, "use_short_conv", False):
-            state_compute = (d_q + d_k + d_v) * (int(attn.conv_size) - 1)
-    elif hasattr(attn, "num_fw_heads"):  # LaCT
-        weights = 3 * attn.num_fw_heads * attn.fw_head_dim * attn.fw_hidden_dim
-        state_fp32 = weights * (2 if getattr(config, "use_momentum", False) else 1)
-        state_compute = 2 * hidden * (int(config.window_size) + int(config.lact_chunk_size))
+    # the branched state's sizes are the family's (refine.models.families); the table is registered with the model
+    from refine.models.families import family_of
+
+    state_fp32, state_compute = family_of(config).state_sizes(config, block)
     is_fla = type(model).__module__.startswith("fla.")
     return ModelShape(
         n_params=sum(p.numel() for p in model.parameters()), hidden=hidden,

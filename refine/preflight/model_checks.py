@@ -65,7 +65,8 @@ def check_model_dir(model_path: str) -> None:
 
     with warnings.catch_warnings():  # fla's "Triton is not supported on current platform" on CPU hosts
         warnings.filterwarnings("ignore", message="Triton is not supported")
-        import refine.models  # noqa: F401 - registers DeltaNet / GDN / LaCT with the Auto classes
+        import refine.models  # noqa: F401 - registers every family of refine.models.families with the Auto classes
+    from refine.models.families import UnknownFamily, family_for, supported_model_types  # (registered above)
 
     model_dir = Path(model_path)
     if not (model_dir / "config.json").is_file():
@@ -75,7 +76,12 @@ def check_model_dir(model_path: str) -> None:
     except Exception as exc:  # noqa: BLE001 - unknown model type, bad JSON, ...
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         _fail(model_dir, f"config.json does not load ({message})",
-              "use a DeltaNet / GatedDeltaNet / LaCT config (model_type delta_net, gated_deltanet, lact_swiglu)")
+              f"use a config of a ReFINE model family (model_type one of {', '.join(supported_model_types())})")
+    try:
+        family_for(config.model_type)
+    except UnknownFamily as exc:
+        _fail(model_dir, str(exc).split("; ")[0], "use a checkpoint of a listed model type, or add its family to "
+              "refine/models/families.py (one entry, plus CPU kernels if its ops are new)")
     names = weight_names(model_dir)
     with torch.device("meta"):
         expected = set(AutoModelForCausalLM.from_config(config).state_dict())

@@ -221,7 +221,7 @@ def test_fast_nsp_mode_refuses_models_without_a_branchable_state(compose_config,
 
     demo = REPO_ROOT / "data" / "demo" / "model"
     assert prepare_config(compose_config(["refine.nsp_mode=fast"])).nsp_mode == "fast"  # the demo DeltaNet runs
-    for model_type, pattern in (("lact_swiglu", "lact_exact_padding=True"), ("llama", "no recurrent state")):
+    for model_type, pattern in (("lact_swiglu", "lact_exact_padding=True"), ("llama", "hf_decoder family.*KV cache")):
         model_dir = tmp_path / model_type
         shutil.copytree(demo, model_dir)
         config_file = model_dir / "config.json"

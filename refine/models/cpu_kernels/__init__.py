@@ -1,10 +1,12 @@
-"""Pure-PyTorch CPU implementations of the fla 0.6.0 Triton ops that DeltaNet / GatedDeltaNet call.
+"""Pure-PyTorch CPU implementations of the fla 0.6.0 Triton ops (and flash-attn functions) the model families call
+(`refine.models.families` lists which family calls which).
 
 They keep fla's signatures and `[B, T, H, D]` layout and are ordinary autograd code (differentiable through
 initial and final states). `refine.models.fla_models` installs them into fla when CUDA is absent.
 """
 
 from refine.models.cpu_kernels.activations import swiglu, swiglu_linear
+from refine.models.cpu_kernels.attention import flash_attn_func, flash_attn_varlen_func
 from refine.models.cpu_kernels.banner import BANNER, announce_once
 from refine.models.cpu_kernels.delta_core import l2norm
 from refine.models.cpu_kernels.delta_rule import chunk_delta_rule, fused_recurrent_delta_rule, recurrent_delta_rule
@@ -13,8 +15,18 @@ from refine.models.cpu_kernels.gated_delta_rule import (
     fused_recurrent_gated_delta_rule,
     gdn_gate,
 )
-from refine.models.cpu_kernels.norms import l2norm_forward, rms_norm_forward, rms_norm_gated_forward
+from refine.models.cpu_kernels.gla import chunk_gla, fused_recurrent_gla
+from refine.models.cpu_kernels.norms import l2norm_forward, rms_norm_forward, rms_norm_gated_forward, rms_norm_linear
+from refine.models.cpu_kernels.pointwise import sigmoid_bwd, sigmoid_fwd, swish_bwd, swish_fwd
+from refine.models.cpu_kernels.retention import (
+    chunk_retention,
+    fused_chunk_retention,
+    fused_recurrent_retention,
+    parallel_retention,
+)
+from refine.models.cpu_kernels.rotary import rotary_embedding
 from refine.models.cpu_kernels.short_conv import causal_conv1d, short_conv_forward, short_conv_step
+from refine.models.cpu_kernels.simple_gla import chunk_simple_gla, fused_recurrent_simple_gla
 
 __all__ = [
     "BANNER",
@@ -22,16 +34,32 @@ __all__ = [
     "causal_conv1d",
     "chunk_delta_rule",
     "chunk_gated_delta_rule",
+    "chunk_gla",
+    "chunk_retention",
+    "chunk_simple_gla",
+    "flash_attn_func",
+    "flash_attn_varlen_func",
+    "fused_chunk_retention",
     "fused_recurrent_delta_rule",
     "fused_recurrent_gated_delta_rule",
+    "fused_recurrent_gla",
+    "fused_recurrent_retention",
+    "fused_recurrent_simple_gla",
     "gdn_gate",
     "l2norm",
     "l2norm_forward",
+    "parallel_retention",
     "recurrent_delta_rule",
     "rms_norm_forward",
     "rms_norm_gated_forward",
+    "rms_norm_linear",
+    "rotary_embedding",
     "short_conv_forward",
     "short_conv_step",
+    "sigmoid_bwd",
+    "sigmoid_fwd",
     "swiglu",
     "swiglu_linear",
+    "swish_bwd",
+    "swish_fwd",
 ]

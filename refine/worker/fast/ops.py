@@ -1,5 +1,5 @@
-"""What the actor worker computes in the fast NSP mode (`refine.nsp_mode=fast`), as plain functions of an fla
-DeltaNet / GatedDeltaNet causal LM (no Ray, no verl worker; tests call them on a plain model).
+"""What the actor worker computes in the fast NSP mode (`refine.nsp_mode=fast`), as plain functions of a causal LM
+whose family branches (`refine.models.families`) (no Ray, no verl worker; tests call them on a plain model).
 
 Every rollout prefix doc[:r] is a prefix of its document, and the model's recurrent state after doc[:r-1]
 summarises it exactly (`refine.models.state_branching`). So, per document:
@@ -96,9 +96,9 @@ def _checkpointed_segment(module, ids, mask, state, labels):
     """(summed CE, state after) of one segment continuing from `state` (None: the document's start), on a cache
     rebuilt from `state` so that a recomputation in the backward starts from the same state."""
     out = module(input_ids=ids, attention_mask=mask, use_cache=True,
-                 past_key_values=None if state is None else branch_cache([state]))
+                 past_key_values=None if state is None else branch_cache(module, [state]))
     part = F.cross_entropy(out.logits[0].float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    return part, snapshot(out.past_key_values)
+    return part, snapshot(module, out.past_key_values)
 
 
 def run_document(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: Sequence[int], *,
@@ -148,7 +148,7 @@ def run_document(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
                                    reduction="sum")
             loss_sum = part if loss_sum is None else loss_sum + part
         if stop in cuts:
-            snapshots[stop] = snapshot(cache, detach_clone=not grad)
+            snapshots[stop] = snapshot(module, cache, detach_clone=not grad)
     return snapshots, loss_sum
 
 
@@ -163,7 +163,7 @@ def branch_forward(module, snaps: list[list[dict]], first_tokens: torch.Tensor, 
     tokens) for N rows continuing from `snaps` over (first_tokens = doc[r - 1], y_1..y_k)."""
     ids = torch.cat([first_tokens.unsqueeze(1), responses], dim=1)
     with capture_last_hidden(module) as last_hidden:
-        out = module(input_ids=ids, past_key_values=branch_cache(snaps), use_cache=True)
+        out = module(input_ids=ids, past_key_values=branch_cache(module, snaps), use_cache=True)
     log_probs = response_log_probs(out.logits, responses, temperature=temperature)
     return log_probs, last_hidden[0][:, 1:]
 
@@ -172,7 +172,7 @@ def branch_forward(module, snaps: list[list[dict]], first_tokens: torch.Tensor, 
 def decode_branches(module, snaps: list[list[dict]], first_tokens: torch.Tensor, *, response_length: int,
                     processors, generator: torch.Generator | None) -> torch.Tensor:
     """Exactly k sampled tokens [N, k] per row, decoding from the snapshots one token at a time."""
-    cache, token, tokens = branch_cache(snaps), first_tokens, []
+    cache, token, tokens = branch_cache(module, snaps), first_tokens, []
     for _ in range(response_length):
         out = module(input_ids=token.unsqueeze(1), past_key_values=cache, use_cache=True, logits_to_keep=1)
         cache = out.past_key_values

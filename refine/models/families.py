@@ -1,0 +1,225 @@
+"""The model families ReFINE runs, one entry each: the only place in `refine/` that names a model type.
+
+Every consumer reads this table: `refine.models.fla_models` (head-name aliases verl reads, CPU stand-ins),
+`refine.models.state_branching` (what a fast-NSP branch carries), `refine.preflight.memory_estimate` (state sizes),
+`refine.preflight.model_checks` / `fast_mode` (refusals before Ray), `refine.models.tiny` (tiny CPU configs), the
+tests (`tests/models/test_families.py`, `tests/trainer/test_fast_nsp.py`) and `scripts/bench/nsp_step.py --models`.
+
+Adding a family is one `Family(...)` in `FAMILIES`:
+- `name`, `model_types` (HF `config.model_type` values), `config_class` ("module:Class", imported on demand);
+- `heads`: the config attributes verl's `num_attention_heads` / `num_key_value_heads` read (first non-None wins),
+  or () when the config already has those names;
+- `cpu_kernels`: (fla module, attribute path, name in `refine.models.cpu_kernels`) for each fla Triton op its layer
+  binds by name. New ops get a stand-in in `refine/models/cpu_kernels/<op>.py` (fla's signature, ordinary autograd,
+  initial / final states, `cu_seqlens`) checked against fla's naive reference in
+  `tests/models/test_<op>_kernels.py`, exported from `cpu_kernels/__init__.py`. `FLA_SHARED_KERNELS` (short
+  convolution, norms, swiglu, fla's attention layer of hybrid configs) are installed for every family;
+- `state`: how its decoding cache branches in the fast NSP mode (`FLA_CACHE`: fla's per-layer dict, `state_keys`
+  name what a layer keeps; `LACT_CACHE`; `NO_BRANCHING` refuses the fast mode), and `fast_refusal` for configs of a
+  branchable family that still cannot (None: always fine);
+- `state_sizes(config, block)`: (s_32, s_p) elements per block and row of the branched state, fp32 and compute
+  dtype (docs in `refine/preflight/memory_estimate.py`);
+- `tiny`: keyword arguments of a 2-layer, 64-wide CPU config (special ids and vocabulary are added by
+  `refine.models.tiny.tiny_config`), or `tiny_builder` ("module:function") for a family that ships its own.
+Then `pytest tests/models/test_families.py tests/trainer/test_fast_nsp.py -k <name>` runs it through both modes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+FLA_CACHE, LACT_CACHE, KV_CACHE, NO_BRANCHING = "fla_cache", "lact_cache", "kv_cache", "none"
+
+# (fla module, attribute path in it, replacement in refine.models.cpu_kernels), fla 0.6.0. Layers bind ops by name
+# at import time, so the names inside the layer modules are what must change.
+FLA_SHARED_KERNELS: tuple[tuple[str, str, str], ...] = (
+    ("fla.modules.causal_conv1d.ops", "ShortConvolution.forward", "short_conv_forward"),
+    ("fla.modules.causal_conv1d.ops", "ShortConvolution.step", "short_conv_step"),
+    ("fla.modules.norm.layernorm", "RMSNorm.forward", "rms_norm_forward"),
+    ("fla.modules.norm.fused_norm_gate", "FusedRMSNormGated.forward", "rms_norm_gated_forward"),
+    ("fla.modules.norm.l2norm", "L2Norm.forward", "l2norm_forward"),
+    ("fla.modules.mlp", "swiglu", "swiglu"),
+    ("fla.modules.mlp", "swiglu_linear", "swiglu_linear"),
+)
+
+# fla's softmax-attention layer (hybrid configs, `attn={"layers": [...]}`) imports flash-attn, absent on CPU
+FLA_ATTENTION_KERNELS: tuple[tuple[str, str, str], ...] = (
+    ("fla.layers.attn", "flash_attn_func", "flash_attn_func"),
+    ("fla.layers.attn", "flash_attn_varlen_func", "flash_attn_varlen_func"),
+)
+
+# every tiny fla config: unfused norms / CE (fla's fused ones are Triton-only), untied embeddings
+FLA_TINY = dict(hidden_size=64, num_hidden_layers=2, num_heads=2, fuse_norm=False, fuse_swiglu=False,
+                fuse_cross_entropy=False, fuse_linear_cross_entropy=False, tie_word_embeddings=False)
+
+
+def _no_state(config, block) -> tuple[int, int]:
+    return 0, 0
+
+
+def _qkv_conv(layer) -> int:
+    """Three short-convolution caches (q, k, v) of W - 1 columns, in the compute dtype."""
+    return (layer.key_dim * 2 + layer.value_dim) * (layer.conv_size - 1) if layer.use_short_conv else 0
+
+
+def _delta_state(config, block) -> tuple[int, int]:
+    """DeltaNet: state [H, d_k, d_v] fp32, and the q/k/v convolution caches."""
+    layer = block.attn
+    return layer.num_heads * layer.head_k_dim * layer.head_v_dim, _qkv_conv(layer)
+
+
+def _gated_delta_state(config, block) -> tuple[int, int]:
+    """GatedDeltaNet: state [H_v, d_k, d_v] fp32 (value heads may outnumber key heads), and the convolution
+    caches."""
+    layer = block.attn
+    return layer.num_v_heads * layer.head_k_dim * layer.head_v_dim, _qkv_conv(layer)
+
+
+def _mamba2_state(config, block) -> tuple[int, int]:
+    """Mamba2: SSM state [H, head_dim, state_size] fp32; one convolution cache over x, B, C of W columns."""
+    mixer = block.mixer
+    return mixer.num_heads * mixer.head_dim * mixer.ssm_state_size, mixer.conv_dim * mixer.conv_kernel_size
+
+
+def _lact_state(config, block) -> tuple[int, int]:
+    """LaCT: three fast-weight matrices per head (twice with momentum); the window's keys/values and the open
+    chunk."""
+    layer = block.attn
+    weights = 3 * layer.num_fw_heads * layer.fw_head_dim * layer.fw_hidden_dim
+    return (weights * (2 if config.use_momentum else 1),
+            2 * config.hidden_size * (int(config.window_size) + int(config.lact_chunk_size)))
+
+
+def _hybrid_refusal(config: Mapping) -> str | None:
+    if config.get("attn"):
+        return ("its `attn` layers keep a softmax-attention KV cache, which the fast mode does not branch yet "
+                "(the faithful mode runs hybrid configs)")
+    return None
+
+
+def _lact_refusal(config: Mapping) -> str | None:
+    if config.get("lact_exact_padding"):
+        return None
+    return ("with LaCT's official padding the re-left-padded prefixes shift chunk boundaries and RoPE positions "
+            "(spec Q7/Q18), so a branch off the document's state would not equal the faithful rollout; set "
+            "actor_rollout_ref.model.override_config.lact_exact_padding=True")
+
+
+def _no_fast(config: Mapping) -> str | None:
+    return "its decoding cache is a softmax-attention KV cache, which the fast mode does not branch yet"
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family (module docstring: what each field means)."""
+
+    name: str
+    model_types: tuple[str, ...]
+    config_class: str
+    state: str
+    state_sizes: Callable = _no_state
+    heads: tuple[str, ...] = ("num_heads",)
+    cpu_kernels: tuple[tuple[str, str, str], ...] = ()
+    state_keys: tuple[str, ...] = ("recurrent_state", "conv_state")
+    fast_refusal: Callable[[Mapping], str | None] | None = _hybrid_refusal
+    tiny: Mapping = field(default_factory=dict)
+    tiny_builder: str | None = None
+
+    def config_cls(self):
+        module, _, name = self.config_class.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    def fast_mode_refusal(self, config: Mapping) -> str | None:
+        """Why this family (with `config`, a config.json-like mapping) cannot run the fast NSP mode; None: it can."""
+        if self.state == NO_BRANCHING:
+            return _no_fast(config)
+        return self.fast_refusal(config) if self.fast_refusal else None
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family(
+        name="delta_net", model_types=("delta_net",), config_class="fla.models:DeltaNetConfig", state=FLA_CACHE,
+        state_sizes=_delta_state,
+        cpu_kernels=(("fla.layers.delta_net", "chunk_delta_rule", "chunk_delta_rule"),
+                     ("fla.layers.delta_net", "fused_recurrent_delta_rule", "fused_recurrent_delta_rule"),
+                     ("fla.ops.delta_rule", "chunk_delta_rule", "chunk_delta_rule"),
+                     ("fla.ops.delta_rule", "fused_recurrent_delta_rule", "fused_recurrent_delta_rule")),
+        tiny=FLA_TINY),
+    Family(
+        name="gated_deltanet", model_types=("gated_deltanet",), config_class="fla.models:GatedDeltaNetConfig",
+        state=FLA_CACHE, state_sizes=_gated_delta_state,
+        cpu_kernels=(("fla.layers.gated_deltanet", "chunk_gated_delta_rule", "chunk_gated_delta_rule"),
+                     ("fla.layers.gated_deltanet", "fused_recurrent_gated_delta_rule",
+                      "fused_recurrent_gated_delta_rule"),
+                     ("fla.layers.gated_deltanet", "causal_conv1d", "causal_conv1d"),
+                     ("fla.ops.gated_delta_rule", "chunk_gated_delta_rule", "chunk_gated_delta_rule"),
+                     ("fla.ops.gated_delta_rule", "fused_recurrent_gated_delta_rule",
+                      "fused_recurrent_gated_delta_rule")),
+        tiny={**FLA_TINY, "head_dim": 32, "expand_v": 1}),
+    Family(
+        name="hf_decoder", model_types=("llama", "qwen2", "mistral"),
+        config_class="transformers:LlamaConfig", state=NO_BRANCHING, heads=(), state_keys=(),
+        tiny=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  intermediate_size=128, max_position_embeddings=4096, tie_word_embeddings=False)),
+    Family(
+        name="lact", model_types=("lact_swiglu",), config_class="refine.models.lact:LaCTConfig", state=LACT_CACHE,
+        state_sizes=_lact_state, heads=(), state_keys=(), fast_refusal=_lact_refusal,
+        tiny_builder="refine.models.lact:tiny_lact_config"),
+)
+
+
+class UnknownFamily(ValueError):
+    """A model type no entry of `FAMILIES` names."""
+
+
+def family_names() -> tuple[str, ...]:
+    return tuple(f.name for f in FAMILIES)
+
+
+def fast_family_names() -> tuple[str, ...]:
+    """The families whose state branches (the fast NSP mode runs them, some only with a setting: `fast_refusal`)."""
+    return tuple(f.name for f in FAMILIES if f.state != NO_BRANCHING)
+
+
+def supported_model_types() -> tuple[str, ...]:
+    return tuple(t for f in FAMILIES for t in f.model_types)
+
+
+def family_named(name: str) -> Family:
+    for family in FAMILIES:
+        if family.name == name:
+            return family
+    raise UnknownFamily(f"no model family {name!r}; the families are {', '.join(family_names())}")
+
+
+def family_for(model_type: str | None) -> Family:
+    """The family of an HF `model_type`; UnknownFamily (one line: the type, the supported ones, the fix)."""
+    for family in FAMILIES:
+        if model_type in family.model_types:
+            return family
+    raise UnknownFamily(
+        f"model_type {model_type!r} is not a ReFINE model family (supported model types: "
+        f"{', '.join(supported_model_types())}); use a checkpoint of one of them, or add the family to "
+        "refine/models/families.py (one entry, plus CPU kernels if its ops are new)")
+
+
+def family_of(config) -> Family:
+    """The family of an HF config object (its `model_type`)."""
+    return family_for(getattr(config, "model_type", None))
+
+
+def config_view(config) -> Mapping:
+    """A config object as the mapping `fast_mode_refusal` reads (config.json's keys)."""
+    return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+
+
+def all_cpu_kernels() -> tuple[tuple[str, str, str], ...]:
+    """Every (module, attribute, replacement) the CPU switch installs: shared ones, then each family's, once."""
+    seen, patches = set(), []
+    for patch in (*FLA_SHARED_KERNELS, *FLA_ATTENTION_KERNELS, *(p for f in FAMILIES for p in f.cpu_kernels)):
+        if patch[:2] not in seen:
+            seen.add(patch[:2])
+            patches.append(patch)
+    return tuple(patches)
