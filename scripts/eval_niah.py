@@ -21,10 +21,28 @@ from pathlib import Path
 
 def generate(args: argparse.Namespace) -> list[Path]:
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
-    from refine.eval.niah import generate_niah, write_niah_files
+    from refine.eval.niah import generate_niah, minimum_max_seq_length, write_niah_files
 
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    # Only the tokenizer is read; without `import refine.models` (heavy) transformers would warn that config.json
+    # names a model type it does not know, which says nothing about the tokenizer.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    # too short for the prompts' fixed part: one line naming the minimum, before any row is drawn or written
+    needed = minimum_max_seq_length(tokenizer, tasks=args.tasks, num_samples=args.num_samples,
+                                    tokens_to_generate=args.tokens_to_generate, seed=args.seed,
+                                    depth_percent=args.depth)
+    if args.max_seq_length < needed:
+        print(f"eval_niah.py generate: --max-seq-length {args.max_seq_length} is too short: these tasks' prompts "
+              f"need at least {needed - args.tokens_to_generate} tokens of this tokenizer plus "
+              f"--tokens-to-generate {args.tokens_to_generate}. Fix: use --max-seq-length {needed} or more",
+              file=sys.stderr)
+        sys.exit(2)
     frame = generate_niah(
         tokenizer, tasks=args.tasks, num_samples=args.num_samples, max_seq_length=args.max_seq_length,
         tokens_to_generate=args.tokens_to_generate, seed=args.seed, depth_percent=args.depth,

@@ -282,6 +282,21 @@ def generate_niah(
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
+def minimum_max_seq_length(tokenizer, tasks: Sequence[str] = NIAH_TASKS, num_samples: int = 100,
+                           tokens_to_generate: int = 128, seed: int = 42, depth_percent: float | None = None,
+                           haystack: Haystack | None = None) -> int:
+    """The smallest `max_seq_length` `generate_niah` accepts for these arguments: the longest prompt with an empty
+    haystack (instruction, needles, question) over the rows it would draw, plus the generation budget."""
+    haystack = haystack or Haystack.from_corpus()
+    longest = 0
+    for task in tasks:
+        config = NIAH_CONFIGS[task]
+        for index in range(num_samples):
+            draw = _draw_needles(config, haystack, random.Random(f"{seed}:{task}:{index}"), depth_percent)
+            longest = max(longest, _token_count(tokenizer, build_prompt(config, haystack, draw, 0)))
+    return longest + tokens_to_generate
+
+
 def write_niah_files(frame, out_dir: str | Path, suffix: str = "test") -> list[Path]:
     """One parquet per task, named `{task}_{max_seq_length}_{rows}_{suffix}.parquet` like `data/ruler/`."""
     out_dir = Path(out_dir)

@@ -63,3 +63,29 @@ def test_generate_then_evaluate(checkpoint, tmp_path, capsys):
 def test_unknown_task_is_rejected():
     with pytest.raises(SystemExit):
         _load_script().main(["generate", "--tokenizer", "x", "--tasks", "niah_single_9", "--out-dir", "y"])
+
+
+def test_a_max_seq_length_too_short_is_one_line_naming_the_minimum(tmp_path):
+    """The printed minimum is the real one: generate_niah accepts it and refuses one token less."""
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    from refine.eval.niah import generate_niah
+
+    args = ["--tokenizer", str(REPO_ROOT / "data/demo/model"), "--tasks", "niah_single_1", "niah_multikey_2",
+            "--num-samples", "2", "--tokens-to-generate", "16"]
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "scripts/eval_niah.py"), "generate", *args,
+                           "--max-seq-length", "64", "--out-dir", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and not (tmp_path / "out").exists()
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--max-seq-length 64 is too short" in lines[0], done.stderr
+    minimum = int(lines[0].split("Fix: use --max-seq-length ")[1].split()[0])
+    tokenizer = AutoTokenizer.from_pretrained(REPO_ROOT / "data/demo/model")
+    common = dict(tasks=["niah_single_1", "niah_multikey_2"], num_samples=2, tokens_to_generate=16)
+    frame = generate_niah(tokenizer, max_seq_length=minimum, **common)
+    assert (frame["total_length"] <= minimum).all()
+    with pytest.raises(ValueError, match="leaves no room"):
+        generate_niah(tokenizer, max_seq_length=minimum - 1, **common)
