@@ -27,14 +27,18 @@ from refine.driver import validation
 from refine.driver.checkpoints import (
     REFINE_STATE_FILE,
     CheckpointError,
+    begin_save,
     describe_save_failure,
+    record_completion,
     repair_latest,
     save_refine_state,
     set_latest,
+    verify_for_load,
 )
 from refine.driver.health import StepHealth, TrainingStopped
 from refine.driver.nsp_step import StepSettings, inner_step
 from refine.driver.plot import plot_history
+from refine.driver.retention import checkpoints_to_keep, remove_old_steps, verl_deletes_nothing
 from refine.driver.task_update import task_update
 from refine.nsp.rewards import METRIC_STEMS
 from refine.preflight.schema import RefineConfig
@@ -146,20 +150,28 @@ class RefineTrainer(RayPPOTrainer):
         return os.path.join(self.config.trainer.default_local_dir, f"global_step_{step}")
 
     def _save_checkpoint(self):
-        """verl's checkpoint, complete before the latest pointer moves (refine_state.pt first), the pointer
-        rewritten atomically after; a failure names the folder, the cause and the free space."""
+        """verl's checkpoint, complete before the latest pointer moves: refine_state.pt first, the completion record
+        (sizes, checksums) after verl's files, the pointer rewritten atomically last, then old steps removed
+        (`retention`); a failure names the folder, the cause and the free space."""
         folder = Path(self._step_folder(self.global_steps))
         state = {"nsp_rng": self.nsp_rng.get_state(), "seed": torch.tensor(int(self.rc.seed))}
         try:
+            begin_save(folder)
             save_refine_state(folder, state)
-            super()._save_checkpoint()
+            with verl_deletes_nothing(self.config.trainer):
+                super()._save_checkpoint()
+            record_completion(folder, self.global_steps)
             set_latest(self.run_dir, self.global_steps)
         except Exception as exc:  # noqa: BLE001 - any failure here (disk full, permissions, a worker) is reported
             raise CheckpointError(describe_save_failure(exc, folder)) from exc
+        remove_old_steps(self.run_dir, checkpoints_to_keep(self.config.trainer), latest=self.global_steps)
 
     def _load_checkpoint(self):
-        if self.config.trainer.resume_mode == "auto":
-            repair_latest(self.run_dir)
+        mode = self.config.trainer.resume_mode
+        if mode == "auto":
+            repair_latest(self.run_dir)  # verified: a step whose files do not match is never loaded
+        elif mode == "resume_path":
+            verify_for_load(Path(str(self.config.trainer.resume_from_path)))
         super()._load_checkpoint()
         if self.global_steps <= 0:
             return

@@ -10,25 +10,30 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from refine.driver.checkpoints import (
     POINTER_FILE,
     REFINE_STATE_FILE,
     CheckpointError,
     complete_steps,
+    record_completion,
     repair_latest,
 )
 
 
-def make_step(run_dir: Path, step: int, *, actor=True, data=True, state=True) -> Path:
+def make_step(run_dir: Path, step: int, *, actor=True, data=True, state=True, record=None) -> Path:
+    """A step folder as a save leaves it; the completion record only when the save finished (all files there)."""
     folder = run_dir / f"global_step_{step}"
     (folder / "actor").mkdir(parents=True)
     if actor:
-        (folder / "actor" / "model_world_size_1_rank_0.pt").write_bytes(b"weights")
+        (folder / "actor" / "model_world_size_1_rank_0.pt").write_bytes(b"weights of step %d" % step)
     if data:
         torch.save({"position": step}, folder / "data.pt")
     if state:
         torch.save({"nsp_rng": torch.zeros(3)}, folder / REFINE_STATE_FILE)
+    if record if record is not None else (actor and data and state):
+        record_completion(folder, step)
     return folder
 
 
@@ -40,22 +45,23 @@ def test_a_good_pointer_is_kept(tmp_path):
 
 
 @pytest.mark.parametrize("pointer,broken", [("", None), ("garbage", None), ("4", "state"), ("4", "data"),
-                                            ("4", "actor"), ("9", None)])
+                                            ("4", "actor"), ("4", "record"), ("9", None)])
 def test_a_bad_pointer_falls_back_to_the_newest_complete_folder(tmp_path, capsys, pointer, broken):
     make_step(tmp_path, 2)
-    make_step(tmp_path, 4, **({broken: False} if broken else {}))
+    make_step(tmp_path, 4, **({broken: False} if broken else {}))  # record=False: the save stopped before it
     (tmp_path / POINTER_FILE).write_text(pointer)
     expected = 2 if broken else 4  # the newest folder that is complete
     assert repair_latest(tmp_path) == expected
     assert (tmp_path / POINTER_FILE).read_text() == str(expected)
-    assert "resuming from the newest complete checkpoint" in capsys.readouterr().out
+    assert "resuming from step %d, the newest checkpoint whose files match" % expected in capsys.readouterr().out
     assert complete_steps(tmp_path) == ([4, 2] if not broken else [2])
 
 
 def test_no_complete_folder_is_one_clear_error(tmp_path):
     make_step(tmp_path, 3, state=False)
     (tmp_path / POINTER_FILE).write_text("3")
-    with pytest.raises(CheckpointError, match=r"global_step_3 is incomplete and .* holds no complete checkpoint"):
+    with pytest.raises(CheckpointError, match=r"no checkpoint in .* can be loaded: .*global_step_3/refine_state.pt is "
+                       r"missing .*Nothing was loaded"):
         repair_latest(tmp_path)
 
 
@@ -63,7 +69,7 @@ def fake_trainer(tmp_path, step):
     from refine.driver.ray_trainer import RefineTrainer
 
     trainer = object.__new__(RefineTrainer)
-    trainer.config = SimpleNamespace(trainer=SimpleNamespace(default_local_dir=str(tmp_path)))
+    trainer.config = OmegaConf.create({"trainer": {"default_local_dir": str(tmp_path), "max_actor_ckpt_to_keep": None}})
     trainer.nsp_rng = torch.Generator().manual_seed(0)
     trainer.rc = SimpleNamespace(seed=1)
     trainer.global_steps = step

@@ -63,6 +63,7 @@ def test_a_dead_worker_is_one_line_that_says_how_to_resume(tmp_path):
 
     from ray.exceptions import ActorDiedError
 
+    from refine.driver.checkpoints import record_completion
     from refine.main import dead_worker_message, worker_died
 
     folder = tmp_path / "global_step_3"
@@ -70,6 +71,7 @@ def test_a_dead_worker_is_one_line_that_says_how_to_resume(tmp_path):
     (folder / "actor" / "model.pt").write_bytes(b"w")
     (folder / "data.pt").write_bytes(b"d")
     (folder / "refine_state.pt").write_bytes(b"s")
+    record_completion(folder, 3)
     config = SimpleNamespace(trainer=SimpleNamespace(default_local_dir=str(tmp_path)))
 
     class Wrapped(RuntimeError):  # how the error reaches the entry point: wrapped by the task runner's task
