@@ -41,7 +41,8 @@ def _prepare_gate_and_beta(g, beta, use_gate_in_kernel, A_log, dt_bias, use_beta
     return g, beta
 
 
-def _state_layout(state_v_first: bool, kwargs: dict) -> bool:
+def state_layout(state_v_first: bool, kwargs: dict) -> bool:
+    """`state_v_first`, or fla's deprecated `transpose_state_layout` keyword popped from `kwargs` (as fla)."""
     if "transpose_state_layout" in kwargs:
         if state_v_first:
             raise ValueError("Cannot pass both `state_v_first` and the deprecated `transpose_state_layout`.")
@@ -70,7 +71,7 @@ def chunk_gated_delta_rule(
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gated delta rule, chunkwise form. q,k `[B,T,H,K]`, v `[B,T,HV,V]`, g/beta `[B,T,HV]`."""
-    state_v_first = _state_layout(state_v_first, kwargs)
+    state_v_first = state_layout(state_v_first, kwargs)
     if cp_context is not None:
         raise NotImplementedError("context parallelism (cp_context) is not supported by the CPU kernels")
     chunk_size = chunk_size_from(kwargs, " for Gated Delta Rule")
@@ -112,7 +113,7 @@ def fused_recurrent_gated_delta_rule(
 
     Per-key/value decays (`gk`, `gv`) are not supported on CPU (GatedDeltaNet does not use them).
     """
-    state_v_first = _state_layout(state_v_first, kwargs)
+    state_v_first = state_layout(state_v_first, kwargs)
     if gk is not None or gv is not None:
         raise NotImplementedError("gk/gv decays are not supported by the CPU kernels (GatedDeltaNet does not use them)")
     if beta is None:

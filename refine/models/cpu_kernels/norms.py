@@ -52,3 +52,13 @@ def rms_norm_gated_forward(self, x, g, residual=None, prenorm=False, residual_in
 def l2norm_forward(self, x):
     """`fla.modules.L2Norm.forward`."""
     return l2norm(x, eps=self.eps, output_dtype=self.output_dtype)
+
+
+def rms_norm_linear(x, norm_weight, norm_bias, linear_weight, linear_bias, residual=None, eps=1e-5, prenorm=False,
+                    residual_in_fp32=False):
+    """`fla.modules.layernorm.rms_norm_linear` (HGRN2's output): `linear(RMSNorm(x + residual))`, the normalised
+    activations cast to the linear weight's dtype first; `(out, x + residual)` if prenorm."""
+    y, residual_out = _rms_norm(x, norm_weight, norm_bias, eps, residual, residual_in_fp32)
+    y = y.to(x.dtype)
+    out = F.linear(y.to(linear_weight.dtype), linear_weight, linear_bias)
+    return (out, residual_out) if prenorm else out
