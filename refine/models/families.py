@@ -50,6 +50,18 @@ FLA_ATTENTION_KERNELS: tuple[tuple[str, str, str], ...] = (
     ("fla.layers.attn", "flash_attn_varlen_func", "flash_attn_varlen_func"),
 )
 
+# fla's Triton `swish` / `sigmoid` (GLA's output gate via ACT2FN, HGRN2's queries) call these two halves at run
+# time, so replacing them covers every name the function object is bound to
+SWISH_KERNELS: tuple[tuple[str, str, str], ...] = tuple(
+    ("fla.modules.activations.ops", name, name) for name in ("swish_fwd", "swish_bwd", "sigmoid_fwd", "sigmoid_bwd"))
+
+
+def gla_kernels(layer_module: str) -> tuple[tuple[str, str, str], ...]:
+    """GLA's ops as a layer module binds them, and in fla.ops.gla (GLA and HGRN2 share them)."""
+    return tuple((module, op, op) for module in (layer_module, "fla.ops.gla")
+                 for op in ("chunk_gla", "fused_recurrent_gla"))
+
+
 # every tiny fla config: unfused norms / CE (fla's fused ones are Triton-only), untied embeddings
 FLA_TINY = dict(hidden_size=64, num_hidden_layers=2, num_heads=2, fuse_norm=False, fuse_swiglu=False,
                 fuse_cross_entropy=False, fuse_linear_cross_entropy=False, tie_word_embeddings=False)
@@ -83,6 +95,19 @@ def _mamba2_state(config, block) -> tuple[int, int]:
     return mixer.num_heads * mixer.head_dim * mixer.ssm_state_size, mixer.conv_dim * mixer.conv_kernel_size
 
 
+def _gla_state(config, block) -> tuple[int, int]:
+    """GLA / RetNet: state [H, d_k, d_v] fp32, and the q/k/v convolution caches when `use_short_conv`."""
+    layer = block.attn
+    return layer.num_heads * layer.head_k_dim * layer.head_v_dim, _qkv_conv(layer)
+
+
+def _hgrn2_state(config, block) -> tuple[int, int]:
+    """HGRN2: state [H, expand_ratio, d_head] fp32; the q / forget / input convolution caches when `use_short_conv`."""
+    layer = block.attn
+    conv = (layer.forget_dim * 2 + layer.input_dim) * (layer.conv_size - 1) if layer.use_short_conv else 0
+    return layer.num_heads * layer.head_f_dim * layer.head_i_dim, conv
+
+
 def _lact_state(config, block) -> tuple[int, int]:
     """LaCT: three fast-weight matrices per head (twice with momentum); the window's keys/values and the open
     chunk."""
@@ -105,6 +130,12 @@ def _lact_refusal(config: Mapping) -> str | None:
     return ("with LaCT's official padding the re-left-padded prefixes shift chunk boundaries and RoPE positions "
             "(spec Q7/Q18), so a branch off the document's state would not equal the faithful rollout; set "
             "actor_rollout_ref.model.override_config.lact_exact_padding=True")
+
+
+def _rotary_refusal(config: Mapping) -> str | None:
+    return ("its retention rotates queries and keys by absolute position (RoPE), and a branched cache carries one "
+            "position counter for all rows (fla's Cache), so a row continuing from its own cut would read the wrong "
+            "positions (the faithful mode runs it)")
 
 
 def _no_fast(config: Mapping) -> str | None:
@@ -158,6 +189,25 @@ FAMILIES: tuple[Family, ...] = (
                      ("fla.ops.gated_delta_rule", "fused_recurrent_gated_delta_rule",
                       "fused_recurrent_gated_delta_rule")),
         tiny={**FLA_TINY, "head_dim": 32, "expand_v": 1}),
+    Family(
+        name="gla", model_types=("gla",), config_class="fla.models:GLAConfig", state=FLA_CACHE,
+        state_sizes=_gla_state, heads=("num_heads", "num_kv_heads"),
+        cpu_kernels=(*gla_kernels("fla.layers.gla"), *SWISH_KERNELS),
+        tiny={**FLA_TINY, "expand_k": 0.5, "expand_v": 1}),
+    Family(
+        name="hgrn2", model_types=("hgrn2",), config_class="fla.models:HGRN2Config", state=FLA_CACHE,
+        state_sizes=_hgrn2_state,
+        cpu_kernels=(*gla_kernels("fla.layers.hgrn2"), *SWISH_KERNELS,
+                     ("fla.layers.hgrn2", "rms_norm_linear", "rms_norm_linear")),
+        tiny={**FLA_TINY, "expand_ratio": 16}),
+    Family(
+        name="retnet", model_types=("retnet",), config_class="fla.models:RetNetConfig", state=FLA_CACHE,
+        state_sizes=_gla_state, heads=("num_heads", "num_kv_heads"),
+        cpu_kernels=(*((module, op, op) for module in ("fla.layers.multiscale_retention", "fla.ops.retention")
+                       for op in ("chunk_retention", "fused_chunk_retention", "fused_recurrent_retention",
+                                  "parallel_retention")),
+                     ("fla.modules.rotary.ops", "rotary_embedding", "rotary_embedding"), *SWISH_KERNELS),
+        fast_refusal=_rotary_refusal, tiny={**FLA_TINY, "expand_k": 0.5, "expand_v": 1}),
     Family(
         name="hf_decoder", model_types=("llama", "qwen2", "mistral"),
         config_class="transformers:LlamaConfig", state=NO_BRANCHING, heads=(), state_keys=(),
