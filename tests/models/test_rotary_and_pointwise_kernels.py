@@ -72,6 +72,18 @@ def test_pointwise_forward_and_backward_halves(fwd, bwd, torch_fn):
                   tol=1e-12)
 
 
+def test_fla_swish_runs_on_the_stand_in_halves():
+    """`fla.modules.activations.swish` (what GLA's `ACT2FN['swish']` and HGRN2 call) differentiates on CPU once the
+    family table's patches are installed."""
+    from fla.modules.activations import ACT2FN, swish
+
+    assert ACT2FN["swish"] is swish
+    x = torch.randn(3, 5, requires_grad=True)
+    y = swish(x)
+    _assert_close(y, F.silu(x), "y")
+    _assert_close(torch.autograd.grad(y.sum(), x)[0], torch.autograd.grad(F.silu(x).sum(), x)[0], "dx")
+
+
 @pytest.mark.parametrize("prenorm", [False, True])
 def test_rms_norm_linear_matches_torch(prenorm):
     x, res = torch.randn(2, 5, 8, requires_grad=True), torch.randn(2, 5, 8)
