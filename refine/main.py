@@ -1,9 +1,10 @@
 """Hydra entry point: `python -m refine.main [overrides]`.
 
 With no arguments it runs the embedded default (`configs/preset/embedded_demo.yaml`: a short mid-training of the tiny
-DeltaNet in `data/demo/` on CPU). With arguments it composes `configs/refine_trainer.yaml` (verl's `ppo_trainer`
-plus the `refine:` group) unless `--config-name` says otherwise; the official ReFINE `+key=value` overrides work
-unchanged. The config and the data are validated before Ray starts; then verl's `run_ppo` runs
+DeltaNet in `data/demo/` on CPU); so do arguments that switch on no phase and name no preset (a model, data or
+settings go on top of it). A preset or a phase flag composes `configs/refine_trainer.yaml` (verl's `ppo_trainer`
+plus the `refine:` group); `--config runs/<name>/resolved_config.yaml` reruns a recorded run; the official ReFINE
+`+key=value` overrides work unchanged. The config and the data are validated before Ray starts; then verl's `run_ppo` runs
 `RefineTaskRunner`.
 """
 
@@ -15,12 +16,11 @@ from pathlib import Path
 
 from refine.kernel_switch import interpret_requested, set_interpret_env
 from refine.preflight.aliases import OFFICIAL_ALIASES, alias_conflicts
+from refine.preflight.command_line import DEMO_PRESET, chooses_a_run, config_file_args, misspelt_refine_key
 from refine.preflight.compose import CONFIG_DIR, DEFAULT_CONFIG, compose  # noqa: F401 - compose: the entry's API
 from refine.preflight.quiet import IRRELEVANT_WARNINGS
 from refine.preflight.schema import RefineConfig, describe_fields
 from refine.stack import StackError, check_stack
-
-DEMO_PRESET = "+preset=embedded_demo"
 
 
 def prepare(config):
@@ -42,9 +42,12 @@ def run(config, *, prepared: bool = False) -> None:
     # verl and Ray: imported once the checks passed
     from verl.trainer.main_ppo import run_ppo
 
+    from refine.driver.preemption import stop_on_signals
     from refine.driver.task_runner import RefineTaskRunner
 
-    run_ppo(config, task_runner_class=RefineTaskRunner)
+    # SIGUSR1 / SIGTERM (preemption, time limit): finish the step, checkpoint, exit PREEMPTED_EXIT_STATUS
+    with stop_on_signals(Path(str(config.trainer.default_local_dir))):
+        run_ppo(config, task_runner_class=RefineTaskRunner)
 
 
 def _exception_chain(exc: BaseException | None):
@@ -60,16 +63,24 @@ def _exception_chain(exc: BaseException | None):
 
 def run_stop_reason(exc: BaseException) -> str | None:
     """The one-line reason when `exc` is (or wraps, e.g. as Ray's task error) a ReFINE stop: training that no
-    longer trains, or a checkpoint that could not be written. None for anything else."""
+    longer trains, a checkpoint that could not be written or loaded, a stop on a signal. None for anything else."""
     # torch (checkpoints): only a run that failed gets here
     from refine.driver.checkpoints import CheckpointError
     from refine.driver.health import TrainingStopped
+    from refine.driver.preemption import Preempted
 
     for link in _exception_chain(exc):
         # Ray's RayTaskError subclasses the cause's type: take only the original exception's own message
-        if type(link) in (TrainingStopped, CheckpointError):
+        if type(link) in (TrainingStopped, CheckpointError, Preempted):
             return str(link)
     return None
+
+
+def stop_exit_status(exc: BaseException) -> int:
+    """The exit status of a run that stopped: PREEMPTED_EXIT_STATUS after a signal (resume it), else 3."""
+    from refine.driver.preemption import Preempted
+
+    return next((Preempted.exit_status for link in _exception_chain(exc) if type(link) is Preempted), 3)
 
 
 def worker_died(exc: BaseException) -> bool:
@@ -112,13 +123,11 @@ def _hydra_main() -> None:
             if stop is None and not worker_died(exc):
                 raise
             print(f"refine: {stop or dead_worker_message(exc, config)}", file=sys.stderr)
-            sys.exit(3)
+            sys.exit(stop_exit_status(exc))
 
     main()
 
 
-# arguments that choose what to train on; without any of them the run is the embedded default plus the overrides
-_CHOOSES_A_RUN = ("+preset=", "preset=", "actor_rollout_ref.model.path=", "data.train_files=", "data.val_files=")
 _HYDRA_QUIET = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled",
                 "hydra/hydra_logging=disabled"]
 
@@ -128,8 +137,9 @@ def help_text() -> str:
     is."""
     lines = [
         "usage: python -m refine.main [key=value ...] [+preset=midtrain|posttrain|testtimetrain] [--cfg job]",
+        "       python -m refine.main --config runs/<project>/<name>/resolved_config.yaml [key=value ...]  (rerun)",
         "",
-        "With no model or data argument the run is the embedded default (tiny DeltaNet, bundled data, CPU) with",
+        "Without a preset or a phase flag the run is the embedded default (tiny DeltaNet, bundled data, CPU) with",
         "your overrides on top. Every key of verl's ppo_trainer config works too (see configs/refine_trainer.yaml",
         "and `python -m refine.main --cfg job` for the resolved config); the official ReFINE +key=value overrides",
         "are mapped onto refine.* (docs/phases.md).",
@@ -142,8 +152,8 @@ def help_text() -> str:
 
 
 def main() -> None:
-    """`python -m refine.main`: no arguments runs the embedded default; overrides that choose no model, data or
-    preset run on top of it."""
+    """`python -m refine.main`: no arguments runs the embedded default; overrides that name no preset and switch on
+    no phase run on top of it."""
     args = sys.argv[1:]
     try:  # before anything imports triton (verl does): TRITON_INTERPRET is read on import
         if interpret_requested():
@@ -154,15 +164,21 @@ def main() -> None:
     if "--help" in args or "-h" in args:
         print(help_text())
         return
-    conflict = alias_conflicts(args)
+    try:
+        # --config runs/<name>/resolved_config.yaml: rerun a recorded run
+        config_options, args = config_file_args(args)
+    except ValueError as exc:
+        print(f"refine: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    conflict = alias_conflicts(args) or misspelt_refine_key(args)
     if conflict:
         print(f"refine: configuration error: {conflict}", file=sys.stderr)
         sys.exit(2)
-    if "--config-name" not in args and not any(arg.startswith(_CHOOSES_A_RUN) for arg in args):
+    if not config_options and not chooses_a_run(args):  # a model, data or settings alone go on top of the embedded default
         args = [DEMO_PRESET, *args]
     # Hydra would otherwise write outputs/<date>/ logs into the working directory on every run; these go first
     # so that options such as --cfg job may follow the user's overrides
-    sys.argv = [sys.argv[0], *_HYDRA_QUIET, *args]
+    sys.argv = [sys.argv[0], *config_options, *_HYDRA_QUIET, *args]
     for spec in IRRELEVANT_WARNINGS:  # this process has already started: PYTHONWARNINGS is read only at start-up
         action, message, category, module = (spec.split(":") + ["", "", ""])[:4]
         warnings.filterwarnings(action, message=message, category=FutureWarning if category else Warning,

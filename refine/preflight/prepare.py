@@ -23,7 +23,7 @@ from refine.preflight.memory_estimate import print_estimate
 from refine.preflight.model_checks import check_model_dir, check_tokenizer, check_writable
 from refine.preflight.quiet import quiet_warnings_env
 from refine.preflight.rules import validate_refine, validates_by_generation
-from refine.preflight.run_record import check_resume_matches, record_config
+from refine.preflight.run_record import check_not_another_runs_folder, check_resume_matches, record_config
 from refine.preflight.schema import TARGET, RefineConfig, group_of, refine_config_from
 from refine.preflight.unknown_keys import check_unknown_keys
 from refine.stack import check_device, check_stack
@@ -35,6 +35,7 @@ def prepare(config):
     device = check_device(str(config.trainer.device))  # auto -> cuda/cpu; explicit cuda on a CPU host: error
     rc = prepare_config(config)  # bad input fails before Ray and the heavy imports below
     check_resume_matches(config)  # never continue another run's checkpoint silently
+    check_not_another_runs_folder(config)  # nor write over a finished run's files under the same name
     check_batches_fit(config)
     check_logger(config)
     check_ray_cpus(config, device)

@@ -56,3 +56,38 @@ def test_launch_problems_fail_before_ray_naming_the_key(compose_config, tmp_path
     monkeypatch.delenv("WANDB_MODE", raising=False)
     with pytest.raises(ValueError, match=pattern):
         prepare(compose_config([f"trainer.default_local_dir={tmp_path}", *overrides]))
+
+
+def test_the_demo_record_masks_no_setting_and_reruns_as_itself(compose_config, tmp_path, monkeypatch):
+    """The embedded demo's record keeps every setting (21 keys that mention tokens were once masked), masks real
+    secrets by name and by value, and `--config <record>` composes the same run again."""
+    import os
+
+    for name in [n for n in os.environ if n.upper().endswith(("TOKEN", "API_KEY", "PASSWORD", "SECRET"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("WANDB_API_KEY", "k3y-from-the-environment")
+    config = compose_config(["+preset=embedded_demo", f"trainer.default_local_dir={tmp_path / 'a'}",
+                             "+ray_kwargs.ray_init.runtime_env.env_vars.HF_TOKEN=hf_secret_value",
+                             "+ray_kwargs.ray_init.runtime_env.env_vars.NOTE=k3y-from-the-environment"], fast=False)
+    prepare(config)
+    text = (tmp_path / "a" / "resolved_config.yaml").read_text()
+    masked_lines = sorted(line.strip() for line in text.splitlines() if "***" in line)
+    assert masked_lines == ["HF_TOKEN: '***'", "NOTE: '***'"]
+    assert "k3y-from-the-environment" not in text and "hf_secret_value" not in text
+    recorded = OmegaConf.load(tmp_path / "a" / "resolved_config.yaml")
+    for key in ("actor_rollout_ref.actor.ppo_max_token_len_per_gpu", "actor_rollout_ref.rollout.max_num_batched_tokens",
+                "actor_rollout_ref.rollout.skip_tokenizer_init", "refine.use_row_max_gen_tokens"):
+        assert OmegaConf.select(recorded, key) == OmegaConf.select(config, key), key
+
+    # the rerun: the record as the config (what `--config FILE` hands Hydra), prepared and recorded again
+    from refine.preflight.command_line import config_file_args
+
+    options, rest = config_file_args(["--config", str(tmp_path / "a" / "resolved_config.yaml"), "x=1"])
+    assert options == ["--config-path", str(tmp_path / "a"), "--config-name", "resolved_config"] and rest == ["x=1"]
+    from refine.preflight.compose import compose  # noqa: F401 - registers nothing the record needs
+
+    again = OmegaConf.load(tmp_path / "a" / "resolved_config.yaml")
+    again.trainer.default_local_dir = str(tmp_path / "b")
+    prepare(again)
+    rerun = (tmp_path / "b" / "resolved_config.yaml").read_text()
+    assert rerun.replace(str(tmp_path / "b"), str(tmp_path / "a")) == text
