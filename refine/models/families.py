@@ -209,6 +209,12 @@ FAMILIES: tuple[Family, ...] = (
                      ("fla.modules.rotary.ops", "rotary_embedding", "rotary_embedding"), *SWISH_KERNELS),
         fast_refusal=_rotary_refusal, tiny={**FLA_TINY, "expand_k": 0.5, "expand_v": 1}),
     Family(
+        name="mamba2", model_types=("mamba2",), config_class="fla.models:Mamba2Config", state=FLA_CACHE,
+        state_sizes=_mamba2_state,
+        cpu_kernels=(("fla.layers.mamba2", "Mamba2.torch_forward", "mamba2_forward"),
+                     ("fla.modules.norm.layernorm_gated", "RMSNormGated.forward", "rms_norm_gated_ref_forward")),
+        tiny={**FLA_TINY, "num_heads": 8, "head_dim": 16, "state_size": 16, "expand": 2, "chunk_size": 16}),
+    Family(
         name="hf_decoder", model_types=("llama", "qwen2", "mistral"),
         config_class="transformers:LlamaConfig", state=NO_BRANCHING, heads=(), state_keys=(),
         tiny=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,

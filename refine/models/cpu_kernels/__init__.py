@@ -16,6 +16,7 @@ from refine.models.cpu_kernels.gated_delta_rule import (
     gdn_gate,
 )
 from refine.models.cpu_kernels.gla import chunk_gla, fused_recurrent_gla
+from refine.models.cpu_kernels.mamba2 import mamba2_forward, rms_norm_gated_ref_forward
 from refine.models.cpu_kernels.norms import l2norm_forward, rms_norm_forward, rms_norm_gated_forward, rms_norm_linear
 from refine.models.cpu_kernels.pointwise import sigmoid_bwd, sigmoid_fwd, swish_bwd, swish_fwd
 from refine.models.cpu_kernels.retention import (
@@ -48,10 +49,12 @@ __all__ = [
     "gdn_gate",
     "l2norm",
     "l2norm_forward",
+    "mamba2_forward",
     "parallel_retention",
     "recurrent_delta_rule",
     "rms_norm_forward",
     "rms_norm_gated_forward",
+    "rms_norm_gated_ref_forward",
     "rms_norm_linear",
     "rotary_embedding",
     "short_conv_forward",
