@@ -1,7 +1,7 @@
 """Fast NSP mode (`refine.worker.fast.ops`) against the faithful one (`refine.worker.model_ops`), no Ray.
 
-Tiny fla DeltaNet and GatedDeltaNet, and LaCT with exact padding (chunk 16, window 24: the positions cross chunk
-and window boundaries), in fp32 on CPU. The faithful reference re-encodes every re-left-padded prefix
+Every family of the table (`refine.models.families`) whose fast mode runs: its tiny config (LaCT with exact
+padding, chunk 16, window 24: the positions cross chunk and window boundaries), in fp32 on CPU. The faithful reference re-encodes every re-left-padded prefix
 (`build_rollout_batch` + full forwards), exactly as the official code; the fast mode branches off the recurrent
 state. With the same documents, positions and responses both must give the same old log-probs, hidden states,
 rewards, losses and parameter gradients.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from refine.models.families import FAMILIES, LACT_CACHE, config_view, family_of
 from refine.nsp.prefixes import build_rollout_batch, gather_target_hidden
 from refine.nsp.rewards import all_sequence_rewards
 from refine.nsp.update_plan import normalized_ppo_mini_batch_rows, plan_combined_update
@@ -26,20 +27,26 @@ POSITIONS = torch.tensor([[50, 51, 140], [20, 20, 97]])
 C = POSITIONS.shape[1]
 
 
+# fast equals faithful for LaCT only with exact padding (spec Q7/Q18)
+FAST_OVERRIDES = {"lact": {"lact_exact_padding": True}}
+
+
+def tiny_fast_config(name: str):
+    from refine.models.tiny import tiny_config
+
+    return tiny_config(name, **FAST_OVERRIDES.get(name, {}))
+
+
+# every family whose tiny config the fast mode accepts (the others are refused before Ray: test_families.py)
+FAST_FAMILIES = [f.name for f in FAMILIES if f.fast_mode_refusal(config_view(tiny_fast_config(f.name))) is None]
+
+
 def build_model(kind: str):
     import refine.models  # noqa: F401
     from transformers import AutoModelForCausalLM
 
-    from refine.models.tiny import tiny_deltanet_config, tiny_gated_deltanet_config
-
     torch.manual_seed(0)
-    if kind == "lact":  # fast equals faithful for LaCT only with exact padding (spec Q7/Q18)
-        from refine.models.lact import tiny_lact_config
-
-        config = tiny_lact_config(lact_exact_padding=True)
-    else:
-        config = tiny_deltanet_config() if kind == "delta_net" else tiny_gated_deltanet_config()
-    model = AutoModelForCausalLM.from_config(config).float()
+    model = AutoModelForCausalLM.from_config(tiny_fast_config(kind)).float()
     model.train()
     return model
 
@@ -53,7 +60,7 @@ def documents():
     return ids, mask
 
 
-@pytest.fixture(scope="module", params=["delta_net", "gated_deltanet", "lact"])
+@pytest.fixture(scope="module", params=FAST_FAMILIES)
 def case(request):
     model = build_model(request.param)
     ids, mask = documents()
@@ -165,13 +172,22 @@ def test_branch_state_equals_the_prefix_run_alone(case):
                 row = b * C + j
                 alone = model(input_ids=rollout.input_ids[row:row + 1], attention_mask=rollout.attention_mask[row:row + 1],
                               use_cache=True).past_key_values
-                if model.config.model_type == "lact_swiglu":
+                if family_of(model.config).state == LACT_CACHE:
                     assert_lact_states_equal(snaps[r - 1], alone, (b, r))
                     continue
                 for layer, (mine, ref) in enumerate(zip(snaps[r - 1], alone)):
-                    assert (mine["recurrent_state"] - ref["recurrent_state"]).abs().max() <= 1e-5, (b, r, layer)
-                    for mine_conv, ref_conv in zip(mine["conv_state"], ref["conv_state"]):
-                        assert (mine_conv - ref_conv).abs().max() <= 1e-5, (b, r, layer)
+                    for key, value in mine.items():  # the family's state_keys
+                        pairs = list(zip(tensors_of(value), tensors_of(ref[key])))
+                        assert pairs or value is None, (b, r, layer, key)
+                        for mine_t, ref_t in pairs:
+                            assert (mine_t - ref_t).abs().max() <= 1e-5, (b, r, layer, key)
+
+
+def tensors_of(value) -> list:
+    """The tensors of one cache entry (a tensor, a tuple of them, or None)."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, torch.Tensor) else [t for v in value for t in tensors_of(v)]
 
 
 def assert_lact_states_equal(mine, alone, where):
