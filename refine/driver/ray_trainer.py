@@ -38,6 +38,7 @@ from refine.driver.checkpoints import (
 from refine.driver.health import StepHealth, TrainingStopped
 from refine.driver.nsp_step import StepSettings, inner_step
 from refine.driver.plot import plot_history
+from refine.driver.preemption import Preempted, preempted_message, stop_reason
 from refine.driver.retention import checkpoints_to_keep, remove_old_steps, verl_deletes_nothing
 from refine.driver.task_update import task_update
 from refine.nsp.rewards import METRIC_STEMS
@@ -262,7 +263,9 @@ class RefineTrainer(RayPPOTrainer):
                     with simple_timer("testing", timing):
                         metrics.update(self._validate())
                 # a step that did not train is never checkpointed: the latest stays the last good one
-                if trained and save_freq > 0 and (is_last or self.global_steps % save_freq == 0):
+                stop = None if is_last else stop_reason(self.run_dir)  # a signal: save this step, then stop
+                saved = trained and (bool(stop) or (save_freq > 0 and (is_last or self.global_steps % save_freq == 0)))
+                if saved:
                     with simple_timer("save_checkpoint", timing):
                         self._save_checkpoint()
                 metrics.update({f"timing_s/{k}": v for k, v in timing.items()})
@@ -275,6 +278,10 @@ class RefineTrainer(RayPPOTrainer):
                     latest = self.run_dir / "latest_checkpointed_iteration.txt"
                     raise TrainingStopped(health.stop_message(
                         self.global_steps, self._step_folder(int(latest.read_text())) if latest.exists() else None))
+                if stop:
+                    progress.close()
+                    raise Preempted(preempted_message(
+                        stop, self.global_steps, Path(self._step_folder(self.global_steps)) if saved else None))
                 progress.set_postfix({k: f"{metrics[k]:.3f}" for k in self._progress_keys() if k in metrics})
                 progress.update(1)
                 if is_last:

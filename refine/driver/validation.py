@@ -11,6 +11,7 @@ from tqdm import tqdm
 from verl import DataProto
 
 from refine.driver.predictions import PredictionWriter, prediction_paths
+from refine.driver.preemption import PREEMPTED_EXIT_STATUS, Preempted, stop_reason
 from refine.scoring import split_answers
 from refine.scoring.task_scorer import task_scorer
 from refine.settings import ValidationSettings, attach, replace
@@ -103,6 +104,10 @@ def validate_generation(trainer) -> dict[str, float]:
         batches.set_postfix(val_reward=f"{np.mean(scores):.3f}")
         if reset:
             wg.restore_state()
+        stop = stop_reason(trainer.run_dir) if trainer_cfg.get("val_only", False) else None
+        if stop and index + 1 < len(trainer.val_dataloader):  # test-time training: nothing to save, stop here
+            writer.close()
+            raise Preempted(ttt_stopped_message(stop, index + 1, len(trainer.val_dataloader), writer.paths))
     writer.close()
     print(f"predictions: {', '.join(str(p) for p in writer.paths)}", flush=True)
     metrics = {"val_reward": float(np.mean(scores)), "val_n_scored": float(len(scores))}
@@ -117,3 +122,10 @@ def row_max_gen_tokens(trainer) -> list[int]:
     files = [files] if isinstance(files, str) else OmegaConf.to_container(files)
     values = [int(v) for path in files for v in pq.read_table(path, columns=["max_gen_tokens"]).column(0).to_pylist()]
     return [values[row] for row in trainer.val_dataset.rows]
+
+
+def ttt_stopped_message(reason: str, done: int, total: int, paths) -> str:
+    return (f"test-time training stopped on {reason} (preemption or time limit) after {done} of {total} validation "
+            f"batches: nothing is saved (it keeps no checkpoint); the predictions so far are in "
+            f"{', '.join(str(p) for p in paths)}. Run the same command again to redo it; exit status "
+            f"{PREEMPTED_EXIT_STATUS}")
