@@ -3,6 +3,8 @@ finished, the number of scored rows and the score (×100 mean, as scripts/longbe
 `<run folder>/predictions/step_<N>.jsonl` written since the job started; the LongBench average of the scored tasks.
 
     python scripts/slurm/ttt_summary.py --since EPOCH_S TASK EXIT_CODE RUN_DIR [TASK EXIT_CODE RUN_DIR ...]
+
+EXIT_CODE 75 is a task stopped by a signal (preemption, time limit), "-" one never started after it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from refine.driver.preemption import PREEMPTED_EXIT_STATUS
+
+
+# the launcher's codes for a task stopped by a signal (the trainer's PREEMPTED_EXIT_STATUS; its partial predictions
+# are not scored) and for one never started after it
+STOPPED = {str(PREEMPTED_EXIT_STATUS): "STOPPED (signal)", "-": "not run (stopped)"}
 
 
 def newest_predictions(run_dir: Path, since: float) -> Path | None:
@@ -46,13 +55,14 @@ def main(argv: list[str] | None = None) -> int:
             values = read_scores(path)
             tasks += [task] * len(values)
             scores += values
-        status = "ok" if code == "0" else f"FAILED (exit {code})"
+        status = "ok" if code == "0" else STOPPED.get(code, f"FAILED (exit {code})")
         if code == "0" and path is None:
             status = "ok, no predictions"
         rows.append((task, status, path))
     report = corpus_report(tasks, scores)
     failed = sum(1 for _, status, _ in rows if status.startswith("FAILED"))
-    print(f"LongBench test-time training: {len(rows) - failed} of {len(rows)} task(s) ok, {failed} failed")
+    ok = sum(1 for _, status, _ in rows if status.startswith("ok"))
+    print(f"LongBench test-time training: {ok} of {len(rows)} task(s) ok, {failed} failed")
     print(f"{'task':<18} {'status':<20} {'n':>6} {'score':>8}  predictions")
     for task, status, path in rows:
         entry = report["tasks"].get(task)

@@ -51,6 +51,7 @@ JOBS = {  # nodes: (SLURM_JOB_NODELIST, its hosts written out by hand)
     4: ("node[09-10],gpu[7,12]", ["node09", "node10", "gpu7", "gpu12"]),
 }
 TRAINING = {"MODEL_PATH": "/models/m", "TRAIN_FILES": "/data/train.parquet", "VAL_FILES": "/data/val.parquet"}
+TRAPS = [["trap", "kill -USR1 <trainer-pid>", "USR1"], ["trap", "kill -TERM <trainer-pid>", "TERM"]]
 
 
 @pytest.mark.parametrize("gpu_variable,gpu_value", [("SLURM_GPUS_ON_NODE", "4"), ("SLURM_GPUS_PER_NODE", "h100:4")])
@@ -76,8 +77,11 @@ def test_dry_run_prints_the_ray_and_trainer_commands_of_the_allocation(tmp_path,
         expected.append([python, "scripts/slurm/ray_join.py", "10.0.0.1:6379", "300", *hosts])
         expected.append(["export", "RAY_ADDRESS=10.0.0.1:6379"])
     commands = dry_run_commands(done.stdout)
-    assert commands[:-1] == expected
-    trainer = commands[-1]
+    # the trap that forwards SLURM's signal to the trainer, the trainer, the requeue (on exit status 75 only)
+    assert commands[:-2] == expected + TRAPS
+    trainer = commands[-2]
+    assert commands[-1] == ["scontrol", "requeue", "<SLURM_JOB_ID>"]
+    assert "(--signal=B:USR1@600;" in done.stdout and "the job requeues itself and resumes in" in done.stdout
     assert trainer[:3] == [python, "-m", "refine.main"]
     values = overrides(trainer[3:])
     assert values["trainer.nnodes"] == str(nodes) and values["trainer.n_gpus_per_node"] == "4"
@@ -97,7 +101,8 @@ def test_dry_run_outside_slurm_needs_no_submit_dir_and_looks_up_the_head_address
     assert commands[2] == ["export", "RAY_AUTH_MODE=token", "RAY_AUTH_TOKEN=<random-64-hex-digits-per-job>"]
     assert commands[3][:9] == srun + ["ray", "start", "--head", "--node-ip-address=<first-IPv4-of-a1>"]
     assert commands[3][9:] == ["--port=6379", "--node-name=a1", "--num-gpus=8", "--num-cpus=32", "--block"]
-    values = overrides(commands[-1][3:])
+    assert commands[-4:-2] == TRAPS and commands[-1] == ["scontrol", "requeue", "<SLURM_JOB_ID>"]
+    values = overrides(commands[-2][3:])
     assert values["trainer.default_local_dir"] == str(REPO_ROOT / "checkpoints/ReFINE/posttrain_8k_tttrl")
     assert values["trainer.nnodes"] == "2" and values["trainer.n_gpus_per_node"] == "8"
 
@@ -107,6 +112,9 @@ def test_dry_run_of_the_testtime_launcher_prints_one_run_per_task_and_the_summar
                TASKS="hotpotqa trec", MODEL_PATH="/models/m", CKPT_ROOT="/ckpt")
     assert done.returncode == 0, done.stderr[-2000:]
     *runs, summary = dry_run_commands(done.stdout)
+    assert runs[0:2] == TRAPS and runs[3:5] == TRAPS  # per task: the signal forwarded to it, then its command
+    assert "scontrol" not in done.stdout  # test-time training is never requeued (nothing saved to resume)
+    runs = runs[2::3]
     assert [overrides(r[3:])["data.val_files"] for r in runs] == [
         str(REPO_ROOT / "data/longbench/hotpotqa_16384.parquet"), str(REPO_ROOT / "data/longbench/trec_16384.parquet")]
     assert summary[1:4] == ["scripts/slurm/ttt_summary.py", "--since", summary[3]] and summary[3].isdigit()

@@ -9,6 +9,7 @@ command and the `ray` module (STUB_RAY below, first on PYTHONPATH), with a liste
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +34,14 @@ if [ "$1" = "-m" ]; then
     if [ -n "${FAIL_MATCH:-}" ]; then
         case "$val_files" in *"$FAIL_MATCH"*) echo "stand-in: failing on $val_files" >&2; exit 7 ;; esac
     fi
+    if [ -n "${SIGNAL_MATCH:-}" ]; then  # this run waits for a signal, as a trainer stopping after its step would
+        case "$val_files" in *"$SIGNAL_MATCH"*)
+            trap 'echo USR1 >> "$ARGS_OUT.signals"; exit 75' USR1
+            trap 'echo TERM >> "$ARGS_OUT.signals"; exit 75' TERM
+            echo "$$" > "$ARGS_OUT.waiting"
+            while :; do sleep 0.05; done ;;
+        esac
+    fi
     if [ -n "${PREDICTION_SCORES:-}" ]; then
         mkdir -p "$run_dir/predictions"
         for score in $PREDICTION_SCORES; do
@@ -50,6 +59,7 @@ while [ $# -gt 0 ]; do case "$1" in -w) shift 2 ;; -*) shift ;; *) break ;; esac
 exec "$@"
 """
 RAY_CLI = '#!/bin/sh\necho "ray $*" >> "$SRUN_LOG"\necho "${RAY_AUTH_MODE:-}:${RAY_AUTH_TOKEN:-}" >> "$SRUN_LOG.auth"\n'
+SCONTROL = '#!/bin/sh\necho "$*" >> "$SRUN_LOG.scontrol"\n'
 HOSTNAME = """#!/bin/sh
 case "$1" in --ip-address) echo "$STUB_IP_ADDRESS" ;; -I) echo "$STUB_IP_ALL" ;; *) echo stub-host ;; esac
 """
@@ -74,13 +84,14 @@ SLURM_FREE_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("SLUR
 
 
 def executable(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     path.chmod(0o755)
 
 
-def launch(tmp_path: Path, name: str, *args: str, expect_rc: int = 0, **env):
-    """Run scripts/slurm/<name>.sbatch; returns (the finished process, one {key: value} dict of overrides per
-    recorded refine.main call)."""
+def launch(tmp_path: Path, name: str, *args: str, expect_rc: int = 0, send=None, **env):
+    """Run scripts/slurm/<name>.sbatch (sending it the signal `send` once a run waits for one); returns (the
+    finished process, one {key: value} dict of overrides per recorded refine.main call)."""
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
     executable(venv / "bin" / "python", RECORD)
@@ -94,8 +105,22 @@ def launch(tmp_path: Path, name: str, *args: str, expect_rc: int = 0, **env):
                 "SLURM_JOB_NUM_NODES": "1", "SLURM_GPUS_ON_NODE": "8", "SLURM_CPUS_PER_TASK": "8",
                 "MODEL_PATH": "/models/m", "TRAIN_FILES": "/data/train.parquet", "VAL_FILES": "/data/val.parquet",
                 **env}
-    done = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "slurm" / f"{name}.sbatch"), *args], env=full_env,
-                          capture_output=True, text=True, check=False, timeout=120)
+    if "SLURM_JOB_ID" in env:  # a job that may requeue itself: an `scontrol` that records (only then: allocation.sh
+        executable(tmp_path / "slurm_bin" / "scontrol", SCONTROL)  # expands node lists with a real one)
+        full_env["PATH"] = f"{tmp_path / 'slurm_bin'}:{full_env['PATH']}"
+    command = ["bash", str(REPO_ROOT / "scripts" / "slurm" / f"{name}.sbatch"), *args]
+    if send is None:
+        done = subprocess.run(command, env=full_env, capture_output=True, text=True, check=False, timeout=120)
+    else:  # SLURM's signal to the batch shell once the trainer stand-in waits for it
+        proc = subprocess.Popen(command, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        waiting = Path(f"{args_out}.waiting")
+        deadline = time.time() + 60
+        while not waiting.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert waiting.exists(), "the trainer stand-in never started"
+        proc.send_signal(send)
+        out, err = proc.communicate(timeout=60)
+        done = subprocess.CompletedProcess(command, proc.returncode, out, err)
     assert done.returncode == expect_rc, done.stdout[-2000:] + done.stderr[-2000:]
     calls = []
     for line in (args_out.read_text().splitlines() if args_out.exists() else []):
@@ -252,3 +277,58 @@ def test_no_ipv4_for_the_head_stops_with_one_line(tmp_path):
     assert done.stderr.strip().splitlines() == [
         ("midtrain.sbatch: no IPv4 address for the head node node01 (hostname --ip-address, hostname -I there: "
          "'fe80::1 127.0.0.1'). Fix: set HEAD_IP=<its IPv4 address>")]
+
+
+@pytest.mark.parametrize("name,sig", [("midtrain", signal.SIGUSR1), ("posttrain", signal.SIGTERM)])
+def test_a_signal_to_the_job_reaches_the_trainer_and_the_stopped_job_requeues_itself(tmp_path, name, sig):
+    """SLURM signals the batch shell only (--signal=B:USR1@...): the launcher forwards it to the trainer, which
+    stops with status 75; the job then runs `scontrol requeue <job id>` and exits 75. The requeued job runs the
+    same command (same run folder), so it resumes; REQUEUE=0 leaves the job as it is."""
+    ckpt = str(tmp_path / "ckpt")
+    done, (call,) = launch(tmp_path, name, expect_rc=75, send=sig, SIGNAL_MATCH="val.parquet", SLURM_JOB_ID="4242",
+                           CKPT_DIR=ckpt)
+    assert (tmp_path / "calls.signals").read_text().split() == [sig.name.removeprefix("SIG")]
+    assert (tmp_path / "srun.log.scontrol").read_text().split() == ["requeue", "4242"]
+    assert call["trainer.default_local_dir"] == ckpt and f"requeueing job 4242" in done.stderr
+    done, _ = launch(tmp_path / "no", name, expect_rc=75, send=sig, SIGNAL_MATCH="val.parquet", SLURM_JOB_ID="7",
+                     REQUEUE="0", CKPT_DIR=ckpt)
+    assert not (tmp_path / "no" / "srun.log.scontrol").exists() and "not requeued (REQUEUE=0" in done.stderr
+
+
+def test_a_finished_run_is_not_requeued(tmp_path):
+    launch(tmp_path, "midtrain", SLURM_JOB_ID="4242", CKPT_DIR=str(tmp_path / "ckpt"))
+    assert not (tmp_path / "srun.log.scontrol").exists()
+
+
+def test_testtime_launcher_stops_on_a_signal_with_its_table_so_far(tmp_path):
+    """The signal arrives during the second of three tasks: that task stops (status 75), the third never starts,
+    the table shows the first scored, the second stopped, the third not run; the job exits 75, is not requeued
+    (nothing saved) and names the TASKS still to run."""
+    done, calls = launch(tmp_path, "testtimetrain", expect_rc=75, send=signal.SIGUSR1, TASKS="hotpotqa trec qasper",
+                         SIGNAL_MATCH="trec_16384", PREDICTION_SCORES="1 0", CKPT_ROOT=str(tmp_path / "runs"),
+                         SLURM_JOB_ID="4242")
+    assert [c["trainer.experiment_name"] for c in calls] == ["testtimetrain_16k_tttrl_hotpotqa",
+                                                             "testtimetrain_16k_tttrl_trec"]
+    rows = table_rows(done.stdout)
+    assert rows["hotpotqa"][:3] == ["ok", "2", "50.00"]
+    assert rows["trec"] == ["STOPPED", "(signal)", "-", "-", "-"]
+    assert rows["qasper"] == ["not", "run", "(stopped)", "-", "-", "-"]
+    assert "1 of 3 task(s) ok, 0 failed" in done.stdout
+    assert done.stderr.strip().splitlines()[-1] == ("testtimetrain.sbatch: stopped on a signal during trec; to "
+                                                    "finish, submit again with TASKS='trec qasper'")
+    assert not (tmp_path / "srun.log.scontrol").exists()
+
+
+def test_the_launchers_bash_is_well_formed_and_agrees_on_the_exit_status():
+    """`bash -n` over every launcher, sourced helper and demo script; the status the launchers requeue on is the
+    trainer's."""
+    from refine.driver.preemption import PREEMPTED_EXIT_STATUS
+
+    scripts = sorted([*(REPO_ROOT / "scripts" / "slurm").glob("*.sh"), *(REPO_ROOT / "scripts" / "slurm").glob(
+        "*.sbatch"), *(REPO_ROOT / "verl" / "examples" / "refine_trainer" / "demo").glob("*.sh")])
+    assert len(scripts) >= 11
+    for script in scripts:
+        checked = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, check=False)
+        assert checked.returncode == 0, f"{script}: {checked.stderr}"
+    text = (REPO_ROOT / "scripts" / "slurm" / "signals.sh").read_text()
+    assert f"PREEMPTED_EXIT_STATUS={PREEMPTED_EXIT_STATUS} " in text

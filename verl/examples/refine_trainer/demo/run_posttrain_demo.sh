@@ -122,4 +122,5 @@ OFFICIAL_ARGS=(
 )
 
 set -x
-"$PYTHON" -m refine.main "${OFFICIAL_ARGS[@]}" "${SMOKE_ARGS[@]}" "$@"
+# exec: the trainer takes this script's process, so a signal sent to it (preemption) reaches the trainer
+exec "$PYTHON" -m refine.main "${OFFICIAL_ARGS[@]}" "${SMOKE_ARGS[@]}" "$@"
