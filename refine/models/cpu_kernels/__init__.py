@@ -9,13 +9,16 @@ from refine.models.cpu_kernels.activations import swiglu, swiglu_linear
 from refine.models.cpu_kernels.attention import flash_attn_func, flash_attn_varlen_func
 from refine.models.cpu_kernels.banner import BANNER, announce_once
 from refine.models.cpu_kernels.delta_core import l2norm
+from refine.models.cpu_kernels.comba import chunk_comba, fused_recurrent_comba
 from refine.models.cpu_kernels.delta_rule import chunk_delta_rule, fused_recurrent_delta_rule, recurrent_delta_rule
+from refine.models.cpu_kernels.gated_delta_product import chunk_gated_delta_product
 from refine.models.cpu_kernels.gated_delta_rule import (
     chunk_gated_delta_rule,
     fused_recurrent_gated_delta_rule,
     gdn_gate,
 )
 from refine.models.cpu_kernels.gla import chunk_gla, fused_recurrent_gla
+from refine.models.cpu_kernels.kda import chunk_kda, fused_recurrent_kda
 from refine.models.cpu_kernels.mamba2 import mamba2_forward, rms_norm_gated_ref_forward
 from refine.models.cpu_kernels.norms import l2norm_forward, rms_norm_forward, rms_norm_gated_forward, rms_norm_linear
 from refine.models.cpu_kernels.pointwise import sigmoid_bwd, sigmoid_fwd, swish_bwd, swish_fwd
@@ -33,17 +36,22 @@ __all__ = [
     "BANNER",
     "announce_once",
     "causal_conv1d",
+    "chunk_comba",
     "chunk_delta_rule",
+    "chunk_gated_delta_product",
     "chunk_gated_delta_rule",
     "chunk_gla",
+    "chunk_kda",
     "chunk_retention",
     "chunk_simple_gla",
     "flash_attn_func",
     "flash_attn_varlen_func",
     "fused_chunk_retention",
+    "fused_recurrent_comba",
     "fused_recurrent_delta_rule",
     "fused_recurrent_gated_delta_rule",
     "fused_recurrent_gla",
+    "fused_recurrent_kda",
     "fused_recurrent_retention",
     "fused_recurrent_simple_gla",
     "gdn_gate",

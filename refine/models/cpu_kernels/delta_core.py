@@ -158,9 +158,12 @@ def run_delta_rule(
     use_qk_l2norm_in_kernel: bool,
     cu_seqlens: torch.Tensor | None,
     state_v_first: bool = False,
+    p: torch.Tensor | None = None,
     **core_kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """fla's calling convention around a core: validation, dtype, qk l2norm, grouped value heads, varlen, layout.
+
+    `p` (Comba's prediction keys, shaped as `k`) gets the keys' treatment and reaches the core as `p=`.
 
     The output has `v`'s dtype; the final state is fp32 as in fla (fp64 when the inputs are fp64).
     """
@@ -185,11 +188,14 @@ def run_delta_rule(
     out_dtype = v.dtype
     dtype = torch.float64 if v.dtype == torch.float64 else torch.float32
     q, k, v, beta = (x.to(dtype) for x in (q, k, v, beta))
+    p = None if p is None else p.to(dtype)
     g = None if g is None else g.to(dtype)
     if use_qk_l2norm_in_kernel:
         q, k = l2norm(q, output_dtype=dtype), l2norm(k, output_dtype=dtype)
+        p = None if p is None else l2norm(p, output_dtype=dtype)
     if HV != H:  # grouped value heads: value head i reads query/key head i // (HV // H)
         q, k = (x.repeat_interleave(HV // H, dim=2) for x in (q, k))
+        p = None if p is None else p.repeat_interleave(HV // H, dim=2)
 
     h0 = None
     if initial_state is not None:
@@ -202,11 +208,12 @@ def run_delta_rule(
         if cu_seqlens is not None:
             layout = VarlenLayout.from_cu_seqlens(cu_seqlens, T)
             q, k, v, beta = (layout.pad(x) for x in (q, k, v, beta))
+            p = None if p is None else layout.pad(p)
             g = None if g is None else layout.pad(g)
-            o, S = core(q, k, v, beta, g, scale, h0, **core_kwargs)
+            o, S = core(q, k, v, beta, g, scale, h0, **core_kwargs, **({} if p is None else {"p": p}))
             o = layout.unpad(o)
         else:
-            o, S = core(q, k, v, beta, g, scale, h0, **core_kwargs)
+            o, S = core(q, k, v, beta, g, scale, h0, **core_kwargs, **({} if p is None else {"p": p}))
 
     final_state = None
     if output_final_state:
