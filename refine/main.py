@@ -44,9 +44,11 @@ def run(config, *, prepared: bool = False) -> None:
 
     from refine.driver.preemption import stop_on_signals
     from refine.driver.task_runner import RefineTaskRunner
+    from refine.verbosity import dropped_lines
 
-    # SIGUSR1 / SIGTERM (preemption, time limit): finish the step, checkpoint, exit PREEMPTED_EXIT_STATUS
-    with stop_on_signals(Path(str(config.trainer.default_local_dir))):
+    # SIGUSR1 / SIGTERM (preemption, time limit): finish the step, checkpoint, exit PREEMPTED_EXIT_STATUS.
+    # verl prints Ray's whole start-up environment (every variable) before starting it: REFINE_VERBOSE=1 shows it
+    with stop_on_signals(Path(str(config.trainer.default_local_dir))), dropped_lines("ray init kwargs:"):
         run_ppo(config, task_runner_class=RefineTaskRunner)
 
 

@@ -8,7 +8,6 @@ checkpoint engine), `fit` (the ReFINE step: inner loop, outer loop, validation, 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -21,7 +20,6 @@ from verl import DataProto
 from verl.single_controller.ray import RayClassWithInitArgs
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer, Role
 from verl.utils.profiler import simple_timer
-from verl.utils.tracking import Tracking
 
 from refine.driver import validation
 from refine.driver.checkpoints import (
@@ -38,15 +36,13 @@ from refine.driver.checkpoints import (
 from refine.driver.health import StepHealth, TrainingStopped
 from refine.driver.nsp_step import StepSettings, inner_step
 from refine.driver.plot import plot_history
+from refine.driver.run_log import PLOT_FILE, RunLog
 from refine.driver.preemption import Preempted, preempted_message, stop_reason
 from refine.driver.retention import checkpoints_to_keep, remove_old_steps, verl_deletes_nothing
 from refine.driver.task_update import task_update
-from refine.nsp.rewards import METRIC_STEMS
 from refine.preflight.schema import RefineConfig
 from refine.settings import n_workers
-
-METRICS_FILE = "metrics.jsonl"
-PLOT_FILE = "metrics.png"
+from refine.verbosity import quiet_stdout, verbose
 
 
 class RefineTrainer(RayPPOTrainer):
@@ -63,7 +59,8 @@ class RefineTrainer(RayPPOTrainer):
 
     # ---- data ------------------------------------------------------------------------------------------------
     def _create_dataloader(self, train_dataset, val_dataset, collate_fn, train_sampler):
-        super()._create_dataloader(train_dataset, val_dataset, collate_fn, train_sampler)
+        with quiet_stdout():  # verl's loader sizes and step count: the step lines show the count
+            super()._create_dataloader(train_dataset, val_dataset, collate_fn, train_sampler)
 
         # Official validation loader (spec 1.0 / Q11): no shuffle and drop_last=True (trailing rows never scored).
         val_batch_size = self.config.data.val_batch_size or len(self.val_dataset)
@@ -173,7 +170,8 @@ class RefineTrainer(RayPPOTrainer):
             repair_latest(self.run_dir)  # verified: a step whose files do not match is never loaded
         elif mode == "resume_path":
             verify_for_load(Path(str(self.config.trainer.resume_from_path)))
-        super()._load_checkpoint()
+        with quiet_stdout():  # verl's resume messages, one of them printed unformatted ("Found checkpoint: %s")
+            super()._load_checkpoint()
         if self.global_steps <= 0:
             return
         if self.config.trainer.resume_mode == "resume_path":
@@ -198,29 +196,23 @@ class RefineTrainer(RayPPOTrainer):
 
     def fit(self):
         """ReFINE training: resume, optional validation first, then per batch inner/outer update, validation,
-        checkpoint and metrics (spec 1.0 step 5). Writes metrics.jsonl and metrics.png into the run directory."""
+        checkpoint and metrics (spec 1.0 step 5). Writes metrics.jsonl, metrics.png and run_state.json into the run
+        directory (`run_log`), one line per step to the console, and a summary that ends with the next command."""
         trainer_cfg = self.config.trainer
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        metrics_path = self.run_dir / METRICS_FILE
         self.global_steps = 0
         self._load_checkpoint()
+        if self.global_steps > 0:
+            print(f"refine: resuming from {self._step_folder(self.global_steps)} (step {self.global_steps})")
         if trainer_cfg.resume_mode != "disable" and self.global_steps > 0 and trainer_cfg.get("val_only", False):
             print(f"Warning: resume_mode={trainer_cfg.resume_mode} resumed weights at step {self.global_steps} "
-                  "in a val_only run (official behaviour, Q28)")
-        previous = _read_metrics(metrics_path, up_to_step=self.global_steps)
-        os.environ["VERL_FILE_LOGGER_PATH"] = str(metrics_path)
-        os.environ.setdefault("TENSORBOARD_DIR", str(self.run_dir / "tensorboard"))
-        tracker = Tracking(
-            project_name=trainer_cfg.project_name,
-            experiment_name=trainer_cfg.experiment_name,
-            default_backend=trainer_cfg.logger,
-            config=OmegaConf.to_container(self.config, resolve=True),
-        )
-        if previous and "file" in tracker.logger:
-            for record in previous:  # the file backend truncates on open: keep the steps before the resume
-                tracker.log(data=record["data"], step=record["step"], backend=["file"])
-        self.history = [{"step": r["step"], **r["data"]} for r in previous]
+                  "in a val_only run (as the official code does)")
+        trained_reward = self.rc.reward if self.rc.ttt_ppo_update else None
+        tracker = RunLog(self.config, self.run_dir, trained_reward, 0 if trainer_cfg.get("val_only", False)
+                         else self.total_training_steps, self.global_steps)
+        self.history = [{"step": r["step"], **r["data"]} for r in tracker.metrics.kept]
 
+        outcome, error = "failed", None
         try:
             if trainer_cfg.get("val_before_train", True):
                 timing: dict[str, float] = {}
@@ -229,24 +221,32 @@ class RefineTrainer(RayPPOTrainer):
                 val_metrics.update({f"timing_s/{k}": v for k, v in timing.items()})
                 self._log(tracker, val_metrics, self.global_steps)
                 if trainer_cfg.get("val_only", False):
+                    outcome = "finished"
                     return
             self._train(tracker)
+            outcome = "finished"
+        except (KeyboardInterrupt, SystemExit):
+            outcome = "stopped"
+            raise
+        except BaseException as exc:
+            outcome = "stopped" if isinstance(exc, Preempted) else "failed"
+            error = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise
         finally:
-            tracker.finish()
+            tracker.close(outcome, error)
             self._write_plot()
-            written = [(label, path) for label, path in (
-                ("metrics", metrics_path), ("plot", self.run_dir / PLOT_FILE),
-                ("config", self.run_dir / "resolved_config.yaml"), ("predictions", self.run_dir / "predictions"),
-                ("tensorboard", Path(os.environ["TENSORBOARD_DIR"]))) if path.exists()]
-            print(f"ReFINE run directory: {self.run_dir}" + "".join(
-                f"\n  {label + ':':12s} {path}" for label, path in written))
+            if outcome == "finished":
+                latest = self.run_dir / "latest_checkpointed_iteration.txt"
+                step = int(latest.read_text()) if latest.exists() and latest.read_text().strip().isdigit() else None
+                print("\n".join(tracker.summary(self.history, step)), flush=True)
 
     def _train(self, tracker) -> None:
         trainer_cfg = self.config.trainer
         total = self.total_training_steps
         if self.global_steps >= total:
             return
-        progress = tqdm(total=total, initial=self.global_steps, desc="ReFINE steps")
+        # the console shows one line per step (run_log); the bar only with REFINE_VERBOSE=1
+        progress = tqdm(total=total, initial=self.global_steps, desc="ReFINE steps", disable=not verbose())
         steps_per_epoch = len(self.train_dataloader)
         self.global_steps += 1
         start_epoch = (self.global_steps - 1) // steps_per_epoch
@@ -282,18 +282,12 @@ class RefineTrainer(RayPPOTrainer):
                     progress.close()
                     raise Preempted(preempted_message(
                         stop, self.global_steps, Path(self._step_folder(self.global_steps)) if saved else None))
-                progress.set_postfix({k: f"{metrics[k]:.3f}" for k in self._progress_keys() if k in metrics})
                 progress.update(1)
                 if is_last:
                     progress.close()
                     return
                 self.global_steps += 1
         progress.close()
-
-    def _progress_keys(self) -> tuple[str, ...]:
-        """The progress bar's metrics: the reward the run trains on (not always the cosine one), then losses."""
-        reward = (f"reward/{METRIC_STEMS[self.rc.reward]}_reward_mean",) if self.rc.reward in METRIC_STEMS else ()
-        return reward + _PROGRESS_KEYS
 
     def _write_plot(self) -> None:
         if not self.rc.plot or not self.history:
@@ -304,18 +298,3 @@ class RefineTrainer(RayPPOTrainer):
         except Exception as exc:  # noqa: BLE001 - a plotting failure must not fail a finished run
             print(f"Warning: could not write the plot: {exc}")
 
-
-_PROGRESS_KEYS = ("actor/ntp_loss_raw_ttt", "actor/sft_loss", "val_loss", "val_reward")
-
-
-def _read_metrics(path: Path, *, up_to_step: int) -> list[dict]:
-    """Records {step, data} of an existing metrics.jsonl with step <= up_to_step (for a resumed run)."""
-    if up_to_step <= 0 or not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            if record["step"] <= up_to_step:
-                records.append(record)
-    return records

@@ -20,6 +20,7 @@ from verl.workers.engine_workers import ActorRolloutRefWorker
 
 from refine.nsp.update_plan import micro_slices, ntp_only_loss_metrics, plan_ntp_only_update
 from refine.settings import NspSettings, TaskSettings, ValidationSettings, settings_of
+from refine.verbosity import quiet_progress_bars, quiet_stdout
 from refine.worker import model_ops
 from refine.worker.faithful.rpcs import FaithfulNspWorkerMixin
 from refine.worker.fast.rpcs import FastNspWorkerMixin
@@ -34,6 +35,14 @@ from refine.worker.rpc import (
 
 class RefineActorWorker(FaithfulNspWorkerMixin, FastNspWorkerMixin, ActorRolloutRefWorker):
     """Actor worker with the ReFINE inner-loop RPCs (run it with role "actor": no rollout engine is built)."""
+
+    @register(dispatch_mode=Dispatch.ONE_TO_ALL)
+    def init_model(self):
+        """verl's model and optimiser set-up without its start-up chatter on the console: parameter count, memory
+        before and after FSDP, "MFU will always be zero" (verl's FLOP counter knows no fast-weight model; ReFINE
+        logs no MFU), the weights' loading bar. REFINE_VERBOSE=1 shows it; a failure prints it on stderr."""
+        with quiet_stdout(), quiet_progress_bars():
+            super().init_model()
 
     # ---- helpers -------------------------------------------------------------------------------------------
     @property
