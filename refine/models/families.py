@@ -108,6 +108,15 @@ def _hgrn2_state(config, block) -> tuple[int, int]:
     return layer.num_heads * layer.head_f_dim * layer.head_i_dim, conv
 
 
+def _delta_product_state(config, block) -> tuple[int, int]:
+    """Gated DeltaProduct: state [H_v, d_k, d_v] fp32; its k / v convolutions run over num_householder keys and
+    values per token."""
+    layer = block.attn
+    n = config.num_householder
+    conv = (layer.key_dim * (1 + n) + layer.value_dim * n) * (layer.conv_size - 1) if layer.use_short_conv else 0
+    return layer.num_v_heads * layer.head_k_dim * layer.head_v_dim, conv
+
+
 def _lact_state(config, block) -> tuple[int, int]:
     """LaCT: three fast-weight matrices per head (twice with momentum); the window's keys/values and the open
     chunk."""
@@ -214,6 +223,26 @@ FAMILIES: tuple[Family, ...] = (
         cpu_kernels=(("fla.layers.mamba2", "Mamba2.torch_forward", "mamba2_forward"),
                      ("fla.modules.norm.layernorm_gated", "RMSNormGated.forward", "rms_norm_gated_ref_forward")),
         tiny={**FLA_TINY, "num_heads": 8, "head_dim": 16, "state_size": 16, "expand": 2, "chunk_size": 16}),
+    Family(
+        name="kda", model_types=("kda",), config_class="fla.models:KDAConfig", state=FLA_CACHE,
+        state_sizes=_gated_delta_state,
+        cpu_kernels=tuple((module, op, op) for module in ("fla.layers.kda", "fla.ops.kda")
+                          for op in ("chunk_kda", "fused_recurrent_kda")),
+        tiny={**FLA_TINY, "head_dim": 32, "expand_v": 1}),
+    Family(
+        name="comba", model_types=("comba",), config_class="fla.models:CombaConfig", state=FLA_CACHE,
+        state_sizes=_gated_delta_state,
+        cpu_kernels=tuple((module, op, op) for module in ("fla.layers.comba", "fla.ops.comba")
+                          for op in ("chunk_comba", "fused_recurrent_comba")),
+        tiny={**FLA_TINY, "head_dim": 32, "expand_v": 1}),
+    Family(
+        name="gated_deltaproduct", model_types=("gated_deltaproduct",),
+        config_class="fla.models:GatedDeltaProductConfig", state=FLA_CACHE, state_sizes=_delta_product_state,
+        cpu_kernels=(("fla.layers.gated_deltaproduct", "chunk_gated_delta_product", "chunk_gated_delta_product"),
+                     ("fla.ops.gated_delta_product", "chunk_gated_delta_product", "chunk_gated_delta_product"),
+                     ("fla.layers.gated_deltaproduct", "fused_recurrent_gated_delta_rule",
+                      "fused_recurrent_gated_delta_rule")),
+        tiny={**FLA_TINY, "head_dim": 32, "expand_v": 1, "num_householder": 2, "use_forget_gate": True}),
     Family(
         name="hf_decoder", model_types=("llama", "qwen2", "mistral"),
         config_class="transformers:LlamaConfig", state=NO_BRANCHING, heads=(), state_keys=(),

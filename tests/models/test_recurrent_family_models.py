@@ -1,4 +1,4 @@
-"""Tiny models of the recurrent fla families whose ops have CPU stand-ins (GLA, HGRN2, RetNet, ...), built from
+"""Tiny models of the recurrent fla families whose ops have CPU stand-ins (GLA, HGRN2, RetNet, KDA, Comba, Gated DeltaProduct), built from
 the family table's tiny config: forward + backward on the stand-ins equals the same model with the layer's ops
 replaced by fla's own naive references (logits and every parameter gradient), and a full forward equals
 token-by-token cached decoding (the stand-ins' recurrent form, another code path than the chunk form)."""
@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fla.ops.comba.naive import naive_chunk_comba
+from fla.ops.gated_delta_product.naive import naive_recurrent_gated_delta_product
 from fla.ops.gla.naive import naive_recurrent_gla
+from fla.ops.kda.gate import naive_kda_gate
+from fla.ops.kda.naive import naive_recurrent_kda
 from fla.ops.simple_gla.naive import naive_recurrent_simple_gla
 from transformers import AutoModelForCausalLM
 
@@ -40,11 +44,48 @@ def _retention_gate(q):
 naive_retention = _value_first(lambda q, k, v, _, h0: naive_recurrent_simple_gla(
     q, k, v, _retention_gate(q), initial_state=h0, output_final_state=True))
 
+def _l2(x):
+    return x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + 1e-6)
+
+
+def naive_kda(q, k, v, g, beta, A_log=None, dt_bias=None, initial_state=None, output_final_state=False,
+              use_qk_l2norm_in_kernel=False, use_gate_in_kernel=False, use_beta_sigmoid_in_kernel=False,
+              allow_neg_eigval=False, state_v_first=False, cu_seqlens=None, **kwargs):
+    """The KDA layer's call (in-kernel gate and beta sigmoid, l2norm, value-first state) on fla's naive KDA."""
+    assert cu_seqlens is None and kwargs.get("lower_bound") is None
+    A_log, dt_bias = kwargs.get("A_log", A_log), kwargs.get("dt_bias", dt_bias)
+    g = naive_kda_gate(g, A_log, dt_bias) if use_gate_in_kernel else g
+    beta = beta.float().sigmoid() * (2 if allow_neg_eigval else 1) if use_beta_sigmoid_in_kernel else beta
+    q, k = (_l2(q), _l2(k)) if use_qk_l2norm_in_kernel else (q, k)
+    h0 = initial_state.transpose(-1, -2) if state_v_first and initial_state is not None else initial_state
+    o, S = naive_recurrent_kda(q, k, v, g, beta, initial_state=h0, output_final_state=True)
+    return o, ((S.transpose(-1, -2) if state_v_first else S) if output_final_state else None)
+
+
+def naive_comba(q, k, v, p, g, beta, initial_state=None, output_final_state=False, cu_seqlens=None,
+                use_qk_l2norm_in_kernel=False, **_):
+    assert cu_seqlens is None and use_qk_l2norm_in_kernel
+    o, S = naive_chunk_comba(_l2(q), _l2(k), v, _l2(p), g, beta, chunk_size=16, initial_state=initial_state,
+                             output_final_state=True)
+    return o, (S if output_final_state else None)
+
+
+def naive_delta_product(q, k, v, g, beta, num_householder, initial_state=None, output_final_state=False,
+                        cu_seqlens=None, use_qk_l2norm_in_kernel=False, **_):
+    assert cu_seqlens is None and use_qk_l2norm_in_kernel
+    o, S = naive_recurrent_gated_delta_product(_l2(q), _l2(k), v, g, beta, scale=q.shape[-1] ** -0.5,
+                                               initial_state=initial_state, num_householder=num_householder)
+    return o, (S if output_final_state else None)
+
+
 # (fla layer module, op names bound there, the naive reference standing in for them)
 NAIVE_OPS = {
     "gla": ("fla.layers.gla", ("chunk_gla", "fused_recurrent_gla"), naive_gla),
     "hgrn2": ("fla.layers.hgrn2", ("chunk_gla", "fused_recurrent_gla"), naive_gla),
     "retnet": ("fla.layers.multiscale_retention", ("chunk_retention", "fused_recurrent_retention"), naive_retention),
+    "kda": ("fla.layers.kda", ("chunk_kda", "fused_recurrent_kda"), naive_kda),
+    "comba": ("fla.layers.comba", ("chunk_comba", "fused_recurrent_comba"), naive_comba),
+    "gated_deltaproduct": ("fla.layers.gated_deltaproduct", ("chunk_gated_delta_product",), naive_delta_product),
 }
 
 
