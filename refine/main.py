@@ -80,7 +80,7 @@ def run_stop_reason(exc: BaseException) -> str | None:
 
 def stop_exit_status(exc: BaseException) -> int:
     """The exit status of a run that stopped: PREEMPTED_EXIT_STATUS after a signal (resume it), else 3."""
-    from refine.driver.preemption import Preempted
+    from refine.driver.preemption import Preempted  # as in run_stop_reason: only a run that stopped gets here
 
     return next((Preempted.exit_status for link in _exception_chain(exc) if type(link) is Preempted), 3)
 
@@ -103,7 +103,11 @@ def dead_worker_message(exc: BaseException, config) -> str:
     where = (f"the latest complete checkpoint is {run_dir / f'global_step_{steps[0]}'}" if steps
              else f"no complete checkpoint in {run_dir} yet")
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return (f"a worker process died ({first}); {where}. To resume, run the same command again with "
+    from refine.driver.lost_nodes import lost_nodes  # Ray: a multi-node run names the machine that went away
+
+    lost = lost_nodes()
+    nodes = f"; lost Ray node(s): {', '.join(lost)}" if lost else ""
+    return (f"a worker process died ({first}){nodes}; {where}. To resume, run the same command again with "
             "trainer.resume_mode=auto (the default) and the same trainer.default_local_dir")
 
 
