@@ -154,3 +154,24 @@ def test_the_readme_commands_marked_cpu_runnable_run(block):
         result = subprocess.run([sys.executable, *args[1:]], cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-2000:]
         assert result.stdout.strip(), command
+
+
+def test_the_family_table_is_the_only_place_that_names_a_model_family():
+    """No model-type string and no `isinstance` against a model, config or cache class in refine/ outside
+    refine/models/families.py (LaCT's own package aside): a family's facts live in its table entry."""
+    from refine.models.families import supported_model_types
+
+    types = set(supported_model_types())
+    class_name = re.compile(r"(?<!Dict)(?<!List)(Config|ForCausalLM|Model|Cache)$")  # (not omegaconf's)
+    offenders = []
+    for path in MODULES.values():
+        rel = str(path.relative_to(ROOT))
+        if rel in ("refine/models/families.py",) or rel.startswith("refine/models/lact/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in types:
+                offenders.append(f"{rel}:{node.lineno} {node.value!r}")
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance" and len(node.args) == 2:
+                named = [n.id if isinstance(n, ast.Name) else getattr(n, "attr", "") for n in ast.walk(node.args[1])]
+                offenders += [f"{rel}:{node.lineno} isinstance(..., {n})" for n in named if class_name.search(n)]
+    assert not offenders, offenders

@@ -30,6 +30,9 @@ import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+# the family of the embedded demo model (data/demo/model) and of the tests' default tiny model
+DEMO_FAMILY = "delta_net"
+
 FLA_CACHE, LACT_CACHE, KV_CACHE, NO_BRANCHING = "fla_cache", "lact_cache", "kv_cache", "none"
 
 # (fla module, attribute path in it, replacement in refine.models.cpu_kernels), fla 0.6.0. Layers bind ops by name

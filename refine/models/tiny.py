@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from refine.models.families import DEMO_FAMILY
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CORPUS_PATH = REPO_ROOT / "data" / "corpus" / "python_docs.parquet"
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>"]
@@ -53,7 +55,7 @@ def tiny_config(family: str, vocab_size: int = 512, **overrides):
     """The tiny CPU config of a family of `refine.models.families` (2 layers, 64 wide, this module's special ids)."""
     import importlib
 
-    from refine.models.families import family_named  # the table (fla configs import on demand)
+    from refine.models.families import family_named  # (the table; fla's configs import on demand)
 
     entry = family_named(family)
     if entry.tiny_builder:
@@ -63,10 +65,5 @@ def tiny_config(family: str, vocab_size: int = 512, **overrides):
 
 
 def tiny_deltanet_config(vocab_size: int = 512, **overrides):
-    """A 2-layer, 64-wide fla DeltaNet config that runs on CPU."""
-    return tiny_config("delta_net", vocab_size, **overrides)
-
-
-def tiny_gated_deltanet_config(vocab_size: int = 512, **overrides):
-    """A 2-layer, 64-wide fla GatedDeltaNet config (head dim 32) that runs on CPU."""
-    return tiny_config("gated_deltanet", vocab_size, **overrides)
+    """The tiny config of the embedded demo's family (`DEMO_FAMILY`: a 2-layer, 64-wide fla DeltaNet)."""
+    return tiny_config(DEMO_FAMILY, vocab_size, **overrides)

@@ -1,7 +1,7 @@
 """One inner step, side by side on the same model, documents and positions: (a) NTP only, (b) faithful ReFINE,
 (c) fast ReFINE (`refine.nsp_mode=fast`), at two document lengths.
 
-    .venv/bin/python scripts/bench/nsp_step.py [--models delta_net gated_deltanet lact] [--lengths 512 2048]
+    .venv/bin/python scripts/bench/nsp_step.py [--models <family> ...] [--lengths 512 2048]
         [--batch 2] [--chunks 8] [--k 5] [--repeats 3] [--threads 2] [--gradient-checkpointing]
 
 Runs the worker-side functions the trainer's RPCs run (`model_ops`, `fast_ops`), on one process with AdamW, so
@@ -15,7 +15,9 @@ shapes and dtypes of the RPC messages). The last lines are machine-readable:
 
     delta_net S=2048 faithful/ntp 9.13 fast/ntp 1.45
 
-LaCT runs with `lact_exact_padding=True` in every mode (the fast mode requires it; faithful and NTP use the same
+`--models` takes any family of the table (refine/models/families.py; default delta_net gated_deltanet lact); a
+family whose fast mode is refused runs NTP and faithful only ("fast/ntp refused"). LaCT runs with
+`lact_exact_padding=True` in every mode (the fast mode requires it; faithful and NTP use the same
 model so that the ratios compare like with like).
 """
 
@@ -42,25 +44,31 @@ from refine.worker.fast.step import run_fast_step
 PAD = 2
 
 
+# the tiny configs of the table, 128 wide with a 4096 vocabulary; per family what that width needs
+BENCH_SIZE = dict(vocab_size=4096, hidden_size=128)
+FAMILY_SIZE = {
+    "gated_deltanet": dict(head_dim=64),
+    "mamba2": dict(num_heads=16),  # heads = expand * hidden / head_dim
+    # exact padding: the fast mode needs it, and every mode runs the same model
+    "lact": dict(lact_chunk_size=256, window_size=256, lact_exact_padding=True),
+}
+
+
 def build(name: str):
     import refine.models  # noqa: F401
     from transformers import AutoModelForCausalLM
 
-    from refine.models.tiny import tiny_deltanet_config, tiny_gated_deltanet_config
+    from refine.models.tiny import tiny_config
 
-    size = dict(vocab_size=4096, hidden_size=128, num_hidden_layers=2, num_heads=2)
-    if name == "delta_net":
-        config = tiny_deltanet_config(**size)
-    elif name == "gated_deltanet":
-        config = tiny_gated_deltanet_config(**size, head_dim=64)
-    else:
-        from refine.models.lact import tiny_lact_config
-
-        # exact padding: the fast mode needs it, and every mode runs the same model
-        config = tiny_lact_config(vocab_size=4096, hidden_size=128, lact_chunk_size=256, window_size=256,
-                                  lact_exact_padding=True)
+    config = tiny_config(name, **BENCH_SIZE, **FAMILY_SIZE.get(name, {}))
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config).float()
+
+
+def fast_refusal(model) -> str | None:
+    from refine.models.families import config_view, family_of
+
+    return family_of(model.config).fast_mode_refusal(config_view(model.config))
 
 
 def track_live_memory_in_rss() -> None:
@@ -221,6 +229,8 @@ def measure(name, model, seq_len, args, *, memory: bool):
     mask = torch.ones_like(ids)
     start_state = copy.deepcopy(model.state_dict())
     modes = {"ntp": ntp_step, "faithful": faithful_step, "fast": fast_step}
+    if fast_refusal(model):  # a family whose fast mode is refused runs NTP and faithful only
+        del modes["fast"]
     results: dict = {}
     for _ in range(1 if memory else args.repeats):
         walls = {}
@@ -285,7 +295,10 @@ def boundary_bytes(seq_len=16384, chunks=8, hidden=2048, k=5) -> dict[str, float
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=["delta_net", "gated_deltanet", "lact"])
+    from refine.models.families import family_names
+
+    parser.add_argument("--models", nargs="+", default=["delta_net", "gated_deltanet", "lact"],
+                        choices=family_names(), help="families of refine/models/families.py")
     parser.add_argument("--lengths", nargs="+", type=int, default=[512, 2048])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--chunks", type=int, default=8)
@@ -320,7 +333,7 @@ def main(argv=None) -> None:
                 if mode != "ntp":
                     key = "generate" if mode == "faithful" else "gen"
                     decode[(name, mode, seq_len)] = res["phases"][key] / res["generated"]
-            fast = f"{median(results['fast']['ratios']):.2f}"
+            fast = f"{median(results['fast']['ratios']):.2f}" if "fast" in results else "refused"
             summary.append(f"{name} S={seq_len} faithful/ntp {median(results['faithful']['ratios']):.2f} "
                            f"fast/ntp {fast}")
     lo, hi = min(args.lengths), max(args.lengths)

@@ -18,11 +18,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def test_importing_refine_models_registers_fla_models_with_attention_head_names():
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from refine.models.tiny import tiny_gated_deltanet_config
+    from refine.models.tiny import tiny_config
 
     fla_models.name_attention_heads()  # idempotent
     assert AutoConfig.for_model("delta_net").model_type == "delta_net"
-    config = tiny_gated_deltanet_config(num_heads=4)
+    config = tiny_config("gated_deltanet", num_heads=4)
     assert (config.num_attention_heads, config.num_key_value_heads) == (4, 4)  # verl reads these names
     model = AutoModelForCausalLM.from_config(config)
     assert type(model).__name__ == "GatedDeltaNetForCausalLM"

@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 import refine.models  # noqa: F401
-from refine.models.tiny import tiny_deltanet_config, tiny_gated_deltanet_config
+from refine.models.tiny import tiny_config, tiny_deltanet_config
 
 EOS = 2
 TOL = 1e-4  # logits after two fp32 blocks; the kernels themselves are checked at 1e-5
-CONFIGS = {"delta_net": tiny_deltanet_config, "gated_deltanet": tiny_gated_deltanet_config}
+CONFIGS = {"delta_net": tiny_deltanet_config, "gated_deltanet": lambda **kw: tiny_config("gated_deltanet", **kw)}
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
