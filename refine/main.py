@@ -48,7 +48,8 @@ def run(config, *, prepared: bool = False) -> None:
 
     # SIGUSR1 / SIGTERM (preemption, time limit): finish the step, checkpoint, exit PREEMPTED_EXIT_STATUS.
     # verl prints Ray's whole start-up environment (every variable) before starting it: REFINE_VERBOSE=1 shows it
-    with stop_on_signals(Path(str(config.trainer.default_local_dir))), dropped_lines("ray init kwargs:"):
+    with stop_on_signals(Path(str(config.trainer.default_local_dir)), ignore_after=True), \
+            dropped_lines("ray init kwargs:"):
         run_ppo(config, task_runner_class=RefineTaskRunner)
 
 

@@ -82,11 +82,13 @@ class SignalStop:
 
 
 @contextmanager
-def stop_on_signals(run_dir: Path):
+def stop_on_signals(run_dir: Path, *, ignore_after: bool = False):
     """Inside: SIGUSR1 and SIGTERM request a stop after the current step (main thread only).
 
     `ray.init` installs its own SIGTERM handler (exit at once, no checkpoint); the handler is put back right after
-    it, whoever calls it (verl's `run_ppo` does). A stale request of an earlier run is cleared first.
+    it, whoever calls it (verl's `run_ppo` does). A stale request of an earlier run is cleared first. Afterwards the
+    previous handlers come back, or with `ignore_after` (a process about to exit: the driver) both signals are
+    ignored, so that one arriving while Ray shuts down cannot end the process before Ray's clean-up and its status.
     """
     import ray  # the driver starts Ray inside: only a run that is about to start needs it
 
@@ -107,5 +109,5 @@ def stop_on_signals(run_dir: Path):
     finally:
         ray.init = ray_init
         for sig, action in previous.items():
-            signal.signal(sig, action)
+            signal.signal(sig, signal.SIG_IGN if ignore_after else action)
         clear_stop_request(run_dir)

@@ -43,6 +43,20 @@ def test_the_first_signal_requests_the_stop_and_later_ones_are_ignored(tmp_path,
                          for name in ("SIGTERM", "SIGUSR1")]
 
 
+def test_the_driver_ignores_both_signals_once_the_run_is_over(tmp_path):
+    """ignore_after (the entry point): a signal while Ray shuts down must not end the process before its status."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGTERM)}
+    try:
+        with stop_on_signals(tmp_path, ignore_after=True):
+            pass
+        assert signal.getsignal(signal.SIGUSR1) == signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGTERM)  # ignored: this process goes on
+        assert stop_reason(tmp_path) is None
+    finally:
+        for sig, action in before.items():
+            signal.signal(sig, action)
+
+
 def test_the_handler_is_put_back_after_ray_init_replaces_it(tmp_path, monkeypatch):
     """ray.init installs a SIGTERM handler that exits at once (ray/_private/worker.py); a stand-in does the same."""
     import ray
