@@ -29,6 +29,15 @@ from refine.models.cpu_kernels.retention import (
     parallel_retention,
 )
 from refine.models.cpu_kernels.rotary import rotary_embedding
+from refine.models.cpu_kernels.rwkv7 import (
+    chunk_rwkv7,
+    fused_addcmul_rwkv7,
+    fused_k_rwkv7,
+    fused_mul_recurrent_rwkv7,
+    fused_recurrent_rwkv7,
+    gate_output_correction,
+    token_shift,
+)
 from refine.models.cpu_kernels.short_conv import causal_conv1d, short_conv_forward, short_conv_step
 from refine.models.cpu_kernels.simple_gla import chunk_simple_gla, fused_recurrent_simple_gla
 
@@ -43,17 +52,23 @@ __all__ = [
     "chunk_gla",
     "chunk_kda",
     "chunk_retention",
+    "chunk_rwkv7",
     "chunk_simple_gla",
     "flash_attn_func",
     "flash_attn_varlen_func",
+    "fused_addcmul_rwkv7",
     "fused_chunk_retention",
+    "fused_k_rwkv7",
+    "fused_mul_recurrent_rwkv7",
     "fused_recurrent_comba",
     "fused_recurrent_delta_rule",
     "fused_recurrent_gated_delta_rule",
     "fused_recurrent_gla",
     "fused_recurrent_kda",
     "fused_recurrent_retention",
+    "fused_recurrent_rwkv7",
     "fused_recurrent_simple_gla",
+    "gate_output_correction",
     "gdn_gate",
     "l2norm",
     "l2norm_forward",
@@ -73,4 +88,5 @@ __all__ = [
     "swiglu_linear",
     "swish_bwd",
     "swish_fwd",
+    "token_shift",
 ]
