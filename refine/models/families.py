@@ -51,6 +51,7 @@ FLA_SHARED_KERNELS: tuple[tuple[str, str, str], ...] = (
 FLA_ATTENTION_KERNELS: tuple[tuple[str, str, str], ...] = (
     ("fla.layers.attn", "flash_attn_func", "flash_attn_func"),
     ("fla.layers.attn", "flash_attn_varlen_func", "flash_attn_varlen_func"),
+    ("fla.modules.rotary.ops", "rotary_embedding", "rotary_embedding"),
 )
 
 # fla's Triton `swish` / `sigmoid` (GLA's output gate via ACT2FN, HGRN2's queries) call these two halves at run
@@ -64,6 +65,12 @@ def gla_kernels(layer_module: str) -> tuple[tuple[str, str, str], ...]:
     return tuple((module, op, op) for module in (layer_module, "fla.ops.gla")
                  for op in ("chunk_gla", "fused_recurrent_gla"))
 
+
+# fla extensions installed on every device: (fla module, attribute, "module:function" replacing it). fla's
+# attention layer unpads only a prefill or one decoding token; a fast-NSP branch continues a masked cache over k + 1
+FLA_EXTENSIONS: tuple[tuple[str, str, str], ...] = (
+    ("fla.layers.attn", "unpad_input", "refine.models.attention_continuation:unpad_input"),
+)
 
 # every tiny fla config: unfused norms / CE (fla's fused ones are Triton-only), untied embeddings
 FLA_TINY = dict(hidden_size=64, num_hidden_layers=2, num_heads=2, fuse_norm=False, fuse_swiglu=False,
@@ -129,13 +136,6 @@ def _lact_state(config, block) -> tuple[int, int]:
             2 * config.hidden_size * (int(config.window_size) + int(config.lact_chunk_size)))
 
 
-def _hybrid_refusal(config: Mapping) -> str | None:
-    if config.get("attn"):
-        return ("its `attn` layers keep a softmax-attention KV cache, which the fast mode does not branch yet "
-                "(the faithful mode runs hybrid configs)")
-    return None
-
-
 def _lact_refusal(config: Mapping) -> str | None:
     if config.get("lact_exact_padding"):
         return None
@@ -165,8 +165,9 @@ class Family:
     state_sizes: Callable = _no_state
     heads: tuple[str, ...] = ("num_heads",)
     cpu_kernels: tuple[tuple[str, str, str], ...] = ()
-    state_keys: tuple[str, ...] = ("recurrent_state", "conv_state")
-    fast_refusal: Callable[[Mapping], str | None] | None = _hybrid_refusal
+    # fla: `attn_state` is the softmax-attention KV cache of hybrid configs' `attn` layers (None elsewhere)
+    state_keys: tuple[str, ...] = ("recurrent_state", "conv_state", "attn_state")
+    fast_refusal: Callable[[Mapping], str | None] | None = None
     tiny: Mapping = field(default_factory=dict)
     tiny_builder: str | None = None
 

@@ -19,7 +19,7 @@ import importlib
 import os
 
 from refine.models.cpu_kernels import interpret
-from refine.models.families import FAMILIES, all_cpu_kernels
+from refine.models.families import FAMILIES, FLA_EXTENSIONS, all_cpu_kernels
 from refine.stack import installed_version, pinned
 
 FLA_VERSION = pinned("flash-linear-attention")[0]
@@ -146,6 +146,14 @@ def name_attention_heads() -> None:
             _add_attention_head_names(family.config_cls(), family.heads)
 
 
+def extend_fla() -> None:
+    """Install `FLA_EXTENSIONS` (what the fast NSP mode needs of fla on every device; idempotent)."""
+    for module_name, attribute_path, replacement in FLA_EXTENSIONS:
+        owner, name = _owner_and_name(module_name, attribute_path)
+        module, _, function = replacement.partition(":")
+        setattr(owner, name, getattr(importlib.import_module(module), function))
+
+
 def kernel_mode() -> str:
     """Which fla ops this process runs: "interpret", "standin" (the CPU stand-ins) or "triton" (fla's compiled
     kernels)."""
@@ -160,6 +168,7 @@ _require_triton()
 if interpret.interpret_requested():
     interpret.enable_interpreter()
 name_attention_heads()
+extend_fla()
 if cpu_kernels_wanted():
     install_cpu_kernels()
 if interpret.interpreter_enabled():

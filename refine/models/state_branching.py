@@ -8,6 +8,9 @@ document can start from the cache taken after the document's tokens [0, r) inste
 - `branch_cache(module, snapshots)` stacks several snapshots along the batch dimension into a fresh cache whose
   tensors are new (torch.cat), so decoding into it never touches a snapshot (fla's single-token convolution step
   updates its cache in place) while gradients still flow back into every snapshot.
+- Hybrid fla configs (softmax-attention layers, the `attn` config key) also branch their keys/values: the state at
+  r - 1 is the cached keys and values of doc[:r-1], left-padded to the longest row and masked (`branch_mask`);
+  gradients flow into the cached keys and values.
 
 Which cache a model keeps, which of its entries make up the state (`Family.state_keys`) and whether the family can
 branch at all is the family table's (`refine.models.families`); LaCT's cache has its own functions
@@ -17,8 +20,10 @@ branch at all is the family table's (`refine.models.families`); LaCT's cache has
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from refine.models.families import FLA_CACHE, LACT_CACHE, config_view, family_for, family_of
 
@@ -45,9 +50,35 @@ def _family(module):
     return family
 
 
-def snapshot(module, cache, *, detach_clone: bool = False):
-    """Per-layer states (the family's `state_keys`) of `module`'s cache after a forward with `use_cache=True` (a
-    LaCT cache: `refine.models.lact.branching.LaCTSnapshot`).
+@dataclass
+class FlaSnapshot:
+    """An fla cache's per-layer states (the family's `state_keys`) at one point of a forward, and, when a layer keeps
+    softmax-attention keys/values (hybrid configs), which cached columns hold real tokens ([B, T], 1 = real)."""
+
+    layers: list[dict]
+    valid: torch.Tensor | None = None
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __getitem__(self, layer):
+        return self.layers[layer]
+
+
+def attends_to_cache(module) -> bool:
+    """Whether some layer keeps a softmax-attention KV cache (fla's `attn` config key): its later segments and
+    branches then need the attention mask of everything cached, so that left pads stay masked and the rotary
+    positions continue the document's."""
+    return bool(getattr(module.config, "attn", None))
+
+
+def snapshot(module, cache, *, detach_clone: bool = False, valid: torch.Tensor | None = None):
+    """Per-layer states (the family's `state_keys`) of `module`'s cache after a forward with `use_cache=True`: an
+    `FlaSnapshot` (a LaCT cache: `refine.models.lact.branching.LaCTSnapshot`). `valid` [B, T]: the attention mask
+    of the tokens read so far (kept when a layer caches keys/values; None: all real).
 
     `detach_clone=True` copies the tensors (no-grad passes, where a later single-token step could update a shared
     convolution cache in place); otherwise the snapshot references the live, differentiable tensors.
@@ -66,7 +97,12 @@ def snapshot(module, cache, *, detach_clone: bool = False):
                 value = _map(value, lambda t: t.detach().clone())
             entry[key] = value
         states.append(entry)
-    return states
+    kv = next((e["attn_state"] for e in states if e.get("attn_state") is not None), None)
+    if kv is None:
+        return FlaSnapshot(states)
+    if valid is None:
+        valid = torch.ones(kv[0].shape[:2], dtype=torch.long, device=kv[0].device)
+    return FlaSnapshot(states, valid.to(kv[0].device).long())
 
 
 def _map(value, fn):
@@ -79,15 +115,28 @@ def _map(value, fn):
     raise TypeError(f"unexpected cache state of type {type(value).__name__}")
 
 
-def _stack(values: Sequence):
+def _stack(values: Sequence, *, left_pad: bool = False):
+    """Concatenate along the batch; `left_pad`: [B, T, ...] tensors of different T are left-padded with zeros to
+    the longest (attention keys/values, masked by `branch_mask`)."""
     first = values[0]
     if first is None:
         if any(v is not None for v in values):
             raise ValueError("snapshots disagree on which states exist")
         return None
     if isinstance(first, torch.Tensor):
+        if left_pad:
+            longest = max(v.shape[1] for v in values)
+            values = [F.pad(v, (0, 0) * (v.dim() - 2) + (longest - v.shape[1], 0)) for v in values]
         return torch.cat(list(values), dim=0)
-    return type(first)(_stack([v[i] for v in values]) for i in range(len(first)))
+    return type(first)(_stack([v[i] for v in values], left_pad=left_pad) for i in range(len(first)))
+
+
+def branch_mask(snapshots: Sequence) -> torch.Tensor | None:
+    """[N, L] attention mask of the cache `branch_cache` builds from `snapshots` (None: no layer caches keys and
+    values): each row's real cached columns, left-padded with zeros to the longest."""
+    if not isinstance(snapshots[0], FlaSnapshot) or snapshots[0].valid is None:
+        return None
+    return _stack([s.valid for s in snapshots], left_pad=True)
 
 
 def branch_cache(module, snapshots: Sequence, seen_tokens: int = 0):
@@ -106,6 +155,7 @@ def branch_cache(module, snapshots: Sequence, seen_tokens: int = 0):
         raise ValueError("snapshots have different numbers of layers")
     cache = Cache(seen_tokens=seen_tokens)
     for layer in range(n_layers):
-        stacked = {key: _stack([s[layer][key] for s in snapshots]) for key in family.state_keys}
+        stacked = {key: _stack([s[layer][key] for s in snapshots], left_pad=key == "attn_state")
+                   for key in family.state_keys}
         cache.update(**stacked, layer_idx=layer, offset=0)
     return cache

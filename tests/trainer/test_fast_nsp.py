@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from refine.models.families import FAMILIES, LACT_CACHE, config_view, family_of
+from refine.models.families import FAMILIES, LACT_CACHE, config_view, family_named, family_of
 from refine.nsp.prefixes import build_rollout_batch, gather_target_hidden
 from refine.nsp.rewards import all_sequence_rewards
 from refine.nsp.update_plan import normalized_ppo_mini_batch_rows, plan_combined_update
@@ -27,18 +27,24 @@ POSITIONS = torch.tensor([[50, 51, 140], [20, 20, 97]])
 C = POSITIONS.shape[1]
 
 
-# fast equals faithful for LaCT only with exact padding (spec Q7/Q18)
-FAST_OVERRIDES = {"lact": {"lact_exact_padding": True}}
+# case -> (family, tiny-config overrides): fast equals faithful for LaCT only with exact padding (spec Q7/Q18); a
+# hybrid fla config (softmax attention in layer 1) branches its keys/values too
+CASES = {f.name: (f.name, {}) for f in FAMILIES} | {
+    "lact": ("lact", {"lact_exact_padding": True}),
+    "delta_net+attn": ("delta_net", {"attn": {"layers": [1], "num_heads": 2}}),
+}
 
 
-def tiny_fast_config(name: str):
+def tiny_fast_config(case: str):
     from refine.models.tiny import tiny_config
 
-    return tiny_config(name, **FAST_OVERRIDES.get(name, {}))
+    family, overrides = CASES[case]
+    return tiny_config(family, **overrides)
 
 
-# every family whose tiny config the fast mode accepts (the others are refused before Ray: test_families.py)
-FAST_FAMILIES = [f.name for f in FAMILIES if f.fast_mode_refusal(config_view(tiny_fast_config(f.name))) is None]
+# every case whose tiny config the fast mode accepts (the others are refused before Ray: test_families.py)
+FAST_FAMILIES = [case for case, (family, _) in CASES.items()
+                 if family_named(family).fast_mode_refusal(config_view(tiny_fast_config(case))) is None]
 
 
 def build_model(kind: str):
@@ -161,8 +167,8 @@ def test_loss_and_every_gradient_equal_faithful(case, ttt_n, micro, mask_pads, c
 
 
 def test_branch_state_equals_the_prefix_run_alone(case):
-    """Every layer's delta-rule state and short-convolution caches (LaCT: fast weights, open chunk, window) at r - 1
-    equal those of the (re-left-padded) prefix run by itself."""
+    """Every layer's state at r - 1 (recurrent state, short-convolution caches, a hybrid's cached keys/values of the
+    real tokens; LaCT: fast weights, open chunk, window) equals that of the (re-left-padded) prefix run by itself."""
     model, ids, mask = case
     rollout = build_rollout_batch(ids, mask, POSITIONS - 1, response_length=K, pad_token_id=PAD)
     with torch.no_grad():
@@ -175,9 +181,13 @@ def test_branch_state_equals_the_prefix_run_alone(case):
                 if family_of(model.config).state == LACT_CACHE:
                     assert_lact_states_equal(snaps[r - 1], alone, (b, r))
                     continue
+                real_mine = snaps[r - 1].valid[0].bool() if snaps[r - 1].valid is not None else None
+                real_alone = rollout.attention_mask[row].bool()
                 for layer, (mine, ref) in enumerate(zip(snaps[r - 1], alone)):
                     for key, value in mine.items():  # the family's state_keys
                         pairs = list(zip(tensors_of(value), tensors_of(ref[key])))
+                        if key == "attn_state" and value is not None:  # the real tokens' keys / values
+                            pairs = [(m[:, real_mine], a[:, real_alone]) for m, a in pairs]
                         assert pairs or value is None, (b, r, layer, key)
                         for mine_t, ref_t in pairs:
                             assert (mine_t - ref_t).abs().max() <= 1e-5, (b, r, layer, key)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from refine.models.last_hidden import capture_last_hidden
-from refine.models.state_branching import branch_cache, snapshot
+from refine.models.state_branching import attends_to_cache, branch_cache, branch_mask, snapshot
 from refine.nsp.logprobs import response_log_probs
 from refine.nsp.losses import IGNORE_INDEX, ntp_labels
 from refine.nsp.prefixes import expand_targets, gather_target_ids
@@ -92,13 +92,22 @@ def shifted_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, *, mas
     return shifted
 
 
-def _checkpointed_segment(module, ids, mask, state, labels):
+def _checkpointed_segment(module, ids, mask, state, labels, valid):
     """(summed CE, state after) of one segment continuing from `state` (None: the document's start), on a cache
     rebuilt from `state` so that a recomputation in the backward starts from the same state."""
     out = module(input_ids=ids, attention_mask=mask, use_cache=True,
                  past_key_values=None if state is None else branch_cache(module, [state]))
     part = F.cross_entropy(out.logits[0].float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    return part, snapshot(module, out.past_key_values)
+    return part, snapshot(module, out.past_key_values, valid=valid)
+
+
+def _segment_mask(attention_mask, start: int, stop: int, *, padded: bool, attends: bool):
+    """The attention mask a segment's forward gets: none without left pads; the first segment's own; with a cached
+    softmax attention every segment's mask covers all tokens read so far (the pads stay masked in the cache and the
+    rotary positions continue the document's)."""
+    if not padded or not (start == 0 or attends):
+        return None
+    return attention_mask[0 if attends else start:stop].unsqueeze(0)
 
 
 def run_document(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: Sequence[int], *,
@@ -120,13 +129,15 @@ def run_document(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     bounds = segment_bounds(positions) + ([seq_len] if shift_labels is not None else [])
     grad = torch.is_grad_enabled()
     padded = bool((attention_mask[: bounds[1]] == 0).any())  # left pads can only be in the first segment
+    attends = attends_to_cache(module)
     snapshots, loss_sum, cache = {}, None, None
     if checkpoint and grad and shift_labels is not None:
         state = None
         for start, stop in zip(bounds[:-1], bounds[1:]):
-            mask = attention_mask[start:stop].unsqueeze(0) if padded and start == 0 else None
+            mask = _segment_mask(attention_mask, start, stop, padded=padded, attends=attends)
             part, state = activation_checkpoint(_checkpointed_segment, module, input_ids[start:stop].unsqueeze(0),
-                                                mask, state, shift_labels[start:stop], use_reentrant=False)
+                                                mask, state, shift_labels[start:stop],
+                                                attention_mask[:stop].unsqueeze(0), use_reentrant=False)
             loss_sum = part if loss_sum is None else loss_sum + part
             if stop in cuts:
                 snapshots[stop] = state
@@ -137,7 +148,7 @@ def run_document(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
         with torch.enable_grad() if stop - start == 1 else contextlib.nullcontext():
             out = module(
                 input_ids=input_ids[start:stop].unsqueeze(0),
-                attention_mask=attention_mask[start:stop].unsqueeze(0) if padded and start == 0 else None,
+                attention_mask=_segment_mask(attention_mask, start, stop, padded=padded, attends=attends),
                 past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=0 if shift_labels is not None else 1,
@@ -148,7 +159,7 @@ def run_document(module, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
                                    reduction="sum")
             loss_sum = part if loss_sum is None else loss_sum + part
         if stop in cuts:
-            snapshots[stop] = snapshot(module, cache, detach_clone=not grad)
+            snapshots[stop] = snapshot(module, cache, detach_clone=not grad, valid=attention_mask[:stop].unsqueeze(0))
     return snapshots, loss_sum
 
 
@@ -157,13 +168,22 @@ def row_snapshots(snapshots: dict[int, list[dict]], positions: Sequence[int], tt
     return [snapshots[int(r) - 1] for r in positions for _ in range(ttt_n)]
 
 
+def _branch_mask(snaps, new_tokens: int) -> torch.Tensor | None:
+    """[N, L + new_tokens] mask of a branch over a cache with softmax-attention keys/values (None without)."""
+    cached = branch_mask(snaps)
+    if cached is None:
+        return None
+    return torch.cat([cached, cached.new_ones(cached.shape[0], new_tokens)], dim=1)
+
+
 def branch_forward(module, snaps: list[list[dict]], first_tokens: torch.Tensor, responses: torch.Tensor, *,
                    temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-probs [N, k] of `responses` at `temperature`, final-norm hidden states [N, k, H] at the response
     tokens) for N rows continuing from `snaps` over (first_tokens = doc[r - 1], y_1..y_k)."""
     ids = torch.cat([first_tokens.unsqueeze(1), responses], dim=1)
     with capture_last_hidden(module) as last_hidden:
-        out = module(input_ids=ids, past_key_values=branch_cache(module, snaps), use_cache=True)
+        out = module(input_ids=ids, past_key_values=branch_cache(module, snaps), use_cache=True,
+                     attention_mask=_branch_mask(snaps, ids.shape[1]))
     log_probs = response_log_probs(out.logits, responses, temperature=temperature)
     return log_probs, last_hidden[0][:, 1:]
 
@@ -173,8 +193,9 @@ def decode_branches(module, snaps: list[list[dict]], first_tokens: torch.Tensor,
                     processors, generator: torch.Generator | None) -> torch.Tensor:
     """Exactly k sampled tokens [N, k] per row, decoding from the snapshots one token at a time."""
     cache, token, tokens = branch_cache(module, snaps), first_tokens, []
-    for _ in range(response_length):
-        out = module(input_ids=token.unsqueeze(1), past_key_values=cache, use_cache=True, logits_to_keep=1)
+    for step in range(response_length):
+        out = module(input_ids=token.unsqueeze(1), past_key_values=cache, use_cache=True, logits_to_keep=1,
+                     attention_mask=_branch_mask(snaps, step + 1))
         cache = out.past_key_values
         token = sample_next(out.logits[:, -1], processors, generator)
         tokens.append(token)
