@@ -10,6 +10,7 @@ plus the `refine:` group); `--config runs/<name>/resolved_config.yaml` reruns a 
 
 from __future__ import annotations
 
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -87,12 +88,16 @@ def stop_exit_status(exc: BaseException) -> int:
 
 
 def worker_died(exc: BaseException) -> bool:
-    """Whether `exc` (or what it wraps) is Ray's report of a dead worker process (killed, out of memory, ...)."""
+    """Whether `exc` (or what it wraps) is Ray's report of a dead worker process (killed, out of memory, ...), or the
+    run's Ray cluster lost a node (then a surviving worker's error, such as a closed gloo connection, may come
+    first)."""
     # Ray: only a run that failed gets here
     from ray.exceptions import ActorDiedError, ActorUnavailableError, WorkerCrashedError
 
+    from refine.driver.lost_nodes import lost_nodes  # after a node loss the first error may be a peer's (gloo)
+
     return any(isinstance(link, (ActorDiedError, ActorUnavailableError, WorkerCrashedError))
-               for link in _exception_chain(exc))
+               for link in _exception_chain(exc)) or bool(lost_nodes())
 
 
 def dead_worker_message(exc: BaseException, config) -> str:
@@ -103,7 +108,8 @@ def dead_worker_message(exc: BaseException, config) -> str:
     steps = complete_steps(run_dir)
     where = (f"the latest complete checkpoint is {run_dir / f'global_step_{steps[0]}'}" if steps
              else f"no complete checkpoint in {run_dir} yet")
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()  # Ray colours the actor's name
+    first = text.splitlines()[0] if text else type(exc).__name__
     from refine.driver.lost_nodes import lost_nodes  # Ray: a multi-node run names the machine that went away
 
     lost = lost_nodes()
