@@ -1,6 +1,7 @@
 """`python -m refine.export <checkpoint> <out> [--dtype keep|bf16|fp32]`: a trainer checkpoint as an HF model folder.
 
-The checkpoint is a step folder the trainer wrote (`<run>/global_step_N/actor`, or `global_step_N` itself): verl's
+The checkpoint is a step folder the trainer wrote (`<run>/global_step_N/actor`, or `global_step_N` itself; the run
+folder itself stands for its newest complete step; the closing line then names the next phase's command): verl's
 FSDP shards `model_world_size_W_rank_R.pt` plus `fsdp_config.json` and the `huggingface/` folder (config and
 tokenizer). The output folder holds `config.json`, `model.safetensors` and the tokenizer files, loads with
 `AutoModelForCausalLM.from_pretrained(out)` after `import refine.models`, and is what the next phase takes as
@@ -54,9 +55,16 @@ def find_actor_dir(checkpoint: str | Path) -> Path:
     actor = path / "actor" if (path / "actor").is_dir() else path
     if not (actor / "fsdp_config.json").is_file():
         steps = sorted(int(m.group(1)) for p in path.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir())
-        if steps:
-            _fail(path, "is a run folder, not a checkpoint step folder",
-                  f"pass one of its steps, e.g. {path / f'global_step_{steps[-1]}' / 'actor'}")
+        if steps:  # a run folder: its newest complete checkpoint (what a resume would load)
+            from refine.driver.checkpoints import complete_steps  # torch: only a run folder needs the check
+
+            complete = complete_steps(path)
+            if not complete:
+                _fail(path, f"is a run folder with no complete checkpoint (steps {steps} are incomplete)",
+                      "export a complete step folder, or resume the run until it saves one")
+            print(f"refine.export: {path} is a run folder: exporting its newest complete checkpoint, "
+                  f"step {complete[0]}", flush=True)
+            return find_actor_dir(path / f"global_step_{complete[0]}")
         _fail(actor, "is not a checkpoint step folder (no fsdp_config.json)", f"expected {ACTOR_LAYOUT}")
     world_size = json.loads((actor / "fsdp_config.json").read_text()).get("world_size")
     missing = [f"model_world_size_{world_size}_rank_{r}.pt" for r in range(int(world_size or 0))
@@ -223,7 +231,8 @@ def _write(actor: Path, out: Path, dtype: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m refine.export", description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="checkpoint step folder: <run>/global_step_N/actor or <run>/global_step_N")
+    parser.add_argument("checkpoint", help="checkpoint step folder: <run>/global_step_N/actor or <run>/global_step_N, "
+                                           "or the run folder <run> (its newest complete checkpoint)")
     parser.add_argument("out", help="output folder (new or empty)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="keep",
                         help="keep (default): the dtype of the checkpoint's weights; bf16 / fp32: cast to it")
@@ -233,6 +242,22 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:  # ExportError, or the trainer's ModelCheckError on the written folder
         print(f"refine.export: {exc}", file=sys.stderr)
         sys.exit(2)
+    following = _next_command(Path(args.checkpoint), args.out)
+    if following:
+        print(f"refine.export: next: {following}", flush=True)
+
+
+def _next_command(checkpoint: Path, out: str) -> str | None:
+    """The next phase's demo command on the export, when the checkpoint's run recorded its config."""
+    from refine.runs.phase import next_phase_command, phase_of
+
+    for folder in (checkpoint, *checkpoint.resolve().parents[:2]):  # <run>, <run>/global_step_N[/actor]
+        record = folder / "resolved_config.yaml"
+        if record.is_file():
+            import yaml  # PyYAML (omegaconf's dependency): only a recorded run is read
+
+            return next_phase_command(phase_of(yaml.safe_load(record.read_text()) or {}), out)
+    return None
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ plus the `refine:` group); `--config runs/<name>/resolved_config.yaml` reruns a 
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import warnings
@@ -45,8 +46,10 @@ def run(config, *, prepared: bool = False) -> None:
 
     from refine.driver.preemption import stop_on_signals
     from refine.driver.task_runner import RefineTaskRunner
-    from refine.verbosity import dropped_lines
+    from refine.verbosity import dropped_lines, verbose
 
+    if not verbose():  # verl's INFO logs ("Saved model config ..." at every checkpoint), in every Ray process
+        os.environ.setdefault("VERL_LOGGING_LEVEL", "WARN")
     # SIGUSR1 / SIGTERM (preemption, time limit): finish the step, checkpoint, exit PREEMPTED_EXIT_STATUS.
     # verl prints Ray's whole start-up environment (every variable) before starting it: REFINE_VERBOSE=1 shows it
     with stop_on_signals(Path(str(config.trainer.default_local_dir)), ignore_after=True), \

@@ -19,28 +19,7 @@ def test_no_arguments_selects_the_embedded_default(monkeypatch):
     assert entry.DEMO_PRESET in seen["argv"]
 
 
-@pytest.mark.slow
-def test_main_runs_the_embedded_default_end_to_end(tmp_path):
-    """The README run command on the embedded default, shortened to one step so the suite stays fast."""
-    result = subprocess.run(
-        [sys.executable, "-m", "refine.main", "+preset=embedded_demo", "trainer.total_training_steps=1",
-         "trainer.test_freq=1", "data.max_prompt_length=64", f"trainer.default_local_dir={tmp_path}"],
-        capture_output=True, text=True, timeout=400,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = result.stdout + result.stderr
-    import re
-
-    assert re.search(rf"metrics:\s+{tmp_path}/metrics.jsonl", out) and re.search(rf"plot:\s+{tmp_path}/metrics.png", out)
-    assert re.search(rf"config:\s+{tmp_path}/resolved_config.yaml", out)
-    assert "tensorboard:" not in out  # the demo logs no tensorboard: the summary names only files that exist
-    # no traceback, and none of the import-time warnings a user cannot act on (verl's engines, fla on CPU, ...)
-    noisy = [line for line in out.splitlines() if re.search(r"\w*Warning: ", line) or "Traceback" in line]
-    assert not noisy, noisy[:5]
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [0, 1]
-    assert "val_loss" in records[0]["data"] and "reward/cs_reward_mean" in records[1]["data"]
-    assert (tmp_path / "metrics.png").stat().st_size > 1000
+# The embedded default end to end (`make demo`'s command, its console, record and files): tests/demo/test_demo_run.py
 
 
 def test_device_auto_resolves_and_explicit_cuda_on_a_cpu_host_is_one_clear_error():

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# ReFINE mid-training (spec §1.1): on each batch of long documents, the inner loop = NTP on the whole document +
+# ReFINE mid-training: on each batch of long documents, the inner loop = NTP on the whole document +
 # NSP-GRPO on entropy-selected 5-token continuations with a cosine-similarity reward. Validation: val_loss and
-# val_em_score (val_get_loss). Official hyper-parameters (spec §3); official override names, mapped onto refine.*.
+# val_em_score (val_get_loss). Official hyper-parameters; official override names, mapped onto refine.*.
 #
 #   MODEL_PATH=/models/lact-760m TRAIN_FILES=/data/slimpajama_16k_train.parquet \
 #   VAL_FILES=/data/slimpajama_val.parquet bash verl/examples/refine_trainer/demo/run_midtrain_demo.sh [overrides]
@@ -27,7 +27,8 @@ LOGGER=${LOGGER:-console}                                # e.g. '["console","wan
 SMOKE=${SMOKE:-0}
 ############################################################
 
-DEMO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+DEMO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
+source "$DEMO_DIR/caller_paths.sh"   # relative paths are taken from where the script is run
 REPO_ROOT="$(cd "$DEMO_DIR/../../../.." && pwd)"
 cd "$REPO_ROOT"
 if [[ -z "${PYTHON:-}" ]]; then
@@ -58,8 +59,8 @@ for name in MODEL_PATH TRAIN_FILES VAL_FILES; do
     fi
 done
 
-# Official values (spec §3, mid column). Batch 128 documents on 8 GPUs = 16 per GPU; ttt mini-batch 32 sequences
-# = 4 optimiser steps per global step (spec §2.C table).
+# Official values (mid-training). Batch 128 documents on 8 GPUs = 16 per GPU; ttt mini-batch 32 sequences
+# = 4 optimiser steps per global step.
 OFFICIAL_ARGS=(
     algorithm.adv_estimator=grpo
     +algorithm.ttt_sft_update=True

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# ReFINE post-training, nested (spec §1.2): per global step the inner loop (NTP + NSP-GRPO with the hybrid reward)
+# ReFINE post-training, nested: per global step the inner loop (NTP + NSP-GRPO with the hybrid reward)
 # on the RULER QA prompts, then the outer loop = one task-SFT step on the first gold answer. Same weights, optimiser
-# and scheduler for both (spec Q2). Validation every 24 steps: greedy answers of up to 32 tokens scored by the
-# RULER scorer (chosen by data_source) -> val_reward. Official hyper-parameters (spec §3); official override names.
+# and scheduler for both. Validation every 24 steps: greedy answers of up to 32 tokens scored by the
+# RULER scorer (chosen by data_source) -> val_reward. Official hyper-parameters; official override names.
 #
 #   MODEL_PATH=/ckpt/midtrained_lact TRAIN_FILES=/data/ruler_squadqa_lact_8192_1600_train.parquet \
 #   VAL_FILES=data/ruler/ruler_squadqa_lact_8192_200_test.parquet \
@@ -33,17 +33,18 @@ CKPT_DIR=${CKPT_DIR:-checkpoints/$PROJECT_NAME/$EXPERIMENT_NAME}
 LOGGER=${LOGGER:-console}
 SMOKE=${SMOKE:-0}
 ############################################################
-# Batch sizes (spec Q24 a-c: the official script leaves them unset and cannot finish):
+# Batch sizes (the official script leaves them unset and cannot finish):
 # - TRAIN_BATCH_SIZE=64: the default 1024 gives 1 step per epoch on 1600 rows (drop_last); save/test every 24 steps
 #   points at ~25 steps per epoch, i.e. 1600 / 64 = 25. 64 / 8 GPUs = 8 prompts per GPU, divisible by the
 #   micro-batches (2) and >= the TTT mini-batch of 16 sequences (-> 4 inner optimiser steps + 1 SFT step per step).
 # - VAL_BATCH_SIZE=16: the default (all 200 rows = 25 per GPU) breaks the micro-batch-2 generation chunking.
 #   16 = 2 rows per GPU; 12 full batches score 192 of 200 rows (the validation loader drops the last partial
-#   batch, as officially, Q11). VAL_BATCH_SIZE=8 with actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=1
+#   batch, as officially). VAL_BATCH_SIZE=8 with actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=1
 #   scores all 200.
-# - DATA_SOURCE_KEY=task: officially unset, so the reward manager failed on the missing data_source (Q24 c).
+# - DATA_SOURCE_KEY=task: officially unset, so the reward manager failed on the missing data_source.
 
-DEMO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+DEMO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
+source "$DEMO_DIR/caller_paths.sh"   # relative paths are taken from where the script is run
 REPO_ROOT="$(cd "$DEMO_DIR/../../../.." && pwd)"
 cd "$REPO_ROOT"
 if [[ -z "${PYTHON:-}" ]]; then
@@ -75,7 +76,7 @@ for name in MODEL_PATH TRAIN_FILES VAL_FILES; do
     fi
 done
 
-# Official values (spec §3, post column), plus the batch sizes and data_source above.
+# Official values (post-training), plus the batch sizes and data_source above.
 OFFICIAL_ARGS=(
     algorithm.adv_estimator=grpo
     custom_reward_function.path="$(realpath "$REWARD_FN")"

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# ReFINE test-time training (spec §1.3): validation only. For each validation batch of 8 test prompts: the inner
+# ReFINE test-time training: validation only. For each validation batch of 8 test prompts: the inner
 # loop (NTP + NSP-GRPO with the binary reward) on the prompts, then greedy answers (up to 32 tokens) with the updated
 # weights, scored by the LongBench scorer of the row's task (data_source) -> val_reward (0..1, mean over scored rows).
-# Adaptation is cumulative over the file, as officially (spec Q1); add refine.ttt_reset=batch to restore the
-# weights and optimiser state before every batch. Official hyper-parameters (spec §3); official override names.
+# Adaptation is cumulative over the file, as officially; add refine.ttt_reset=batch to restore the
+# weights and optimiser state before every batch. Official hyper-parameters; official override names.
 #
 #   MODEL_PATH=/ckpt/refine_lact VAL_FILES=data/longbench/hotpotqa_16384.parquet \
 #   bash verl/examples/refine_trainer/demo/run_testtimetrain_demo.sh [overrides]
 #   SMOKE=1 bash verl/examples/refine_trainer/demo/run_testtimetrain_demo.sh   # CPU, tiny model, 2 batches (CI)
 #   SMOKE=1 MODEL_PATH=/ckpt/my_export bash ...   # the same CPU smoke run on your model (refine.export output)
 #
-# One LongBench task per run (cumulative TTT runs over that file in order; drop_last counts per file, spec §4.2);
+# One LongBench task per run (cumulative TTT runs over that file in order; drop_last counts per file);
 # scripts/slurm/testtimetrain.sbatch loops over the 14 tasks. Extra arguments are Hydra overrides.
 set -euo pipefail
 
@@ -34,12 +34,13 @@ LOGGER=${LOGGER:-console}
 SMOKE=${SMOKE:-0}
 ############################################################
 MAX_PROMPT_LENGTH=$((MAX_SEQ_LENGTH - MAX_RESPONSE_LENGTH))
-# Batch sizes (spec Q24 d): officially actor.ppo_mini_batch_size=4 on 4 GPUs is normalised to 1 per GPU and fails
+# Batch sizes: officially actor.ppo_mini_batch_size=4 on 4 GPUs is normalised to 1 per GPU and fails
 # verl's "divisible by ppo_micro_batch_size_per_gpu (2)" check at worker start, although task PPO is off. It is set
 # to 8 (= 2 per GPU) here; it is never used. val_batch_size 8 = 2 prompts per GPU = 16 NSP rollouts per GPU, and
-# >= the TTT mini-batch of 4 sequences (-> 2 inner optimiser steps per validation batch, spec §2.C table).
+# >= the TTT mini-batch of 4 sequences (-> 2 inner optimiser steps per validation batch).
 
-DEMO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+DEMO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
+source "$DEMO_DIR/caller_paths.sh"   # relative paths are taken from where the script is run
 REPO_ROOT="$(cd "$DEMO_DIR/../../../.." && pwd)"
 cd "$REPO_ROOT"
 if [[ -z "${PYTHON:-}" ]]; then
@@ -73,7 +74,7 @@ if [[ -n "$TRAIN_FILES" ]]; then
     TRAIN_ARGS=(data.train_files="$TRAIN_FILES")
 fi
 
-# Official values (spec §3, TTT column), with ppo_mini_batch_size fixed as above.
+# Official values (test-time training), with ppo_mini_batch_size fixed as above.
 OFFICIAL_ARGS=(
     "${TRAIN_ARGS[@]}"
     algorithm.adv_estimator=grpo

@@ -16,13 +16,14 @@ fi
 
 NGPUS_PER_NODE=1
 NNODES=1
-LOGGER='[console,file]'   # the file backend writes metrics.jsonl into the run directory
-CKPT_DIR=$SMOKE_DIR/runs/$EXPERIMENT_NAME   # the run directory: metrics.jsonl, metrics.png
+# The run folder is CKPT_DIR, as in a real run (checkpoints/<project>/<experiment> by default): metrics.jsonl,
+# metrics.png, resolved_config.yaml, and a checkpoint every step that `python -m refine.export` turns into the next
+# phase's MODEL_PATH. Resumes work as in a real run; a finished smoke run is not written over (the run stops with
+# one line: pick another EXPERIMENT_NAME or CKPT_DIR, or add trainer.resume_mode=disable to start over).
 
 SMOKE_COMMON_ARGS=(
     trainer.device=cpu
-    trainer.resume_mode=disable
-    trainer.save_freq=-1
+    trainer.save_freq=1
     actor_rollout_ref.model.enable_gradient_checkpointing=False
     actor_rollout_ref.actor.fsdp_config.dtype=float32
     ++actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype=fp32
