@@ -131,7 +131,10 @@ def check_not_another_runs_folder(config: DictConfig) -> None:
     if now is None and not (metrics.is_file() and metrics.stat().st_size > 0):
         return  # a new run folder (or one holding only what a run before the check left: no record of a run)
     pointer = run_dir / "latest_checkpointed_iteration.txt"
-    checkpoint = int(pointer.read_text().strip()) if pointer.is_file() and pointer.read_text().strip().isdigit() else None
+    text = pointer.read_text().strip() if pointer.is_file() else ""
+    # an unreadable pointer still leaves step folders, which the resume falls back to (driver/checkpoints.py)
+    folders = [int(p.name.split("_")[-1]) for p in run_dir.glob("global_step_*") if p.name.split("_")[-1].isdigit()]
+    checkpoint = int(text) if text.isdigit() else max(folders, default=None)
     steps = f"{state['step']} steps" if state else "no run state"
     where = f"trainer.default_local_dir={str(run_dir)!r}"
     fixes = ("pick a new trainer.experiment_name (EXPERIMENT_NAME= for the demo scripts), or start over in it with "

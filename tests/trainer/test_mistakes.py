@@ -108,3 +108,22 @@ def test_which_earlier_runs_a_new_run_resumes_and_which_it_refuses(tmp_path, sta
         check_not_another_runs_folder(config)
     config.trainer.resume_mode = "disable"  # starting over is always allowed when asked for
     check_not_another_runs_folder(config)
+
+
+def test_a_finished_run_whose_pointer_was_cut_still_resumes_to_go_on(tmp_path):
+    """An empty latest pointer (a crash while writing it) with step folders left: the resume falls back to them
+    (driver/checkpoints.py), so going on longer is still a resume, not a refusal."""
+    from omegaconf import OmegaConf
+
+    from refine.preflight.run_record import check_not_another_runs_folder
+
+    run_dir = tmp_path / "run"
+    finished_run(run_dir, "finished", checkpoint=None)
+    (run_dir / "latest_checkpointed_iteration.txt").write_text("")
+    (run_dir / "global_step_2").mkdir()
+    config = OmegaConf.create({"trainer": {"resume_mode": "auto", "default_local_dir": str(run_dir),
+                                           "total_training_steps": 3}})
+    check_not_another_runs_folder(config)
+    config.trainer.total_training_steps = 2
+    with pytest.raises(ValueError, match=r"its checkpoint is step 2"):
+        check_not_another_runs_folder(config)
