@@ -143,3 +143,27 @@ def test_fast_post_training_then_test_time_training(make_trainer, params, ruler_
     metrics = trainer._validate()
     assert metrics["val_n_scored"] == 4.0 and 0.0 <= metrics["val_reward"] <= 1.0
     assert (params(trainer) - after_post).abs().max() > 0, "test-time training did not change the weights"
+
+
+def test_fast_midtraining_of_new_families_through_ray(make_trainer, params, close, tmp_path):
+    """Two families new to the table, each saved from its tiny config with the demo tokenizer and trained one fast
+    step through Ray (one each, for the suite's time): Mamba2 (recurrent: SSM state and convolution cache) and a
+    hybrid DeltaNet with softmax attention in layer 1 (its keys/values branch as the state at r - 1)."""
+    import refine.models  # noqa: F401
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from refine.models.tiny import tiny_config
+    from refine.preflight.compose import REPO_ROOT
+
+    for name, overrides in (("mamba2", {}), ("delta_net", {"attn": {"layers": [1], "num_heads": 2}})):
+        model_dir = tmp_path / name
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(tiny_config(name, **overrides)).save_pretrained(model_dir)
+        AutoTokenizer.from_pretrained(REPO_ROOT / "data" / "demo" / "model").save_pretrained(model_dir)
+        trainer = make_trainer(FAST + [f"actor_rollout_ref.model.path={model_dir}", "trainer.total_training_steps=1",
+                                       f"trainer.default_local_dir={tmp_path / (name + '_run')}"])
+        before = params(trainer)
+        trainer.fit()
+        check_steps(trainer, 1)
+        assert (params(trainer) - before).abs().max() > 0, name
+        close(trainer)
