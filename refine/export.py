@@ -30,6 +30,8 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
+from refine.runs.phase import next_phase_command, phase_of
+
 DTYPES = {"keep": None, "bf16": "bfloat16", "fp32": "float32"}
 ACTOR_LAYOUT = "global_step_N/actor (fsdp_config.json, model_world_size_W_rank_R.pt, huggingface/config.json)"
 # written by save_pretrained from the config, never copied from the checkpoint's huggingface/ folder
@@ -249,8 +251,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def _next_command(checkpoint: Path, out: str) -> str | None:
     """The next phase's demo command on the export, when the checkpoint's run recorded its config."""
-    from refine.runs.phase import next_phase_command, phase_of
-
     for folder in (checkpoint, *checkpoint.resolve().parents[:2]):  # <run>, <run>/global_step_N[/actor]
         record = folder / "resolved_config.yaml"
         if record.is_file():
