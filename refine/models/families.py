@@ -127,6 +127,13 @@ def _delta_product_state(config, block) -> tuple[int, int]:
     return layer.num_v_heads * layer.head_k_dim * layer.head_v_dim, conv
 
 
+def _rwkv7_state(config, block) -> tuple[int, int]:
+    """RWKV-7: state [H, d_k, d_v] fp32; the token-shift caches of its time mix and channel mix (one hidden vector
+    each)."""
+    layer = block.attn
+    return layer.num_heads * layer.head_dim * layer.head_v_dim, 2 * config.hidden_size
+
+
 def _lact_state(config, block) -> tuple[int, int]:
     """LaCT: three fast-weight matrices per head (twice with momentum); the window's keys/values and the open
     chunk."""
@@ -148,6 +155,14 @@ def _rotary_refusal(config: Mapping) -> str | None:
     return ("its retention rotates queries and keys by absolute position (RoPE), and a branched cache carries one "
             "position counter for all rows (fla's Cache), so a row continuing from its own cut would read the wrong "
             "positions (the faithful mode runs it)")
+
+
+def _rwkv7_refusal(config: Mapping) -> str | None:
+    if config.get("use_l2warp", True):  # RWKV7Config's default is True
+        return ("its config has use_l2warp=True: the model's own NTP loss (the faithful mode's) adds fla's L2-warp "
+                "gradient term, which the fast mode's loss does not; set "
+                "actor_rollout_ref.model.override_config.use_l2warp=False")
+    return None
 
 
 def _no_fast(config: Mapping) -> str | None:
@@ -247,6 +262,19 @@ FAMILIES: tuple[Family, ...] = (
                      ("fla.layers.gated_deltaproduct", "fused_recurrent_gated_delta_rule",
                       "fused_recurrent_gated_delta_rule")),
         tiny={**FLA_TINY, "head_dim": 32, "expand_v": 1, "num_householder": 2, "use_forget_gate": True}),
+    Family(
+        name="rwkv7", model_types=("rwkv7",), config_class="fla.models:RWKV7Config", state=FLA_CACHE,
+        state_sizes=_rwkv7_state, state_keys=("recurrent_state", "conv_state", "ffn_state"),
+        fast_refusal=_rwkv7_refusal,
+        cpu_kernels=(*(("fla.layers.rwkv7", op, op) for op in (
+                         "chunk_rwkv7", "fused_mul_recurrent_rwkv7", "token_shift", "fused_addcmul_rwkv7",
+                         "fused_k_rwkv7", "gate_output_correction")),
+                     *(("fla.ops.rwkv7", op, op) for op in (
+                         "chunk_rwkv7", "fused_recurrent_rwkv7", "fused_mul_recurrent_rwkv7")),
+                     ("fla.models.rwkv7.modeling_rwkv7", "token_shift", "token_shift"),
+                     *(("fla.modules.activations.ops", name, name) for name in ("sqrelu_fwd", "sqrelu_bwd"))),
+        tiny={**FLA_TINY, "head_dim": 32, "decay_low_rank_dim": 8, "gate_low_rank_dim": 8, "a_low_rank_dim": 8,
+              "v_low_rank_dim": 8, "use_l2warp": False}),
     Family(
         name="hf_decoder", model_types=("llama", "qwen2", "mistral"),
         config_class="transformers:LlamaConfig", state=NO_BRANCHING, heads=(), state_keys=(),

@@ -1,4 +1,4 @@
-"""Tiny models of the recurrent fla families whose ops have CPU stand-ins (GLA, HGRN2, RetNet, KDA, Comba, Gated DeltaProduct), built from
+"""Tiny models of the recurrent fla families whose ops have CPU stand-ins (GLA, HGRN2, RetNet, KDA, Comba, Gated DeltaProduct, RWKV-7), built from
 the family table's tiny config: forward + backward on the stand-ins equals the same model with the layer's ops
 replaced by fla's own naive references (logits and every parameter gradient), and a full forward equals
 token-by-token cached decoding (the stand-ins' recurrent form, another code path than the chunk form)."""
@@ -9,6 +9,7 @@ import pytest
 import torch
 from fla.ops.comba.naive import naive_chunk_comba
 from fla.ops.gated_delta_product.naive import naive_recurrent_gated_delta_product
+from fla.ops.generalized_delta_rule.dplr.naive import dplr_recurrence
 from fla.ops.gla.naive import naive_recurrent_gla
 from fla.ops.kda.gate import naive_kda_gate
 from fla.ops.kda.naive import naive_recurrent_kda
@@ -78,6 +79,18 @@ def naive_delta_product(q, k, v, g, beta, num_householder, initial_state=None, o
     return o, (S if output_final_state else None)
 
 
+def naive_rwkv7(r, w, k, v, a=None, b=None, kk=None, scale=1.0, initial_state=None, output_final_state=False,
+                cu_seqlens=None, **_):
+    """RWKV-7's chunk call (a, b given) or decoding call (kk and the gate `a`: a = -kk, b = kk * a) on fla's
+    head-first DPLR recurrence, which scales queries by K^-0.5 (undone here)."""
+    assert cu_seqlens is None
+    if kk is not None:
+        a, b = -kk, kk * a
+    r, w, k, v, a, b = (x.transpose(1, 2) for x in (r, w, k, v, a, b))
+    o, S = dplr_recurrence(r * scale * r.shape[-1] ** 0.5, k, v, a, b, w, initial_state=initial_state)
+    return o.transpose(1, 2), (S if output_final_state else None)
+
+
 # (fla layer module, op names bound there, the naive reference standing in for them)
 NAIVE_OPS = {
     "gla": ("fla.layers.gla", ("chunk_gla", "fused_recurrent_gla"), naive_gla),
@@ -86,6 +99,7 @@ NAIVE_OPS = {
     "kda": ("fla.layers.kda", ("chunk_kda", "fused_recurrent_kda"), naive_kda),
     "comba": ("fla.layers.comba", ("chunk_comba", "fused_recurrent_comba"), naive_comba),
     "gated_deltaproduct": ("fla.layers.gated_deltaproduct", ("chunk_gated_delta_product",), naive_delta_product),
+    "rwkv7": ("fla.layers.rwkv7", ("chunk_rwkv7", "fused_mul_recurrent_rwkv7"), naive_rwkv7),
 }
 
 

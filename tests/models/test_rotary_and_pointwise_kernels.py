@@ -1,5 +1,5 @@
-"""CPU stand-ins for fla's rotary embedding (RetNet, fla's attention layer), `swish` / `sigmoid` (GLA's output gate,
-HGRN2's queries) and `rms_norm_linear` (HGRN2's output) vs independent references: fla's pure-torch
+"""CPU stand-ins for fla's rotary embedding (RetNet, fla's attention layer), `swish` / `sigmoid` / `sqrelu` (GLA's
+output gate, HGRN2's queries, RWKV-7's channel mix) and `rms_norm_linear` (HGRN2's output) vs independent references: fla's pure-torch
 `rotary_embedding_ref` and torch's own silu / sigmoid / rms_norm / linear. Values and gradients."""
 
 from __future__ import annotations
@@ -63,13 +63,16 @@ def test_rotary_per_sequence_offsets_and_cu_seqlens():
 
 
 @pytest.mark.parametrize(("fwd", "bwd", "torch_fn"), [("swish_fwd", "swish_bwd", F.silu),
-                                                      ("sigmoid_fwd", "sigmoid_bwd", torch.sigmoid)])
+                                                      ("sigmoid_fwd", "sigmoid_bwd", torch.sigmoid),
+                                                      ("sqrelu_fwd", "sqrelu_bwd", lambda x: F.relu(x) ** 2)])
 def test_pointwise_forward_and_backward_halves(fwd, bwd, torch_fn):
     x = torch.randn(4, 7, dtype=torch.float64, requires_grad=True) * 4
     dy = torch.randn(4, 7, dtype=torch.float64)
     _assert_close(getattr(ck, fwd)(x), torch_fn(x), "y", tol=1e-12)
-    _assert_close(getattr(ck, bwd)(x.detach(), dy), torch.autograd.grad((torch_fn(x) * dy).sum(), x)[0], "dx",
-                  tol=1e-12)
+    expected = torch.autograd.grad((torch_fn(x) * dy).sum(), x)[0]
+    # fla's halves take (x, dy), except sqrelu's (dy, x)
+    got = getattr(ck, bwd)(dy, x.detach()) if fwd == "sqrelu_fwd" else getattr(ck, bwd)(x.detach(), dy)
+    _assert_close(got, expected, "dx", tol=1e-12)
 
 
 def test_fla_swish_runs_on_the_stand_in_halves():

@@ -21,7 +21,14 @@ from refine.models.cpu_kernels.gla import chunk_gla, fused_recurrent_gla
 from refine.models.cpu_kernels.kda import chunk_kda, fused_recurrent_kda
 from refine.models.cpu_kernels.mamba2 import mamba2_forward, rms_norm_gated_ref_forward
 from refine.models.cpu_kernels.norms import l2norm_forward, rms_norm_forward, rms_norm_gated_forward, rms_norm_linear
-from refine.models.cpu_kernels.pointwise import sigmoid_bwd, sigmoid_fwd, swish_bwd, swish_fwd
+from refine.models.cpu_kernels.pointwise import (
+    sigmoid_bwd,
+    sigmoid_fwd,
+    sqrelu_bwd,
+    sqrelu_fwd,
+    swish_bwd,
+    swish_fwd,
+)
 from refine.models.cpu_kernels.retention import (
     chunk_retention,
     fused_chunk_retention,
@@ -84,6 +91,8 @@ __all__ = [
     "short_conv_step",
     "sigmoid_bwd",
     "sigmoid_fwd",
+    "sqrelu_bwd",
+    "sqrelu_fwd",
     "swiglu",
     "swiglu_linear",
     "swish_bwd",

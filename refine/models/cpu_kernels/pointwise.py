@@ -1,8 +1,9 @@
-"""CPU stand-ins for the forward / backward halves of fla's Triton `swish` and `sigmoid` (fla 0.6.0).
+"""CPU stand-ins for the forward / backward halves of fla's Triton `swish`, `sigmoid` and `sqrelu` (fla 0.6.0).
 
 `fla.modules.activations.swish` (`SwishFunction.apply`, also `ACT2FN['swish' / 'silu']`, GLA's output gate and
 HGRN2's query activation) calls the module-level `swish_fwd` / `swish_bwd`; replacing those two keeps every
-reference to `swish` (dict entries and names imported elsewhere) working. Same for `sigmoid`. fp32 math, input dtype.
+reference to `swish` (dict entries and names imported elsewhere) working. Same for `sigmoid` and `sqrelu`. fp32 math,
+input dtype.
 """
 
 from __future__ import annotations
@@ -40,3 +41,15 @@ def sigmoid_bwd(x: torch.Tensor, dy: torch.Tensor, output_contiguous: bool = Fal
     """d sigmoid / dx = s * (1 - s), times the incoming gradient."""
     s = torch.sigmoid(_fp(x))
     return (_fp(dy) * s * (1 - s)).to(x.dtype)
+
+
+def sqrelu_fwd(x: torch.Tensor) -> torch.Tensor:
+    """`relu(x)^2` (RWKV-7's channel mix; fla's is `torch.compile`d, which on CPU would need a C++ toolchain)."""
+    announce_once()
+    r = torch.relu(_fp(x))
+    return (r * r).to(x.dtype)
+
+
+def sqrelu_bwd(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """d relu(x)^2 / dx = 2 relu(x), times the incoming gradient."""
+    return (2.0 * _fp(g) * torch.relu(_fp(x))).to(x.dtype)
