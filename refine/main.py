@@ -53,8 +53,25 @@ def run(config, *, prepared: bool = False) -> None:
     # SIGUSR1 / SIGTERM (preemption, time limit): finish the step, checkpoint, exit PREEMPTED_EXIT_STATUS.
     # verl prints Ray's whole start-up environment (every variable) before starting it: REFINE_VERBOSE=1 shows it
     with stop_on_signals(Path(str(config.trainer.default_local_dir)), ignore_after=True), \
-            dropped_lines("ray init kwargs:"):
+            dropped_lines("ray init kwargs:") as console:
         run_ppo(config, task_runner_class=RefineTaskRunner)
+        print_next_command(config, console)
+
+
+def print_next_command(config, console) -> None:
+    """The run's next command (the export of its newest checkpoint), as the very last line: printed here, by the
+    driver, once Ray has forwarded the run's summary and is shut down, so that no line of a Ray process (they come
+    late, from a thread, in no fixed order) can follow it."""
+    import ray  # Ray: only a run that finished gets here
+
+    from refine.runs.state import read_state
+
+    state = read_state(Path(str(config.trainer.default_local_dir))) or {}
+    if not state.get("next"):
+        return
+    console.wait_for("refine: done:", timeout=30)  # the summary's first line, forwarded from the task runner
+    ray.shutdown()
+    print(f"next: {state['next']}", flush=True)
 
 
 def _exception_chain(exc: BaseException | None):

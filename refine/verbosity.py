@@ -7,6 +7,7 @@ import contextlib
 import io
 import os
 import sys
+import threading
 
 VERBOSE_ENV = "REFINE_VERBOSE"
 
@@ -52,12 +53,24 @@ class _LineFilter(io.TextIOBase):
 
     def __init__(self, stream, prefixes: tuple[str, ...]):
         self.stream, self.prefixes, self.pending = stream, prefixes, ""
+        self.seen: list[str] = []  # the lines that passed, for `wait_for`
+        self._lock = threading.Condition()
 
     def write(self, text: str) -> int:
-        self.pending += text
-        *lines, self.pending = self.pending.split("\n")
-        self.stream.write("".join(f"{line}\n" for line in lines if not line.startswith(self.prefixes)))
+        with self._lock:
+            self.pending += text
+            *lines, self.pending = self.pending.split("\n")
+            kept = [line for line in lines if not line.startswith(self.prefixes)]
+            self.stream.write("".join(f"{line}\n" for line in kept))
+            self.seen += kept
+            self._lock.notify_all()
         return len(text)
+
+    def wait_for(self, needle: str, timeout: float) -> bool:
+        """Wait until a line containing `needle` has passed (Ray forwards its workers' lines from a thread, later
+        than they were printed); False after `timeout` seconds."""
+        with self._lock:
+            return self._lock.wait_for(lambda: any(needle in line for line in self.seen), timeout=timeout)
 
     def flush(self) -> None:
         undecided = any(p.startswith(self.pending) or self.pending.startswith(p) for p in self.prefixes)
@@ -77,14 +90,11 @@ class _LineFilter(io.TextIOBase):
 @contextlib.contextmanager
 def dropped_lines(*prefixes: str):
     """Drop stdout lines that start with `prefixes` inside (unless verbose); every other line, including what Ray
-    forwards from its workers, passes unchanged."""
-    if verbose():
-        yield
-        return
-    line_filter = _LineFilter(sys.stdout, prefixes)
+    forwards from its workers, passes unchanged. Yields the filter (`wait_for` a line)."""
+    line_filter = _LineFilter(sys.stdout, () if verbose() else prefixes)
     try:
         with contextlib.redirect_stdout(line_filter):
-            yield
+            yield line_filter
     finally:
         if line_filter.pending and not line_filter.pending.startswith(prefixes):
             line_filter.stream.write(line_filter.pending)

@@ -17,7 +17,7 @@ from refine.driver.console import StepLine
 from refine.driver.metrics_file import METRICS_FILE, MetricsFile
 from refine.preflight.run_record import RESOLVED_CONFIG_FILE, masked
 from refine.runs.phase import phase_of
-from refine.runs.state import mark_end, mark_running, mark_step
+from refine.runs.state import mark_end, mark_running, mark_step, record_next
 from refine.verbosity import quiet_stdout, verbose
 
 PLOT_FILE = "metrics.png"
@@ -76,8 +76,9 @@ class RunLog:
             mark_end(self.run_dir, self.state, outcome, error)
 
     def summary(self, history: list[dict], latest_checkpoint: int | None) -> list[str]:
-        """The closing lines: the summary, the run folder's files, how to rerun and compare it, and (last) the
-        command of the next step: the export of the newest checkpoint, when the phase has a next one."""
+        """The closing lines: the summary, the run folder's files, how to rerun and compare it. The command of the
+        next step (the export of the newest checkpoint, when the phase has a next one) goes to the state file, for
+        the driver to print last."""
         last = {}
         for record in history:  # the newest value of each metric (validation is logged on its own steps)
             last.update(record)
@@ -91,5 +92,6 @@ class RunLog:
         if latest_checkpoint is not None and phase in ("midtrain", "posttrain"):
             step_dir = self.run_dir / f"global_step_{latest_checkpoint}"
             out = self.run_dir.parent / f"{self.run_dir.name}_step{latest_checkpoint}_hf"
-            lines.append(f"  next: python -m refine.export {step_dir} {out}")
+            # printed last by the driver (refine.main), after every line Ray forwards; recorded for it here
+            record_next(self.run_dir, self.state, f"python -m refine.export {step_dir} {out}")
         return lines

@@ -52,7 +52,7 @@ def mark_running(run_dir: Path, step: int) -> dict:
     """Record that this process (re)starts the run at `step`; the wall time of earlier segments is kept."""
     before = read_state(run_dir) or {}
     state = {"state": "running", "pid": os.getpid(), "host": socket.gethostname(), "step": step,
-             "started": time.time(), "wall_s_before": float(before.get("wall_s", 0.0)), "error": None}
+             "started": time.time(), "wall_s_before": float(before.get("wall_s", 0.0)), "error": None, "next": None}
     state["wall_s"] = state["wall_s_before"]
     _write(run_dir, state)
     return state
@@ -73,3 +73,9 @@ def mark_end(run_dir: Path, state: dict, outcome: str, error: str | None = None)
 def _write(run_dir: Path, state: dict) -> None:
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(Path(run_dir) / STATE_FILE, json.dumps(state, indent=1).encode())
+
+
+def record_next(run_dir: Path, state: dict, command: str) -> None:
+    """The command that follows this run (the export of its newest checkpoint): printed last by the entry point."""
+    state["next"] = command
+    _write(run_dir, state)
