@@ -87,12 +87,15 @@ def test_post_training_killed_after_step_1_resumes_like_the_uninterrupted_run(ma
                 assert got[step][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (step, key)
 
 
-def test_test_time_training_killed_mid_file_reruns_like_the_uninterrupted_run(make_trainer, close, ruler_files,
-                                                                               tmp_path):
-    """TTT writes no checkpoint (val_only): after a kill in the middle of the file, running the same command again
-    in the same run folder gives the uninterrupted metrics and predictions (nothing left behind changes them)."""
+def test_test_time_training_stopped_mid_file_by_a_signal_then_rerun_like_the_uninterrupted_run(
+        make_trainer, close, ruler_files, tmp_path):
+    """TTT writes no checkpoint (val_only): a stop request (what the driver's SIGUSR1/SIGTERM handler writes) during
+    the first of two batches ends the run after that batch with `Preempted` (exit 75 at the entry point) and the
+    predictions so far, which are the uninterrupted run's first rows; running the same command again in the same
+    run folder gives the uninterrupted metrics and predictions (nothing left behind changes them)."""
     import json
 
+    from refine.driver.preemption import STOP_FILE, Preempted, request_stop
     from tests.trainer.test_post_ttt_ray import ruler_overrides
 
     def ttt(run_dir):
@@ -102,33 +105,32 @@ def test_test_time_training_killed_mid_file_reruns_like_the_uninterrupted_run(ma
             "refine.val_ttt_sft_update=true", "refine.val_ttt_ppo_update=true", "refine.mini_batch_size=2",
             "data.val_batch_size=2"])
 
+    rows = lambda run: [json.loads(line)["prediction"] for line in  # noqa: E731
+                        (tmp_path / run / "predictions" / "step_0.jsonl").read_text().splitlines()]
     full = ttt(tmp_path / "full")
     full.fit()
     expected = full.history[0]
     close(full)
 
-    killed = ttt(tmp_path / "cut")
-    answer = killed.actor_rollout_wg.generate_greedy
-    calls = []
+    stopped = ttt(tmp_path / "cut")
+    answer = stopped.actor_rollout_wg.generate_greedy
 
-    def die_on_second_batch(data):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed")
+    def signal_during_first_batch(data):
+        request_stop(tmp_path / "cut", "SIGUSR1")
         return answer(data)
 
-    killed.actor_rollout_wg.generate_greedy = die_on_second_batch
-    with pytest.raises(KeyboardInterrupt):
-        killed.fit()
-    close(killed)
+    stopped.actor_rollout_wg.generate_greedy = signal_during_first_batch
+    with pytest.raises(Preempted, match=r"test-time training stopped on SIGUSR1 .* after 1 of 2 validation batches"):
+        stopped.fit()
+    close(stopped)
+    assert rows("cut") == rows("full")[:2]
+    (tmp_path / "cut" / STOP_FILE).unlink()  # the driver clears it when it exits
     rerun = ttt(tmp_path / "cut")
     rerun.fit()
     got = rerun.history[0]
     for key, value in expected.items():
         if key.startswith("val_"):
             assert got[key] == pytest.approx(value, rel=1e-6), key
-    rows = lambda run: [json.loads(line)["prediction"] for line in  # noqa: E731
-                        (tmp_path / run / "predictions" / "step_0.jsonl").read_text().splitlines()]
     assert rows("cut") == rows("full")
 
 
