@@ -1,9 +1,12 @@
-"""Tiny models of the recurrent fla families whose ops have CPU stand-ins (GLA, HGRN2, RetNet, KDA, Comba, Gated DeltaProduct, RWKV-7), built from
-the family table's tiny config: forward + backward on the stand-ins equals the same model with the layer's ops
-replaced by fla's own naive references (logits and every parameter gradient), and a full forward equals
-token-by-token cached decoding (the stand-ins' recurrent form, another code path than the chunk form)."""
+"""Tiny models of the recurrent fla families whose ops have CPU stand-ins (GLA, HGRN2, RetNet, KDA, Comba, Gated
+DeltaProduct, RWKV-7), built from the family table's tiny config: forward + backward on the stand-ins equals the same
+model with the layer's ops replaced by fla's own naive references (logits and every parameter gradient), and a full
+forward equals token-by-token cached decoding (the stand-ins' recurrent form, another code path than the chunk
+form)."""
 
 from __future__ import annotations
+
+import importlib
 
 import pytest
 import torch
@@ -127,8 +130,6 @@ def test_stand_ins_equal_fla_naive_ops_forward_and_backward(family_model, monkey
     logits, grads = _forward_backward(model, ids)
     assert all(torch.isfinite(g).all() for g in grads.values())
     module, names, naive = NAIVE_OPS[family]
-    import importlib
-
     layer_module = importlib.import_module(module)
     for name in names:
         monkeypatch.setattr(layer_module, name, naive)

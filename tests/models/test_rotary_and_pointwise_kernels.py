@@ -1,6 +1,7 @@
 """CPU stand-ins for fla's rotary embedding (RetNet, fla's attention layer), `swish` / `sigmoid` / `sqrelu` (GLA's
-output gate, HGRN2's queries, RWKV-7's channel mix) and `rms_norm_linear` (HGRN2's output) vs independent references: fla's pure-torch
-`rotary_embedding_ref` and torch's own silu / sigmoid / rms_norm / linear. Values and gradients."""
+output gate, HGRN2's queries, RWKV-7's channel mix) and `rms_norm_linear` (HGRN2's output) vs independent
+references: fla's pure-torch `rotary_embedding_ref` and torch's own silu / sigmoid / relu / rms_norm / linear.
+Values and gradients."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def _assert_close(a, b, what, tol=TOL):
 
 
 def _tables(TR, R, seed=0):
-    freqs = torch.outer(torch.arange(TR, dtype=torch.float), torch.rand(R, generator=torch.Generator().manual_seed(seed)))
+    gen = torch.Generator().manual_seed(seed)
+    freqs = torch.outer(torch.arange(TR, dtype=torch.float), torch.rand(R, generator=gen))
     return freqs.cos(), freqs.sin()
 
 
