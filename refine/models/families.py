@@ -277,7 +277,7 @@ FAMILIES: tuple[Family, ...] = (
               "v_low_rank_dim": 8, "use_l2warp": False}),
     Family(
         name="hf_decoder", model_types=("llama", "qwen2", "mistral"),
-        config_class="transformers:LlamaConfig", state=NO_BRANCHING, heads=(), state_keys=(),
+        config_class="transformers:LlamaConfig", state=KV_CACHE, heads=(), state_keys=("attn_state",),
         tiny=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                   intermediate_size=128, max_position_embeddings=4096, tie_word_embeddings=False)),
     Family(

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from refine.models.families import FLA_CACHE, LACT_CACHE, config_view, family_for, family_of
+from refine.models.families import FLA_CACHE, KV_CACHE, LACT_CACHE, config_view, family_for, family_of
 
 
 def fast_mode_refusal(config: Mapping) -> str | None:
@@ -45,7 +45,7 @@ def check_branchable(model) -> None:
 
 def _family(module):
     family = family_of(module.config)
-    if family.state not in (FLA_CACHE, LACT_CACHE):
+    if family.state not in (FLA_CACHE, LACT_CACHE, KV_CACHE):
         raise ValueError(f"model family {family.name!r} has no branchable state (refine.nsp_mode=faithful)")
     return family
 
@@ -69,10 +69,20 @@ class FlaSnapshot:
 
 
 def attends_to_cache(module) -> bool:
-    """Whether some layer keeps a softmax-attention KV cache (fla's `attn` config key): its later segments and
-    branches then need the attention mask of everything cached, so that left pads stay masked and the rotary
-    positions continue the document's."""
-    return bool(getattr(module.config, "attn", None))
+    """Whether some layer keeps a softmax-attention KV cache (a transformers decoder; fla's `attn` config key): its
+    later segments and branches then need the attention mask of everything cached, so that left pads stay masked
+    (and fla's rotary positions continue the document's)."""
+    return family_of(module.config).state == KV_CACHE or bool(getattr(module.config, "attn", None))
+
+
+def branch_positions(module, snapshots: Sequence, start: int, count: int) -> torch.Tensor | None:
+    """[N, count] position ids of `count` new tokens, `start` tokens into the branches, for a transformers decoder
+    (its positions count every cached column, pads included, so row i continues at its own cache length rather than
+    at the longest row's); None for fla models, whose attention derives positions from the mask."""
+    if family_of(module.config).state != KV_CACHE:
+        return None
+    lengths = torch.tensor([s.valid.shape[1] for s in snapshots for _ in range(s.valid.shape[0])])
+    return (lengths[:, None] + start + torch.arange(count)).to(snapshots[0].valid.device)
 
 
 def snapshot(module, cache, *, detach_clone: bool = False, valid: torch.Tensor | None = None):
@@ -88,8 +98,11 @@ def snapshot(module, cache, *, detach_clone: bool = False, valid: torch.Tensor |
         from refine.models.lact.branching import lact_snapshot
 
         return lact_snapshot(cache, detach_clone=detach_clone)
+    # a transformers cache's keys/values [B, H, T, D], kept as fla keeps them ([B, T, ...]: left-padded on dim 1)
+    layer_states = ([{"attn_state": (layer.keys.transpose(1, 2), layer.values.transpose(1, 2))}
+                     for layer in cache.layers] if family.state == KV_CACHE else cache)
     states = []
-    for layer_state in cache:
+    for layer_state in layer_states:
         entry = {}
         for key in family.state_keys:
             value = layer_state.get(key)
@@ -149,6 +162,12 @@ def branch_cache(module, snapshots: Sequence, seen_tokens: int = 0):
         from refine.models.lact.branching import lact_branch_cache
 
         return lact_branch_cache(snapshots)
+    if family.state == KV_CACHE:
+        from transformers import DynamicCache  # transformers: only a decoder's branches build its cache
+
+        pairs = [_stack([s[layer]["attn_state"] for s in snapshots], left_pad=True)
+                 for layer in range(len(snapshots[0]))]
+        return DynamicCache(ddp_cache_data=[(k.transpose(1, 2), v.transpose(1, 2)) for k, v in pairs])
     from fla.models.utils import Cache
     n_layers = len(snapshots[0])
     if any(len(s) != n_layers for s in snapshots):

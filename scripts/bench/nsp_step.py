@@ -306,6 +306,7 @@ def main(argv=None) -> None:
     parser.add_argument("--micro", type=int, default=1, help="micro-batch of every phase (documents / rows)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds; in each the modes take turns. Ratios: the median over rounds")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass (halves the run)")
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="activation checkpointing as on a GPU run (faithful/NTP: per layer; fast: per segment)")
     args = parser.parse_args(argv)
@@ -319,15 +320,19 @@ def main(argv=None) -> None:
         for seq_len in args.lengths:
             timings[name, seq_len] = measure(name, model, seq_len, args, memory=False)
     # memory last: the allocator setting it needs slows allocation down
-    track_live_memory_in_rss()
+    if not args.no_memory:
+        track_live_memory_in_rss()
     for name, model in models.items():
         params = sum(p.numel() for p in model.parameters())
         for seq_len in args.lengths:
-            results, peaks = timings[name, seq_len], measure(name, model, seq_len, args, memory=True)
+            results = timings[name, seq_len]
+            peaks = ({mode: 0.0 for mode in results} if args.no_memory
+                     else measure(name, model, seq_len, args, memory=True))
             print(f"\n{name} ({params / 1e6:.2f}M params) S={seq_len} B={args.batch} C={args.chunks} k={args.k}")
             for mode, res in results.items():
                 shares = ", ".join(f"{key} {100 * value / res['wall']:.0f}%" for key, value in res["phases"].items())
                 peak = f"{peaks[mode]:7.1f}" if peaks[mode] >= 1 else "     <1"  # below what RSS sampling sees
+                peak = "      -" if args.no_memory else peak
                 spread = f"x{median(res['ratios']):5.2f} (rounds {min(res['ratios']):.2f}-{max(res['ratios']):.2f})"
                 print(f"  {mode:9s} {res['wall']:7.3f} s  {spread}  peak {peak} MiB  [{shares}]")
                 if mode != "ntp":

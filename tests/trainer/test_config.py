@@ -212,8 +212,8 @@ def test_task_scorer_default_and_custom(tmp_path):
 
 
 def test_fast_nsp_mode_refuses_models_without_a_branchable_state(compose_config, tmp_path):
-    """A Llama model directory, or LaCT with its official padding, with refine.nsp_mode=fast: one line naming the
-    key, before Ray. LaCT with lact_exact_padding=True passes this check."""
+    """A RetNet model directory, or LaCT with its official padding, with refine.nsp_mode=fast: one line naming the
+    key, the model type and its family, before Ray. LaCT with lact_exact_padding=True passes this check."""
     import json
     import shutil
 
@@ -221,7 +221,7 @@ def test_fast_nsp_mode_refuses_models_without_a_branchable_state(compose_config,
 
     demo = REPO_ROOT / "data" / "demo" / "model"
     assert prepare_config(compose_config(["refine.nsp_mode=fast"])).nsp_mode == "fast"  # the demo DeltaNet runs
-    for model_type, pattern in (("lact_swiglu", "lact_exact_padding=True"), ("llama", "hf_decoder family.*KV cache")):
+    for model_type, pattern in (("lact_swiglu", "lact_exact_padding=True"), ("retnet", "retnet family.*position")):
         model_dir = tmp_path / model_type
         shutil.copytree(demo, model_dir)
         config_file = model_dir / "config.json"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from refine.models.families import FAMILIES, LACT_CACHE, config_view, family_named, family_of
+from refine.models.families import FAMILIES, KV_CACHE, LACT_CACHE, config_view, family_named, family_of
 from refine.nsp.prefixes import build_rollout_batch, gather_target_hidden
 from refine.nsp.rewards import all_sequence_rewards
 from refine.nsp.update_plan import normalized_ppo_mini_batch_rows, plan_combined_update
@@ -28,7 +28,7 @@ C = POSITIONS.shape[1]
 
 
 # case -> (family, tiny-config overrides): fast equals faithful for LaCT only with exact padding (spec Q7/Q18); a
-# hybrid fla config (softmax attention in layer 1) branches its keys/values too
+# hybrid fla config (softmax attention in layer 1) and a transformers decoder branch their keys/values
 CASES = {f.name: (f.name, {}) for f in FAMILIES} | {
     "lact": ("lact", {"lact_exact_padding": True}),
     "delta_net+attn": ("delta_net", {"attn": {"layers": [1], "num_heads": 2}}),
@@ -181,9 +181,15 @@ def test_branch_state_equals_the_prefix_run_alone(case):
                 if family_of(model.config).state == LACT_CACHE:
                     assert_lact_states_equal(snaps[r - 1], alone, (b, r))
                     continue
-                real_mine = snaps[r - 1].valid[0].bool() if snaps[r - 1].valid is not None else None
+                state = snaps[r - 1]
+                real_mine = state.valid[0].bool() if state.valid is not None else None
                 real_alone = rollout.attention_mask[row].bool()
-                for layer, (mine, ref) in enumerate(zip(snaps[r - 1], alone)):
+                if family_of(model.config).state == KV_CACHE:  # a transformers cache: keys/values [1, H, T, D]
+                    # its positions count the pads, so the keys carry a shifted rotation (equivalent: the branch
+                    # outputs are compared above); the values must be equal
+                    alone = [{"attn_state": (c.values.transpose(1, 2),)} for c in alone.layers]
+                    state = [{"attn_state": e["attn_state"][1:]} for e in state]
+                for layer, (mine, ref) in enumerate(zip(state, alone)):
                     for key, value in mine.items():  # the family's state_keys
                         pairs = list(zip(tensors_of(value), tensors_of(ref[key])))
                         if key == "attn_state" and value is not None:  # the real tokens' keys / values

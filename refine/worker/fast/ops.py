@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from refine.models.last_hidden import capture_last_hidden
-from refine.models.state_branching import attends_to_cache, branch_cache, branch_mask, snapshot
+from refine.models.state_branching import attends_to_cache, branch_cache, branch_mask, branch_positions, snapshot
 from refine.nsp.logprobs import response_log_probs
 from refine.nsp.losses import IGNORE_INDEX, ntp_labels
 from refine.nsp.prefixes import expand_targets, gather_target_ids
@@ -176,6 +176,11 @@ def _branch_mask(snaps, new_tokens: int) -> torch.Tensor | None:
     return torch.cat([cached, cached.new_ones(cached.shape[0], new_tokens)], dim=1)
 
 
+def _positions(position_ids) -> dict:
+    """The `position_ids` keyword where the family needs explicit ones (fla models take none)."""
+    return {} if position_ids is None else {"position_ids": position_ids}
+
+
 def branch_forward(module, snaps: list[list[dict]], first_tokens: torch.Tensor, responses: torch.Tensor, *,
                    temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-probs [N, k] of `responses` at `temperature`, final-norm hidden states [N, k, H] at the response
@@ -183,7 +188,8 @@ def branch_forward(module, snaps: list[list[dict]], first_tokens: torch.Tensor, 
     ids = torch.cat([first_tokens.unsqueeze(1), responses], dim=1)
     with capture_last_hidden(module) as last_hidden:
         out = module(input_ids=ids, past_key_values=branch_cache(module, snaps), use_cache=True,
-                     attention_mask=_branch_mask(snaps, ids.shape[1]))
+                     attention_mask=_branch_mask(snaps, ids.shape[1]),
+                     **_positions(branch_positions(module, snaps, 0, ids.shape[1])))
     log_probs = response_log_probs(out.logits, responses, temperature=temperature)
     return log_probs, last_hidden[0][:, 1:]
 
@@ -195,7 +201,8 @@ def decode_branches(module, snaps: list[list[dict]], first_tokens: torch.Tensor,
     cache, token, tokens = branch_cache(module, snaps), first_tokens, []
     for step in range(response_length):
         out = module(input_ids=token.unsqueeze(1), past_key_values=cache, use_cache=True, logits_to_keep=1,
-                     attention_mask=_branch_mask(snaps, step + 1))
+                     attention_mask=_branch_mask(snaps, step + 1),
+                     **_positions(branch_positions(module, snaps, step, 1)))
         cache = out.past_key_values
         token = sample_next(out.logits[:, -1], processors, generator)
         tokens.append(token)
