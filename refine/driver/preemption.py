@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -59,13 +60,27 @@ def preempted_message(reason: str, step: int, checkpoint: Path | None) -> str:
 
 
 class SignalStop:
-    """The driver's handler: the first signal writes the stop request, any later one is reported and ignored."""
+    """The driver's reaction to a signal: the first writes the stop request, any later one is reported and ignored.
+
+    It runs in a thread of its own, woken through `signal.set_wakeup_fd` (the C-level handler writes the signal's
+    number into a pipe at once). A Python-level handler would run only when the main thread next checks for
+    signals, and inside Ray's wait that is not at once: on fast steps the stop would land steps later. The
+    Python-level handler installed is a no-op: it only keeps the default action (ending the process) away.
+    """
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
         self.received: list[str] = []
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)  # set_wakeup_fd needs it
+        threading.Thread(target=self._watch, name="refine-stop-signals", daemon=True).start()
 
-    def __call__(self, signum, frame) -> None:
+    def _watch(self) -> None:
+        while data := os.read(self._read, 64):
+            for signum in data:
+                self.react(signum)
+
+    def react(self, signum: int) -> None:
         name = signal.Signals(signum).name
         self.received.append(name)
         if len(self.received) == 1:
@@ -74,11 +89,22 @@ class SignalStop:
                     f"{PREEMPTED_EXIT_STATUS}\n")
         else:
             line = f"refine: {name} received again: ignored, the stop after the current step is under way\n"
-        os.write(2, line.encode())  # not print(): a handler may run in the middle of another write to stderr
+        os.write(2, line.encode())
 
     def install(self) -> None:
         for sig in STOP_SIGNALS:
-            signal.signal(sig, self)
+            signal.signal(sig, handled_by_watcher)
+        previous = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        if not hasattr(self, "_previous_fd"):
+            self._previous_fd = previous
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(getattr(self, "_previous_fd", -1))
+        os.close(self._write)  # the watching thread reads the end of the pipe and returns
+
+
+def handled_by_watcher(signum, frame) -> None:
+    """The Python-level handler: `SignalStop`'s thread has already seen the signal through the wakeup pipe."""
 
 
 @contextmanager
@@ -110,4 +136,5 @@ def stop_on_signals(run_dir: Path, *, ignore_after: bool = False):
         ray.init = ray_init
         for sig, action in previous.items():
             signal.signal(sig, signal.SIG_IGN if ignore_after else action)
+        handler.close()
         clear_stop_request(run_dir)

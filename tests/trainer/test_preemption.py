@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,10 +20,19 @@ from refine.driver.preemption import (
     PREEMPTED_EXIT_STATUS,
     STOP_FILE,
     Preempted,
+    handled_by_watcher,
     request_stop,
     stop_on_signals,
     stop_reason,
 )
+
+
+def eventually(condition, timeout=10.0) -> bool:
+    """The watching thread reacts at once, but in its own time: poll briefly."""
+    deadline = time.time() + timeout
+    while not condition() and time.time() < deadline:
+        time.sleep(0.01)
+    return condition()
 
 
 def test_the_first_signal_requests_the_stop_and_later_ones_are_ignored(tmp_path, capfd):
@@ -31,9 +41,11 @@ def test_the_first_signal_requests_the_stop_and_later_ones_are_ignored(tmp_path,
     with stop_on_signals(tmp_path) as handler:
         assert stop_reason(tmp_path) is None
         os.kill(os.getpid(), signal.SIGUSR1)
-        assert stop_reason(tmp_path) == "SIGUSR1"
+        assert eventually(lambda: stop_reason(tmp_path) == "SIGUSR1")
         os.kill(os.getpid(), signal.SIGTERM)  # the default action would end this process
+        assert eventually(lambda: len(handler.received) == 2)
         os.kill(os.getpid(), signal.SIGUSR1)
+        assert eventually(lambda: len(handler.received) == 3)
         assert stop_reason(tmp_path) == "SIGUSR1" and handler.received == ["SIGUSR1", "SIGTERM", "SIGUSR1"]
     assert signal.getsignal(signal.SIGTERM) is before and not (tmp_path / STOP_FILE).exists()
     lines = capfd.readouterr().err.splitlines()
@@ -68,9 +80,10 @@ def test_the_handler_is_put_back_after_ray_init_replaces_it(tmp_path, monkeypatc
     monkeypatch.setattr(ray, "init", ray_like_init)
     with stop_on_signals(tmp_path) as handler:
         assert ray.init(address="local") == "context"
-        assert signal.getsignal(signal.SIGTERM) is handler
+        assert signal.getsignal(signal.SIGTERM) is handled_by_watcher and signal.set_wakeup_fd(-1) == handler._write
+        handler.install()  # (the look above unset the wakeup pipe)
         os.kill(os.getpid(), signal.SIGTERM)
-        assert stop_reason(tmp_path) == "SIGTERM"
+        assert eventually(lambda: stop_reason(tmp_path) == "SIGTERM")
     assert ray.init is ray_like_init  # the wrapper is gone afterwards
 
 
@@ -156,11 +169,15 @@ def test_a_second_signal_in_the_middle_of_the_save_does_not_cut_it_short(tmp_pat
 
     monkeypatch.setattr(RayPPOTrainer, "_save_checkpoint", fake_verl_save(signal_midway=signal.SIGTERM))
     with stop_on_signals(tmp_path) as handler:
-        trainer = loop_trainer(tmp_path, total=3, save_freq=-1,
-                               on_step=lambda step: os.kill(os.getpid(), signal.SIGUSR1) if step == 1 else None)
+        def signal_in_step_1(step):
+            if step == 1:
+                os.kill(os.getpid(), signal.SIGUSR1)
+                assert eventually(lambda: stop_reason(tmp_path) == "SIGUSR1")
+
+        trainer = loop_trainer(tmp_path, total=3, save_freq=-1, on_step=signal_in_step_1)
         with pytest.raises(Preempted, match="stopped after step 1 on SIGUSR1"):
             trainer._train(Tracker())
-    assert handler.received == ["SIGUSR1", "SIGTERM"]
+        assert eventually(lambda: handler.received == ["SIGUSR1", "SIGTERM"])
     assert damage(tmp_path / "global_step_1") is None
     assert (tmp_path / "global_step_1" / "actor" / "model_world_size_1_rank_0.pt").stat().st_size == 8192
     assert "SIGTERM received again: ignored" in capfd.readouterr().err
