@@ -146,16 +146,18 @@ def test_fast_post_training_then_test_time_training(make_trainer, params, ruler_
 
 
 def test_fast_midtraining_of_new_families_through_ray(make_trainer, params, close, tmp_path):
-    """Two families new to the table, each saved from its tiny config with the demo tokenizer and trained one fast
-    step through Ray (one each, for the suite's time): Mamba2 (recurrent: SSM state and convolution cache) and a
-    hybrid DeltaNet with softmax attention in layer 1 (its keys/values branch as the state at r - 1)."""
+    """Three families new to the table, each saved from its tiny config with the demo tokenizer and trained one fast
+    step through Ray (one each, for the suite's time): Mamba2 (recurrent: SSM state and convolution cache), a
+    hybrid DeltaNet with softmax attention in layer 1 and a transformers Llama (their keys/values branch as the
+    state at r - 1)."""
     import refine.models  # noqa: F401
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from refine.models.tiny import tiny_config
     from refine.preflight.compose import REPO_ROOT
 
-    for name, overrides in (("mamba2", {}), ("delta_net", {"attn": {"layers": [1], "num_heads": 2}})):
+    for name, overrides in (("mamba2", {}), ("delta_net", {"attn": {"layers": [1], "num_heads": 2}}),
+                            ("hf_decoder", {})):
         model_dir = tmp_path / name
         torch.manual_seed(0)
         AutoModelForCausalLM.from_config(tiny_config(name, **overrides)).save_pretrained(model_dir)
