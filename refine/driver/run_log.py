@@ -71,6 +71,12 @@ class RunLog:
         try:
             if self.tracker is not None:
                 self.tracker.finish(exit_code=0 if outcome == "finished" else 1)
+                if "wandb" in self.tracker.logger:
+                    import wandb  # wandb: only a run that logs to it
+
+                    # close wandb's service connection now: left to its exit hook, it runs when Ray ends this
+                    # process, finds the service already gone and prints a ConnectionResetError traceback
+                    wandb.teardown(exit_code=0 if outcome == "finished" else 1)
         finally:
             self.metrics.close()
             mark_end(self.run_dir, self.state, outcome, error)

@@ -20,9 +20,9 @@ COMPARED = ("reward/", "actor/ntp_loss", "actor/pg_loss", "val_loss", "val_em_sc
 def refine_main(*args: str, cwd: Path, **env_vars: str) -> str:
     env = {**os.environ, "WANDB_API_KEY": SECRET, **env_vars}
     env.pop("REFINE_VERBOSE", None)
-    done = subprocess.run([sys.executable, "-m", "refine.main", *args], capture_output=True, text=True, timeout=900,
-                          cwd=cwd, env=env)
-    output = done.stdout + done.stderr
+    done = subprocess.run([sys.executable, "-m", "refine.main", *args], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=900, cwd=cwd, env=env)  # as a terminal shows it
+    output = done.stdout
     (cwd / f"console_{len(list(cwd.glob('console_*')))}.txt").write_text(output)  # to read when a test fails
     assert done.returncode == 0, output[-4000:]
     return output

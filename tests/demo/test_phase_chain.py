@@ -57,9 +57,10 @@ def test_the_readme_phase_chain_runs_as_written(tmp_path):
     demo = prelude[0].split("=", 1)[1]
 
     def run(command: str) -> list[str]:
-        done = subprocess.run(shell(prelude, command), cwd=tmp_path, env=env, capture_output=True, text=True,
-                              timeout=900)
-        output = done.stdout + done.stderr
+        # one stream, in the order a terminal shows it (the next command must be the very last line)
+        done = subprocess.run(shell(prelude, command), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, timeout=900)
+        output = done.stdout
         assert done.returncode == 0, f"{command}\n{output[-4000:]}"
         assert "Traceback" not in output and "DataLoader worker" not in output, output[-4000:]
         return plain_lines(output)
