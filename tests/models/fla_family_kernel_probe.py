@@ -5,8 +5,10 @@ Triton's interpreter must be chosen before fla is imported; `tests/models/test_f
 The recurrent (decoding) forms, called as the layers call them, on the same fp32 inputs (these kernels accept
 fp32, so both sides compute in fp32): GLA / HGRN2 (value-first state, packed sequences), retention, KDA (in-kernel
 gate and beta, grouped value heads), Comba (its read-before-decay order), RWKV-7's state update and token shift,
-and the rotary embedding (per-row offsets, a negative one). Each case records the worst difference of fla's
-kernel from the stand-in per output and the quantity's largest magnitude.
+and the rotary embedding (per-row offsets, a negative one). The chunk forms (fp16, as fla requires; forward and
+every gradient) of GLA, retention, KDA, Comba and Gated DeltaProduct; `chunk_rwkv7` does not run under Triton
+3.9's interpreter (`Did you forget to add @triton.jit ?` from one of its helpers). Each case records the worst
+difference of fla's kernel from the stand-in per output / gradient and the quantity's largest magnitude.
 """
 
 from __future__ import annotations
@@ -103,8 +105,88 @@ def rotary():
                     [ck.rotary_embedding(x, freqs.cos(), freqs.sin(), seqlen_offsets=offsets)], ("y",))
 
 
+# ---- the chunk forms: fla's kernels refuse fp32, so both sides get the same fp16 values; fla computes in fp16
+# (fp32 accumulation), the stand-in in fp32 on those values; forward and every gradient ------------------------------
+H16, TC = torch.float16, 70  # 70 tokens: one full 64-token chunk and a partial one
+
+
+def _fp16(*shape, seed, fn=None):
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    return (x if fn is None else fn(x)).to(H16)
+
+
+def _chunk_case(fla_fn, ours_fn, inputs: dict) -> dict:
+    fla_in = {n: t.detach().clone().requires_grad_(True) for n, t in inputs.items()}
+    our_in = {n: t.detach().float().clone().requires_grad_(True) for n, t in inputs.items()}
+    o, s = fla_fn(**fla_in)
+    ro, rs = ours_fn(**our_in)
+    w_o = torch.randn(ro.shape, generator=torch.Generator().manual_seed(0))
+    w_s = torch.randn(rs.shape, generator=torch.Generator().manual_seed(1))
+    grads = torch.autograd.grad((o.float() * w_o).sum() + (s.float() * w_s).sum(), list(fla_in.values()))
+    ref_grads = torch.autograd.grad((ro * w_o).sum() + (rs * w_s).sum(), list(our_in.values()))
+    return _compare([o, s, *grads], [ro, rs, *ref_grads], ("o", "final_state", *(f"d{n}" for n in inputs)))
+
+
+def chunk_gla_case():
+    from fla.ops.gla import chunk_gla
+
+    def call(fn):
+        return lambda q, k, v, g, h0: fn(q, k, v, g, initial_state=h0, output_final_state=True)
+    return _chunk_case(call(chunk_gla), call(ck.chunk_gla), dict(
+        q=_fp16(1, TC, H, K, seed=40), k=_fp16(1, TC, H, K, seed=41), v=_fp16(1, TC, H, V, seed=42),
+        g=_fp16(1, TC, H, K, seed=43, fn=lambda x: F.logsigmoid(x + 2)), h0=_fp16(1, H, K, V, seed=44).float()))
+
+
+def chunk_retention_case():
+    from fla.ops.retention import chunk_retention
+
+    def call(fn):
+        return lambda q, k, v, h0: fn(q, k, v, initial_state=h0, output_final_state=True)
+    return _chunk_case(call(chunk_retention), call(ck.chunk_retention), dict(
+        q=_fp16(1, TC, H, K, seed=45), k=_fp16(1, TC, H, K, seed=46), v=_fp16(1, TC, H, V, seed=47),
+        h0=_fp16(1, H, K, V, seed=48).float()))
+
+
+def chunk_kda_case():
+    from fla.ops.kda import chunk_kda
+
+    def call(fn):
+        return lambda q, k, v, g, beta, h0: fn(q, k, v, g, beta, initial_state=h0, output_final_state=True,
+                                              use_qk_l2norm_in_kernel=True)
+    return _chunk_case(call(chunk_kda), call(ck.chunk_kda), dict(
+        q=_fp16(1, TC, H, K, seed=49), k=_fp16(1, TC, H, K, seed=50), v=_fp16(1, TC, H, V, seed=51),
+        g=_fp16(1, TC, H, K, seed=52, fn=lambda x: F.logsigmoid(x + 3)),
+        beta=_fp16(1, TC, H, seed=53, fn=torch.sigmoid), h0=_fp16(1, H, K, V, seed=54).float()))
+
+
+def chunk_comba_case():
+    from fla.ops.comba import chunk_comba
+
+    def call(fn):
+        return lambda q, k, v, p, g, beta, h0: fn(q, k, v, p, g, beta, initial_state=h0, output_final_state=True,
+                                                 use_qk_l2norm_in_kernel=True)
+    return _chunk_case(call(chunk_comba), call(ck.chunk_comba), dict(
+        q=_fp16(1, TC, H, K, seed=55), k=_fp16(1, TC, H, K, seed=56), v=_fp16(1, TC, H, V, seed=57),
+        p=_fp16(1, TC, H, K, seed=58), g=_fp16(1, TC, H, seed=59, fn=F.logsigmoid),
+        beta=_fp16(1, TC, H, seed=60, fn=torch.sigmoid), h0=_fp16(1, H, K, V, seed=61).float()))
+
+
+def chunk_gated_delta_product_case():
+    from fla.ops.gated_delta_product import chunk_gated_delta_product
+
+    def call(fn):
+        return lambda q, k, v, g, beta, h0: fn(q, k, v, g, beta, num_householder=2, initial_state=h0,
+                                              output_final_state=True, use_qk_l2norm_in_kernel=True)
+    return _chunk_case(call(chunk_gated_delta_product), call(ck.chunk_gated_delta_product), dict(
+        q=_fp16(1, TC, H, K, seed=62), k=_fp16(1, 2 * TC, H, K, seed=63), v=_fp16(1, 2 * TC, H, V, seed=64),
+        g=_fp16(1, TC, H, seed=65, fn=lambda x: F.logsigmoid(x + 2)),
+        beta=_fp16(1, 2 * TC, H, seed=66, fn=torch.sigmoid), h0=_fp16(1, H, K, V, seed=67).float()))
+
+
 CASES = {"fused_recurrent_gla/varlen": gla, "fused_recurrent_retention": retention, "fused_recurrent_kda": kda,
-         "fused_recurrent_comba": comba, "fused_mul_recurrent_rwkv7": rwkv7, "rotary_embedding": rotary}
+         "fused_recurrent_comba": comba, "fused_mul_recurrent_rwkv7": rwkv7, "rotary_embedding": rotary,
+         "chunk_gla": chunk_gla_case, "chunk_retention": chunk_retention_case, "chunk_kda": chunk_kda_case,
+         "chunk_comba": chunk_comba_case, "chunk_gated_delta_product": chunk_gated_delta_product_case}
 
 if __name__ == "__main__":
     results = {}

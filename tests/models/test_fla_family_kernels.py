@@ -1,9 +1,10 @@
 """The fla-kernel tier for the newer families: fla's own Triton kernels (interpreted on CPU) equal the stand-ins.
 
-The recurrent (decoding) forms, called as the layers call them, on the same fp32 inputs, in one child process
-(`tests/models/fla_family_kernel_probe.py`: Triton's interpreter must be chosen before fla is imported; ~1 min).
-Both sides compute in fp32 with different summation orders, so they must agree to fp32 precision: 1e-5 relative
-to the quantity's largest magnitude. A case missing from the child's output, or one that raised, fails.
+In one child process (`tests/models/fla_family_kernel_probe.py`: Triton's interpreter must be chosen before fla is
+imported; ~1 min). The recurrent (decoding) forms, called as the layers call them, on the same fp32 inputs: both
+sides compute in fp32, so they agree to fp32 precision, 1e-5 relative to the quantity's largest magnitude. The
+chunk forms on the same fp16 values (fla refuses fp32): fla computes in fp16, so 8 fp16 roundings of the scale,
+as `test_fla_kernels.py`. A case missing from the child's output, or one that raised, fails.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ pytestmark = pytest.mark.fla_kernels
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RTOL = 1e-5
+RTOL_FP16 = 8 * 2.0**-11  # fla's chunk kernels compute in fp16: 8 roundings of the scale (as test_fla_kernels)
+CHUNK_OUTPUTS = ("o", "final_state", "dq", "dk", "dv", "dh0")
 CASES = {
     "fused_recurrent_gla/varlen": ("o", "final_state"),
     "fused_recurrent_retention": ("o", "final_state"),
@@ -27,6 +30,11 @@ CASES = {
     "fused_recurrent_comba": ("o", "final_state"),
     "fused_mul_recurrent_rwkv7": ("o", "final_state", "token_shift", "token_shift_cache"),
     "rotary_embedding": ("y",),
+    "chunk_gla": (*CHUNK_OUTPUTS, "dg"),
+    "chunk_retention": CHUNK_OUTPUTS,
+    "chunk_kda": (*CHUNK_OUTPUTS, "dg", "dbeta"),
+    "chunk_comba": (*CHUNK_OUTPUTS, "dp", "dg", "dbeta"),
+    "chunk_gated_delta_product": (*CHUNK_OUTPUTS, "dg", "dbeta"),
 }
 
 
@@ -45,6 +53,7 @@ def measured(tmp_path_factory):
 def test_fla_kernel_equals_the_stand_in(measured, case):
     assert case in measured, f"the probe did not report {case}"
     assert "error" not in measured[case], measured[case].get("error")
+    rtol = RTOL_FP16 if case.startswith("chunk_") else RTOL
     for name in CASES[case]:
         m = measured[case][name]
-        assert m["diff"] <= RTOL * max(1.0, m["scale"]), f"{case} {name}: {m['diff']:.3g} (scale {m['scale']:.3g})"
+        assert m["diff"] <= rtol * max(1.0, m["scale"]), f"{case} {name}: {m['diff']:.3g} (scale {m['scale']:.3g})"
