@@ -18,7 +18,8 @@ Adding a family is one `Family(...)` in `FAMILIES`:
   name what a layer keeps; `LACT_CACHE`; `NO_BRANCHING` refuses the fast mode), and `fast_refusal` for configs of a
   branchable family that still cannot (None: always fine);
 - `state_sizes(config, block)`: (s_32, s_p) elements per block and row of the branched state, fp32 and compute
-  dtype (docs in `refine/preflight/memory_estimate.py`);
+  dtype, and `kv_per_token(config)`: cached attention keys/values per token and block (docs in
+  `refine/preflight/memory_estimate.py`);
 - `tiny`: keyword arguments of a 2-layer, 64-wide CPU config (special ids and vocabulary are added by
   `refine.models.tiny.tiny_config`), or `tiny_builder` ("module:function") for a family that ships its own.
 Then `pytest tests/models/test_families.py tests/trainer/test_fast_nsp.py -k <name>` runs it through both modes.
@@ -134,6 +135,22 @@ def _rwkv7_state(config, block) -> tuple[int, int]:
     return layer.num_heads * layer.head_dim * layer.head_v_dim, 2 * config.hidden_size
 
 
+def _hybrid_kv_per_token(config) -> int:
+    """Keys and values per token and block of a hybrid fla config's `attn` layers (compute dtype), averaged over the
+    blocks: what a branch carries per cached token beyond the recurrent state (0 without `attn`)."""
+    attn = getattr(config, "attn", None)
+    specs = attn if isinstance(attn, list) else [attn] if attn else []
+    per_layer = sum(len(s["layers"]) * 2 * s["num_kv_heads"] * (config.hidden_size // s["num_heads"])
+                    for s in specs)
+    return per_layer // config.num_hidden_layers
+
+
+def _decoder_kv_per_token(config) -> int:
+    """A transformers decoder: every layer caches keys and values of its key/value heads."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * config.num_key_value_heads * head_dim
+
+
 def _lact_state(config, block) -> tuple[int, int]:
     """LaCT: three fast-weight matrices per head (twice with momentum); the window's keys/values and the open
     chunk."""
@@ -178,6 +195,7 @@ class Family:
     config_class: str
     state: str
     state_sizes: Callable = _no_state
+    kv_per_token: Callable = _hybrid_kv_per_token
     heads: tuple[str, ...] = ("num_heads",)
     cpu_kernels: tuple[tuple[str, str, str], ...] = ()
     # fla: `attn_state` is the softmax-attention KV cache of hybrid configs' `attn` layers (None elsewhere)
@@ -278,6 +296,7 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         name="hf_decoder", model_types=("llama", "qwen2", "mistral"),
         config_class="transformers:LlamaConfig", state=KV_CACHE, heads=(), state_keys=("attn_state",),
+        kv_per_token=_decoder_kv_per_token,
         tiny=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                   intermediate_size=128, max_position_embeddings=4096, tie_word_embeddings=False)),
     Family(

@@ -48,12 +48,14 @@ the other and free their tensors). Per token, one block keeps for its backward
                time: T_m = min(S, ceil(2S/C)) tokens (a segment spans at most two of the C equal chunks), else
                T_m = S; its body without checkpointing and its own fp32 cross-entropy, body(T_m) + T_m*V*(b_p + 8),
                + the same for the C*n branches of k + 1 tokens, T_b = C*n*(k + 1): body(T_b) + T_b*V*(b_p + 8),
-               + state snapshots (C + C*n)*L*(4*s_32 + b_p*s_p)
+               + state snapshots (C + C*n)*L*(4*s_32 + b_p*(s_p + s_t*S))
                (one per cut and one per branch row). Per block and row, from the family table
                (`Family.state_sizes`, refine/models/families.py), e.g. fla DeltaNet / GDN: s_32 = h_v*d_hk*d_hv
                (the delta-rule state), s_p = (d_q + d_k + d_v)*(conv - 1) (short-convolution caches); LaCT:
                s_32 = 3*h_fw*d_fw*d_fw_hidden, twice with momentum (fast weights), s_p = 2H*(window + chunk) (the
-               sliding-window keys/values and the open chunk)
+               sliding-window keys/values and the open chunk); s_t: keys/values per cached token of the
+               softmax-attention layers (a transformers decoder: 2*h_kv*d_head; fla hybrids: their `attn`
+               layers', averaged over the blocks), at most S tokens per snapshot
   task update  (post-training)    mu_t*body(S + R) + mu_t*(R + 1)*V*(b_p + 8)
 Total = model states + the largest part. The fit check warns above 90 % of the device memory (the CUDA context,
 NCCL buffers and allocator fragmentation take the rest). Device memory: REFINE_GPU_MEMORY_GIB when set, else the
@@ -87,6 +89,7 @@ class ModelShape:
     d_gate: int = 0
     state_fp32: int = 0  # s_32: recurrent state per block and row kept in fp32 (0: no branchable state)
     state_compute: int = 0  # s_p: per block and row, in the compute dtype (caches of keys/values, convolutions)
+    kv_per_token: int = 0  # s_t: per block, row and cached token: softmax-attention keys/values (compute dtype)
     fused_ce: bool = False
     fused_linear_ce: bool = False
     notes: tuple[str, ...] = ()
@@ -153,7 +156,7 @@ def activation_bytes(model: ModelShape, run: RunShape) -> dict[str, int]:
         branches = rows * (k + 1)
         # checkpointed: one segment (at most two chunks' worth of tokens) is recomputed at a time
         main = min(s, -(-2 * s // run.n_chunks)) if run.checkpointing else s
-        state = FP32_BYTES * model.state_fp32 + b * model.state_compute
+        state = FP32_BYTES * model.state_fp32 + b * (model.state_compute + model.kv_per_token * s)
         parts["fast update"] = (body_bytes(model, run, main, False) + main * v * unfused
                                 + body_bytes(model, run, branches, False) + branches * v * unfused
                                 + (run.n_chunks + rows) * model.layers * state)
@@ -234,13 +237,14 @@ def shape_of(model, *, on_cuda: bool) -> ModelShape:
     # the branched state's sizes are the family's (refine.models.families); the table is registered with the model
     from refine.models.families import family_of
 
-    state_fp32, state_compute = family_of(config).state_sizes(config, block)
+    family = family_of(config)
+    state_fp32, state_compute = family.state_sizes(config, block)
     is_fla = type(model).__module__.startswith("fla.")
     return ModelShape(
         n_params=sum(p.numel() for p in model.parameters()), hidden=hidden,
         layers=len(blocks) or int(config.num_hidden_layers), vocab=int(config.vocab_size), mlp=mlp,
         d_q=d_q, d_k=d_k, d_v=d_v, d_gate=_linear_out(block, "g_proj"), state_fp32=state_fp32,
-        state_compute=state_compute,
+        state_compute=state_compute, kv_per_token=family.kv_per_token(config),
         fused_ce=on_cuda and is_fla and bool(getattr(config, "fuse_cross_entropy", False)),
         fused_linear_ce=on_cuda and is_fla and bool(getattr(config, "fuse_linear_cross_entropy", False)),
         notes=tuple(notes))

@@ -131,3 +131,29 @@ def test_prepare_prints_the_estimate_and_a_warning_without_failing(monkeypatch, 
     out = capsys.readouterr().out
     assert "refine: memory estimate per worker" in out and "199K parameters" in out
     assert "refine: WARNING: the estimated" in out and "1.0 MiB" in out
+
+
+@pytest.mark.parametrize("family,overrides,per_token", [
+    ("hf_decoder", {}, 2 * 2 * 16),  # Llama: 2 key/value heads of 64 / 4 = 16, in every layer
+    ("delta_net", {"attn": {"layers": [1], "num_heads": 2}}, 2 * 2 * 32 // 2),  # one of 2 layers, 2 heads of 32
+])
+def test_the_fast_update_counts_the_cached_keys_and_values_of_attention_layers(family, overrides, per_token):
+    """A branch off an attention layer carries its keys/values (the family table's `kv_per_token`): up to S
+    cached tokens per snapshot, (C + C*n) snapshots per document, in the compute dtype."""
+    import dataclasses
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from refine.models.tiny import tiny_config
+    from refine.preflight.compose import REPO_ROOT
+    from refine.preflight.memory_estimate import estimate, shape_of
+
+    with torch.device("meta"):
+        model = shape_of(AutoModelForCausalLM.from_config(tiny_config(family, **overrides)), on_cuda=False)
+    _, run = _shapes(REPO_ROOT / "data/demo/model", ["+preset=embedded_demo", "refine.nsp_mode=fast"], on_cuda=False)
+    assert model.kv_per_token == per_token
+    without = estimate(dataclasses.replace(model, kv_per_token=0), run).parts["fast update"]
+    snapshots = run.n_chunks + run.n_chunks * run.n_per_prefix
+    assert estimate(model, run).parts["fast update"] - without == (
+        snapshots * model.layers * run.compute_bytes * per_token * run.seq_len)
