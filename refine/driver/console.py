@@ -66,5 +66,6 @@ class StepLine:
         rate = f", {took / trained:.1f} s/step" if trained > 0 else ""
         figures = ", ".join(f"{label} {_number(last[key])}" for label, key in (*self.rewards, *_LOSSES, *_VALIDATION)
                             if key in last)
-        return f"refine: done: step {step}/{self.total} in {_duration(took)}{rate}" + (
+        what = f"step {step}/{self.total}" if self.total else "validation"  # a val_only run trains no step
+        return f"refine: done: {what} in {_duration(took)}{rate}" + (
             f"; last {figures}" if figures else "")

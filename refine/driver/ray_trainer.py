@@ -156,7 +156,7 @@ class RefineTrainer(RayPPOTrainer):
         try:
             begin_save(folder)
             save_refine_state(folder, state)
-            with verl_deletes_nothing(self.config.trainer):
+            with verl_deletes_nothing(self.config.trainer), quiet_stdout():  # verl prints each step folder
                 super()._save_checkpoint()
             record_completion(folder, self.global_steps)
             set_latest(self.run_dir, self.global_steps)

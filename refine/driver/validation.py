@@ -15,6 +15,7 @@ from refine.driver.preemption import PREEMPTED_EXIT_STATUS, Preempted, stop_reas
 from refine.scoring import split_answers
 from refine.scoring.task_scorer import task_scorer
 from refine.settings import ValidationSettings, attach, replace
+from refine.verbosity import verbose
 from refine.worker.rpc import worker_seed
 
 
@@ -74,8 +75,9 @@ def validate_generation(trainer) -> dict[str, float]:
         step=trainer.global_steps, show=int(trainer_cfg.get("log_val_generations") or 0))
     if reset:
         wg.snapshot_state()
+    # the console's step lines show the result; the bar only with REFINE_VERBOSE=1
     batches = tqdm(trainer.val_dataloader, desc="test-time training + answers" if ttt else "validation answers",
-                   unit="batch", leave=False)
+                   unit="batch", leave=False, disable=not verbose())
     for index, batch_dict in enumerate(batches):
         batch = DataProto.from_single_dict(batch_dict)
         if ttt:

@@ -24,6 +24,7 @@ NNODES=1
 SMOKE_COMMON_ARGS=(
     trainer.device=cpu
     trainer.save_freq=1
+    data.dataloader_num_workers=0   # rows of a few hundred tokens: no loader processes (2 CPU cores, not 8)
     actor_rollout_ref.model.enable_gradient_checkpointing=False
     actor_rollout_ref.actor.fsdp_config.dtype=float32
     ++actor_rollout_ref.actor.fsdp_config.mixed_precision.param_dtype=fp32

@@ -70,6 +70,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--rows must be a positive even number, got {args.rows}")
     from transformers import AutoTokenizer
 
+    from transformers.utils import logging as hf_logging
+
+    # only the tokenizer is read: without the model classes registered (heavy), transformers would warn that
+    # config.json names a model type it does not know, which says nothing about the tokenizer
+    hf_logging.set_verbosity_error()
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
