@@ -107,7 +107,7 @@ def stop_exit_status(exc: BaseException) -> int:
     return next((Preempted.exit_status for link in _exception_chain(exc) if type(link) is Preempted), 3)
 
 
-def worker_died(exc: BaseException) -> bool:
+def worker_died(exc: BaseException, wait_s: float = 0.0) -> bool:
     """Whether `exc` (or what it wraps) is Ray's report of a dead worker process (killed, out of memory, ...), or the
     run's Ray cluster lost a node (then a surviving worker's error, such as a closed gloo connection, may come
     first)."""
@@ -117,7 +117,14 @@ def worker_died(exc: BaseException) -> bool:
     from refine.driver.lost_nodes import lost_nodes  # after a node loss the first error may be a peer's (gloo)
 
     return any(isinstance(link, (ActorDiedError, ActorUnavailableError, WorkerCrashedError))
-               for link in _exception_chain(exc)) or bool(lost_nodes())
+               for link in _exception_chain(exc)) or bool(lost_nodes(wait_s))
+
+
+def node_loss_wait(config) -> float:
+    """Seconds a failed run waits for Ray to report a lost node: only a multi-node run can lose one alone."""
+    from refine.driver.lost_nodes import NODE_LOSS_WAIT_S  # Ray: only a run that failed gets here
+
+    return NODE_LOSS_WAIT_S if int(config.trainer.get("nnodes", 1)) > 1 else 0.0
 
 
 def dead_worker_message(exc: BaseException, config) -> str:
@@ -153,7 +160,7 @@ def _hydra_main() -> None:
             run(config, prepared=True)
         except Exception as exc:  # noqa: BLE001 - only ReFINE's own stops and dead workers get one line
             stop = run_stop_reason(exc)
-            if stop is None and not worker_died(exc):
+            if stop is None and not worker_died(exc, wait_s=node_loss_wait(config)):
                 raise
             print(f"refine: {stop or dead_worker_message(exc, config)}", file=sys.stderr)
             sys.exit(stop_exit_status(exc))

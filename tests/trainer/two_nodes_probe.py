@@ -64,7 +64,7 @@ def main(out_path: Path, run_dir: Path) -> None:
 
     import refine.platform
     from refine.driver.task_runner import build_trainer
-    from refine.main import dead_worker_message, worker_died
+    from refine.main import dead_worker_message, node_loss_wait, worker_died
     from refine.platform import ray_runtime_env
     from refine.preflight.compose import compose
     from refine.preflight.prepare import prepare
@@ -125,7 +125,7 @@ def main(out_path: Path, run_dir: Path) -> None:
             result["loss_error"] = None
         except Exception as exc:  # noqa: BLE001 - recorded for the test to judge
             result["loss_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            result["worker_died"] = worker_died(exc)
+            result["worker_died"] = worker_died(exc, wait_s=node_loss_wait(first.config))  # as refine.main does
             result["message"] = dead_worker_message(exc, first.config)
             result["failed_after_s"] = time.time() - lost[0] if lost else None
         result["before_loss"] = step_records(first)
