@@ -93,13 +93,15 @@ def plant_augment(vocab: Vocab, pairs_per_window: int):
     return augment
 
 
-def planted_documents(tokenizer, texts: list[str], vocab: Vocab, length: int, n_queried: int, seed: int) -> list[str]:
-    """Text documents of <= `length` tokens (train split rows) with queried pairs at any distance and distractors."""
+def planted_documents(tokenizer, texts: list[str], vocab: Vocab, length: int, n_queried: int, seed: int,
+                      min_distance: int = PAIR_LEN) -> list[str]:
+    """Text documents of <= `length` tokens (train split rows) with queried pairs (definition to query at least
+    `min_distance` tokens apart, any longer distance that fits) and distractors."""
     rng = random.Random(seed)
     out = []
     for text in texts:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"][:length - 8]
-        ids = plant(ids, vocab, rng, n_queried, max(1, len(ids) // (2 * DISTRACTOR_EVERY)), len(ids))
+        ids = plant(ids, vocab, rng, n_queried, max(1, len(ids) // (2 * DISTRACTOR_EVERY)), len(ids), min_distance)
         doc = tokenizer.decode(ids)
         if len(tokenizer(doc, add_special_tokens=False)["input_ids"]) <= length:
             out.append(doc)

@@ -13,6 +13,7 @@ from statistics import fmean
 
 from repro import stats
 from repro.measures import lower_is_better
+from repro.report_text import HISTORY, READING, RUN_NOTES
 from repro.sizes import STUDY_VERSION
 
 # (id, phase, statement, baseline model prefix, arm model prefix, item set); fixed before the run
@@ -21,8 +22,8 @@ HYPOTHESES = (
      "(primary)", "mid/ntp", "mid/refine", "primary"),
     ("C1", "mid", "positive control: NTP mid-training at 4L retrieves better than the pre-trained model",
      "pretrained", "mid/ntp", "primary"),
-    ("C2", "mid", "positive control: NTP with 2x the updates retrieves better than NTP", "mid/ntp", "mid/ntp_2x",
-     "primary"),
+    ("C2", "post", "positive control: the pre-trained model trained on the task directly (inner NTP + task SFT, the "
+     "post-training control) retrieves better than the pre-trained model", "pretrained", "post/ctl", "primary"),
     ("A1", "mid", "ablation, grouping: GRPO groups of 4 rollouts of one prefix (C=1, n=4) vs the official C=4, "
      "n=1 (equal rollouts)", "mid/refine", "mid/refine_n4", "primary"),
     ("A2", "mid", "ablation: RL alone (sft_coef 0) vs the official mix (sft_coef 1)", "mid/refine", "mid/refine_rl",
@@ -37,50 +38,6 @@ ARM_LABELS = {"mid/ntp": "NTP", "mid/refine": "ReFINE", "mid/ntp_2x": "NTP, 2x u
               "mid/refine_n4": "ReFINE, C=1 n=4", "mid/refine_rl": "ReFINE, sft_coef 0", "post/ctl": "inner NTP + task SFT",
               "post/refine": "ReFINE + task SFT", "ttt/ttt_ntp": "TTT, NTP", "ttt/ttt_refine": "TTT, NTP + NSP-GRPO",
               "pretrained": "pre-trained", "random_init": "random init"}
-
-HISTORY = (
-    "History. The previous study (issue 13, commit `7e7bb1a`) compared ReFINE with NTP on a 1.2M-parameter DeltaNet "
-    "and found no gain in any phase. It could not tell a defect from a scale effect: the ReFINE arm took 2 AdamW "
-    "steps per global step (3 in post-training) against 1 for its baseline, mid-training stayed at the pre-training "
-    "length (256 tokens), its retrieval measures (greedy exact match) sat at 0 for every model, its numbers were "
-    "regenerated from an uncommitted work dir, and it read neither the cosine reward's chance level nor the GRPO "
-    "grouping. This study replaces it: arms matched in updates and tokens, context extension from L to 4L, a "
-    "retrieval task the model learns, a positive control, and a committed results file."
-)
-
-
-READING = (
-    "Reading (written after the run, from the tables here). No pre-registered hypothesis held, and neither did the "
-    "positive controls, which is the main finding about the study itself. The primary measure can move: it "
-    "separates the pre-trained model from random init (23 % against 0 on the primary bins) and falls with distance "
-    "as retrieval should (75 % below L, 0 beyond 4L). But 32 updates of mid-training at 4L (65K document tokens) move "
-    "it by only about 2 pp over the pre-trained model (C1, interval from -1.7 to +6.2), and doubling the updates on "
-    "one seed does not settle it (C2). So H1's null rules out that ReFINE mid-training adds more than about +2 pp "
-    "of retrieval beyond L here, or costs more than about 4 pp; it cannot rule out a gain of the size the paper "
-    "reports at its scale, which needs a budget where the positive control itself is significant (longer "
-    "mid-training, more seeds, a larger model on a GPU). H2 and H3 bound the post-training and TTT effects in the "
-    "same way (within about 2 pp and 6 pp). What the measurements do show: the arms are matched in updates and "
-    "tokens (table below), so the earlier study's update confound is gone, and ReFINE's NTP and short-context "
-    "losses stay within 0.03 nats of NTP's. The collapse diagnostic reads the cosine reward correctly: with RL "
-    "alone (sft_coef 0) the reward rises during training (0.38 to 0.43) while its chance level rises as much (0.31 "
-    "to 0.36), so the reward above chance is flat, and that model's own hidden states are the most collinear of the "
-    "mid-trained ones; a rising reward is no evidence of learning. Against NTP, per bin (secondary, one seed), both "
-    "ablations are worse at 256-512 tokens with intervals that exclude 0 (C=1 n=4: -4.2 pp, RL alone: -7.3 pp); "
-    "against the official ReFINE arm on the primary bins neither differs (A1, A2)."
-)
-
-RUN_NOTES = (
-    "How the full study was run. From a frozen worktree of the commit above (so that other helpers' edits to "
-    "`refine/` could not reach it), `PYTHONPATH` pointing at it. The 2-core machine was shared with other helpers' "
-    "test suites the whole time (1-minute load average between 3 and 29 when sampled), so every wall time here is "
-    "measured under load and inflated (trainer runs took 160-390 s each, mostly waiting for the cores). The command ran twice on "
-    "the same work dir: the first invocation (commit `b026d10`, the same study code except that the control and the "
-    "ablations were to run on all three seeds) built the data and pre-trained the model (the pre-training time in "
-    "the model line) and was stopped once the checkpoint was written, when the load made three-seed ablations "
-    "unaffordable; the second (the commit above) reused that checkpoint (a cached stage) and ran everything else, "
-    "which is the wall time above. The design target, the whole study in under 60 minutes alone on 2 cores, is an "
-    "estimate (about 8 min pre-training, 21 trainer runs two at a time, 12 min of evaluation), not a measurement."
-)
 
 
 def _seeds(results) -> list[int]:
@@ -200,6 +157,14 @@ def secondary_table(results) -> list[str]:
         mean, lo, hi = stats.seed_interval(d)
         row.append(f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}]" if len(d) > 1 else f"{mean:+.4f}")
         rows.append(row)
+    # the trainer's own validation loss (validation split, last evaluation of each run): read, not re-measured
+    last_val = lambda arm, seed: (results["runs"].get(f"{arm}_s{seed}", {}).get("curves", {}).get("val_loss") or [None])[-1]
+    if all(last_val(a, s) is not None for a in arms for s in _arm_seeds(results, a)):
+        row = ["trainer val_loss, validation split, end of run (lower better)", "–"]
+        row += [f"{fmean(last_val(a, s) for s in _arm_seeds(results, a)):.4f}" for a in arms]
+        d = [last_val("mid/refine", s) - last_val("mid/ntp", s) for s in _seeds(results)]
+        mean, lo, hi = stats.seed_interval(d)
+        rows.append(row + [f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}]" if len(d) > 1 else f"{mean:+.4f}"])
     labels = [f"{ARM_LABELS[a]} (n={len(_arm_seeds(results, a))})" for a in arms]
     return _table(("measure", "pre-trained", *labels, "Δ ReFINE − NTP [95 % CI, seeds]"), rows)
 
@@ -242,7 +207,8 @@ def plots(results, analysis, out_dir: Path) -> list[Path]:
     panels = {
         "mid": [(f"{ARM_LABELS[a]} − NTP, d {b}", analysis["bins"]["mid"][a][b])
                 for a in analysis["bins"]["mid"] for b in bins] + [("C1 NTP − pre-trained (primary)", analysis["hypotheses"]["C1"])],
-        "post": [(f"ReFINE − control, d {b}", analysis["bins"]["post"]["post/refine"][b]) for b in bins],
+        "post": [(f"ReFINE − control, d {b}", analysis["bins"]["post"]["post/refine"][b]) for b in bins]
+        + [("C2 task-trained − pre-trained (primary)", analysis["hypotheses"]["C2"])] * ("C2" in analysis["hypotheses"]),
         "ttt": [(f"{hid}", analysis["hypotheses"][hid]) for hid in ("H3", "C3") if hid in analysis["hypotheses"]],
     }
     titles = {"mid": "Mid-training at 4L: paired Δ greedy EM (pp), 95 % CI",
@@ -314,9 +280,9 @@ def render(results) -> tuple[str, dict]:
         f"n={s['n_per_prefix']}, k={s['response_length']}, {s['sampling']} sampling, reward {s['reward']} "
         f"(post: {s['post_reward']}, TTT: {s['ttt_reward']}), sft_coef {s['sft_coef']}, ppo_coef {s['ppo_coef']} "
         f"(TTT {s['ttt_ppo_coef']}); `refine.mini_batch_size` = the batch, so every arm takes one inner-loop "
-        f"optimiser step per global step. Primary arms on seeds {', '.join(map(str, s['seeds']))}; the positive "
-        f"control C2 and the ablations on seed(s) {', '.join(map(str, s['control_seeds']))} (paired with the same "
-        "seed of their baseline; their intervals resample items). Nothing was tuned on the test split.",
+        f"optimiser step per global step. Primary arms on seeds {', '.join(map(str, s['seeds']))}; the controls "
+        f"and ablations on seed(s) {', '.join(map(str, s['control_seeds']))} (paired with the same seed of their "
+        "baseline). Nothing was tuned on the test split.",
         "",
         *([RUN_NOTES, ""] if not results.get("quick") else []),
         "## Pre-registered hypotheses and results",

@@ -58,6 +58,10 @@ def test_the_committed_report_states_what_the_issue_asks_for(committed):
     assert re.search(r"code at commit `[0-9a-f]{7,}`", text) and "wall time" in text
     assert len(FULL.seeds) >= 3 and FULL.items_per_bin * len(FULL.primary_bins) >= 192
     assert FULL.items_per_bin * len(FULL.bins) >= 256
+    # the controls and ablations on every seed too (paired with the same seeds of their baseline)
+    assert tuple(FULL.control_seeds) == tuple(FULL.seeds)
+    for arm in (*FULL.controls, *FULL.ablations):
+        assert {f"mid/{arm}_s{seed}" for seed in FULL.seeds} <= set(results["runs"]), arm
     for hid in ("H1", "H2", "H3", "C1", "C2", "A1", "A2"):
         assert re.search(rf"^\| {hid} \|.*\| (held|null|reversed) \|$", text, re.M), hid
     assert "## Updates and tokens per arm" in text
