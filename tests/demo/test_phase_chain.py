@@ -92,7 +92,7 @@ def test_the_readme_phase_chain_runs_as_written(tmp_path):
     # 2. the export the README names finds that checkpoint and names the README's next command
     lines = run(commands[1])
     given = Path(commands[1].split()[3])  # the run folder as the README gives it (relative to the folder run in)
-    assert given.resolve() == mid.resolve()
+    assert (tmp_path / given).resolve() == mid.resolve()
     assert f"refine.export: reading {given / f'global_step_{newest}' / 'actor'} (world size 1)" in lines
     assert lines[-1] == f"refine.export: next: {commands[2].replace('$D', demo)}"
 
