@@ -39,7 +39,7 @@ if [ "$1" = "-m" ]; then
             trap 'echo USR1 >> "$ARGS_OUT.signals"; exit 75' USR1
             trap 'echo TERM >> "$ARGS_OUT.signals"; exit 75' TERM
             echo "$$" > "$ARGS_OUT.waiting"
-            while :; do sleep 0.05; done ;;
+            i=0; while [ $i -lt 1200 ]; do sleep 0.05; i=$((i + 1)); done; exit 1 ;;  # never left behind
         esac
     fi
     if [ -n "${PREDICTION_SCORES:-}" ]; then
