@@ -36,7 +36,14 @@ def plot_history(history: list[dict], path: str | Path) -> Path:
         if ax.lines:
             ax.legend(fontsize=7)
     fig.tight_layout()
-    # through a temporary file and a rename: an interrupted or failed write never leaves a 0-byte plot behind
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Write `fig` to `path` and close it, through a temporary file and a rename: an interrupted or failed write
+    never leaves a 0-byte plot behind."""
+    import matplotlib.pyplot as plt  # only to close the figure; the caller chose the backend
+
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     try:

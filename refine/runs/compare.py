@@ -3,9 +3,9 @@ the chosen metrics of every run (a panel per metric, a line per run)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from refine.driver.plot import save_figure
 from refine.runs.summary import KEY_METRICS, RunSummary
 
 
@@ -71,13 +71,5 @@ def compare_plot(runs: list[RunSummary], metrics: list[str], path: Path) -> Path
         if ax.lines:
             ax.legend(fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-        plt.close(fig)
-    return path
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return save_figure(fig, path)
